@@ -1,0 +1,29 @@
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use vpn_errors::VpnError;
+use vpn_types::{IpNet, PeerId};
+
+/// Finds which peer owns an overlay address, and publishes our own addresses.
+#[async_trait]
+pub trait PeerDiscoveryService: Send + Sync {
+    /// The peer that owns `ip`: configured peers and routes first, then the cache, then a
+    /// validated DHT record. May wait on the DHT when the cache has no answer.
+    ///
+    /// Errors: a network error of kind `NoPeer` when nobody owns the address (or two
+    /// peers claim it: a conflict is never resolved silently); `Timeout` when the DHT did
+    /// not answer in time.
+    async fn peer_for_ip(&self, ip: IpAddr) -> Result<PeerId, VpnError>;
+
+    /// Signs this node's IP record (a higher sequence number than any before) and stores
+    /// it in the DHT under each of our addresses. Waits on the DHT.
+    ///
+    /// Errors: a network error when no DHT peer accepted the record.
+    async fn sync_to_dht(&self) -> Result<(), VpnError>;
+
+    /// The overlay addresses and routed prefixes `peer` holds, as far as this node knows
+    /// and the registry allows (configured, cached or recorded). May wait on the DHT.
+    ///
+    /// Errors: a network error of kind `NoPeer` when nothing is known of the peer.
+    async fn virtual_ips(&self, peer: &PeerId) -> Result<Vec<IpNet>, VpnError>;
+}

@@ -1,0 +1,72 @@
+//! The contracts of vpn-node.
+//!
+//! Every component of the node is written against these traits and receives its
+//! collaborators through its constructor, as `Arc<dyn Trait>` or as a generic parameter.
+//! That keeps each crate testable alone (the mocks live in `vpn-testutil`) and lets an
+//! embedder swap any part.
+//!
+//! | trait | what it does |
+//! |---|---|
+//! | [`VpnService`] | the whole node: start, stop, counters |
+//! | [`PeerDiscoveryService`] | overlay address -> peer ID, and publishing our own record |
+//! | [`StreamService`] | opens a new VPN stream to a peer |
+//! | [`StreamPoolService`] | flow-affine leases on pooled streams |
+//! | [`CircuitBreakerService`] | a breaker per destination peer |
+//! | [`RetryService`] | retry with exponential backoff |
+//! | [`StreamHealthService`] | health checking (PING/PONG) and stream warming |
+//! | [`MetricsService`] | the node's counters |
+//! | [`ConfigService`] | the settings of every component |
+//! | [`IpRegistry`] | may this peer hold this address? |
+//! | [`TunDevice`] | the local packet interface |
+//! | [`VpnStream`] | one byte stream to a peer |
+//!
+//! Methods that may wait on the network are `async`; the rest return at once.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vpn_api::{IpRegistry, PeerId};
+//! use vpn_types::IpNet;
+//!
+//! /// A registry that lets every peer hold addresses in 100.64.0.0/10 only.
+//! struct CarrierGradeOnly;
+//!
+//! impl IpRegistry for CarrierGradeOnly {
+//!     fn may_hold(&self, _peer: &PeerId, net: &IpNet) -> bool {
+//!         let range: IpNet = "100.64.0.0/10".parse().expect("valid prefix");
+//!         range.contains(net)
+//!     }
+//! }
+//!
+//! let registry: Arc<dyn IpRegistry> = Arc::new(CarrierGradeOnly);
+//! let peer = PeerId::random();
+//! assert!(registry.may_hold(&peer, &"100.64.0.2/32".parse().expect("valid")));
+//! assert!(!registry.may_hold(&peer, &"10.0.0.0/8".parse().expect("valid")));
+//! ```
+
+mod config;
+mod discovery;
+mod health;
+mod metrics;
+mod registry;
+mod resilience;
+mod service;
+mod stream;
+mod tun;
+
+pub use config::ConfigService;
+pub use discovery::PeerDiscoveryService;
+pub use health::StreamHealthService;
+pub use metrics::MetricsService;
+pub use registry::IpRegistry;
+pub use resilience::{
+    BreakerPermit, CircuitBreakerExt, CircuitBreakerService, RetryExt, RetrySchedule,
+    RetryService,
+};
+pub use resilience::circuit_open_error;
+pub use service::VpnService;
+pub use stream::{FrameSink, StreamLease, StreamPoolService, StreamService, VpnStream};
+pub use tun::{TunDevice, TunPacket};
+
+pub use async_trait::async_trait;
+pub use vpn_errors::VpnError;
+pub use vpn_types::PeerId;

@@ -1,0 +1,37 @@
+use vpn_types::{DropReason, MetricsSnapshot};
+
+/// The node's counters. Every method is cheap, lock-free and never waits: they are called
+/// on the packet path.
+pub trait MetricsService: Send + Sync {
+    /// Counts one failed stream (open, write, read or protocol error).
+    fn record_stream_error(&self);
+
+    /// Counts `packets` packets of `bytes` bytes in all, written to peers.
+    fn record_sent(&self, packets: u64, bytes: u64);
+
+    /// Counts `packets` packets of `bytes` bytes in all, received and accepted.
+    fn record_received(&self, packets: u64, bytes: u64);
+
+    /// Counts `packets` packets dropped for `reason`. Drops for
+    /// [`DropReason::CircuitOpen`] also count as circuit-open drops.
+    fn record_drops(&self, reason: DropReason, packets: u64);
+
+    /// Counts one packet dropped for `reason`.
+    fn record_drop(&self, reason: DropReason) {
+        self.record_drops(reason, 1);
+    }
+
+    /// Counts one packet dropped because the destination's breaker was open.
+    fn record_circuit_open_drop(&self) {
+        self.record_drop(DropReason::CircuitOpen);
+    }
+
+    /// Sets the number of workers alive now.
+    fn set_active_workers(&self, workers: u64);
+
+    /// Sets the number of streams open now.
+    fn set_active_streams(&self, streams: u64);
+
+    /// A copy of every counter now.
+    fn snapshot(&self) -> MetricsSnapshot;
+}

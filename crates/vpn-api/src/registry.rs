@@ -1,0 +1,9 @@
+use vpn_types::{IpNet, PeerId};
+
+/// Decides which peer may hold which overlay addresses. Every DHT record and every inbound
+/// packet's source is checked against it.
+pub trait IpRegistry: Send + Sync {
+    /// Whether `peer` may hold all of `net` (a single address is a /32 or /128). Never
+    /// waits; a registry that learns from the network answers from what it knows now.
+    fn may_hold(&self, peer: &PeerId, net: &IpNet) -> bool;
+}
