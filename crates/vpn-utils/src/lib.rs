@@ -76,3 +76,6 @@ fn ip_version(packet: &[u8]) -> Result<u8, PacketError> {
         v => Err(PacketError::BadVersion(v)),
     }
 }
+
+#[cfg(test)]
+mod tests;

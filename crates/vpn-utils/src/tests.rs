@@ -1,0 +1,215 @@
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+use vpn_errors::PacketError;
+use vpn_testutil::PacketBuilder;
+
+use super::*;
+
+fn v4(a: &str) -> IpAddr {
+    a.parse().unwrap()
+}
+
+const A4: &str = "100.64.0.1";
+const B4: &str = "100.64.0.2";
+const A6: &str = "fd00::1";
+const B6: &str = "fd00::2";
+
+#[test]
+fn ipv4_tcp_udp_icmp() {
+    let tcp = PacketBuilder::tcp(v4(A4), v4(B4), 40000, 443).payload(b"data").build();
+    let info = extract_ip_and_ports(&tcp).unwrap();
+    assert_eq!(info.src_ip, v4(A4));
+    assert_eq!(info.dst_ip, v4(B4));
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (Some(40000), Some(443), PROTO_TCP));
+
+    let udp = PacketBuilder::udp(v4(A4), v4(B4), 5353, 53).build();
+    let info = extract_ip_and_ports(&udp).unwrap();
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (Some(5353), Some(53), PROTO_UDP));
+
+    let icmp = PacketBuilder::icmp_echo(v4(A4), v4(B4), 1, 1).build();
+    let info = extract_ip_and_ports(&icmp).unwrap();
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (None, None, PROTO_ICMP));
+}
+
+#[test]
+fn ipv6_tcp_udp_icmp() {
+    let tcp = PacketBuilder::tcp(v4(A6), v4(B6), 1, 2).build();
+    let info = extract_ip_and_ports(&tcp).unwrap();
+    assert_eq!((info.src_ip, info.dst_ip), (v4(A6), v4(B6)));
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (Some(1), Some(2), PROTO_TCP));
+
+    let icmp = PacketBuilder::icmp_echo(v4(A6), v4(B6), 1, 1).build();
+    let info = extract_ip_and_ports(&icmp).unwrap();
+    assert_eq!((info.src_port, info.protocol), (None, PROTO_ICMPV6));
+}
+
+#[test]
+fn ipv4_fragments_carry_ports_only_in_the_first() {
+    let first = PacketBuilder::udp(v4(A4), v4(B4), 1000, 2000).payload(&[0; 16]).fragment(0, true).build();
+    let info = extract_ip_and_ports(&first).unwrap();
+    assert_eq!(info.dst_port, Some(2000));
+
+    let later = PacketBuilder::udp(v4(A4), v4(B4), 1000, 2000).payload(&[0xff; 16]).fragment(3, false).build();
+    let info = extract_ip_and_ports(&later).unwrap();
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (None, None, PROTO_UDP));
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let hbh = PacketBuilder::udp(v4(A6), v4(B6), 7, 8).hop_by_hop().build();
+    let info = extract_ip_and_ports(&hbh).unwrap();
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (Some(7), Some(8), PROTO_UDP));
+
+    let first = PacketBuilder::tcp(v4(A6), v4(B6), 7, 8).hop_by_hop().fragment(0, true).build();
+    let info = extract_ip_and_ports(&first).unwrap();
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (Some(7), Some(8), PROTO_TCP));
+
+    let later = PacketBuilder::tcp(v4(A6), v4(B6), 7, 8).payload(&[1; 24]).fragment(5, true).build();
+    let info = extract_ip_and_ports(&later).unwrap();
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (None, None, PROTO_TCP));
+}
+
+/// An IPv6 packet whose chain is: fixed header -> `chain` -> UDP 9 -> 10.
+fn ipv6_with_chain(chain: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let udp = PacketBuilder::udp(v4(A6), v4(B6), 9, 10).build();
+    let mut ext = Vec::new();
+    for (i, (_, body)) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).map_or(PROTO_UDP, |(kind, _)| *kind);
+        let mut header = body.clone();
+        header[0] = next;
+        ext.extend_from_slice(&header);
+    }
+    let mut packet = udp[..40].to_vec();
+    packet[6] = chain.first().map_or(PROTO_UDP, |(kind, _)| *kind);
+    let payload_len = (ext.len() + udp.len() - 40) as u16;
+    packet[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    packet.extend_from_slice(&ext);
+    packet.extend_from_slice(&udp[40..]);
+    packet
+}
+
+#[test]
+fn ipv6_routing_destination_options_and_ah() {
+    let routing = (43, vec![0, 0, 0, 0, 0, 0, 0, 0]);
+    let dest_opts = (60, vec![0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // AH: payload length 4 means (4 + 2) * 4 = 24 bytes.
+    let mut ah = vec![0, 4];
+    ah.resize(24, 0);
+    let packet = ipv6_with_chain(&[routing, dest_opts, (51, ah)]);
+    let info = extract_ip_and_ports(&packet).unwrap();
+    assert_eq!((info.src_port, info.dst_port, info.protocol), (Some(9), Some(10), PROTO_UDP));
+    assert!(validate_ip_packet(&packet).is_ok());
+}
+
+#[test]
+fn truncation_is_an_error_at_every_length() {
+    let packets = [
+        PacketBuilder::tcp(v4(A4), v4(B4), 1, 2).build(),
+        PacketBuilder::udp(v4(A4), v4(B4), 1, 2).build(),
+        PacketBuilder::tcp(v4(A6), v4(B6), 1, 2).hop_by_hop().fragment(0, true).build(),
+        PacketBuilder::udp(v4(A6), v4(B6), 1, 2).build(),
+    ];
+    for packet in packets {
+        for len in 0..packet.len() {
+            let mut cut = packet[..len].to_vec();
+            assert!(extract_ip_and_ports(&cut).is_err(), "length {len} of {packet:?}");
+            // Fixing up the length fields does not help: the transport header is still short.
+            fix_length(&mut cut);
+            if cut.len() >= 40 || (cut.len() >= 20 && cut[0] >> 4 == 4) {
+                assert!(extract_ip_and_ports(&cut).is_err(), "fixed length {len} of {packet:?}");
+            }
+        }
+        assert!(extract_ip_and_ports(&packet).is_ok());
+    }
+}
+
+/// Rewrites the IP length field to the buffer's length.
+fn fix_length(packet: &mut [u8]) {
+    let len = packet.len();
+    match packet.first().map(|b| b >> 4) {
+        Some(4) if len >= 20 => packet[2..4].copy_from_slice(&(len as u16).to_be_bytes()),
+        Some(6) if len >= 40 => packet[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes()),
+        _ => {}
+    }
+}
+
+#[test]
+fn malformed_headers_are_named() {
+    assert_eq!(extract_ip_and_ports(&[]), Err(PacketError::Empty));
+    assert_eq!(extract_ip_and_ports(&[0x50; 40]), Err(PacketError::BadVersion(5)));
+
+    let mut bad_ihl = PacketBuilder::udp(v4(A4), v4(B4), 1, 2).build();
+    bad_ihl[0] = 0x44;
+    assert!(matches!(extract_ip_and_ports(&bad_ihl), Err(PacketError::BadHeaderLength { ihl: 4, .. })));
+    bad_ihl[0] = 0x4f;
+    assert!(matches!(extract_ip_and_ports(&bad_ihl), Err(PacketError::BadHeaderLength { ihl: 15, .. })));
+
+    let mut long = PacketBuilder::udp(v4(A4), v4(B4), 1, 2).build();
+    long[3] += 1;
+    assert!(matches!(extract_ip_and_ports(&long), Err(PacketError::BadTotalLength { .. })));
+
+    let mut tcp = PacketBuilder::tcp(v4(A4), v4(B4), 1, 2).build();
+    tcp[32] = 0x40; // data offset 4 words: below the minimum
+    assert_eq!(extract_ip_and_ports(&tcp), Err(PacketError::TruncatedTransport { protocol: PROTO_TCP }));
+
+    let mut ext = PacketBuilder::udp(v4(A6), v4(B6), 1, 2).hop_by_hop().build();
+    ext[41] = 200; // hop-by-hop length far past the packet
+    assert_eq!(extract_ip_and_ports(&ext), Err(PacketError::TruncatedExtension { next_header: 0 }));
+}
+
+#[test]
+fn validate_requires_exact_length() {
+    let packet = PacketBuilder::udp(v4(A4), v4(B4), 1, 2).payload(b"abc").build();
+    assert!(validate_ip_packet(&packet).is_ok());
+    let mut padded = packet.clone();
+    padded.push(0);
+    // Trailing bytes are ignored when extracting, refused when validating.
+    assert!(extract_ip_and_ports(&padded).is_ok());
+    assert_eq!(
+        validate_ip_packet(&padded),
+        Err(PacketError::BadTotalLength { declared: packet.len(), len: padded.len() })
+    );
+    assert_eq!(declared_ip_len(&padded), Ok(packet.len()));
+}
+
+proptest! {
+    #[test]
+    fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = extract_ip_and_ports(&bytes);
+        let _ = validate_ip_packet(&bytes);
+    }
+
+    #[test]
+    fn never_panics_on_ip_like_bytes(
+        version in prop_oneof![Just(0x45u8), Just(0x60u8)],
+        mut bytes in proptest::collection::vec(any::<u8>(), 0..120),
+    ) {
+        if let Some(first) = bytes.first_mut() {
+            *first = version;
+        }
+        fix_length(&mut bytes);
+        let _ = extract_ip_and_ports(&bytes);
+    }
+
+    #[test]
+    fn built_packets_round_trip(
+        src_port in any::<u16>(),
+        dst_port in any::<u16>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        v6 in any::<bool>(),
+        tcp in any::<bool>(),
+    ) {
+        let (src, dst) = if v6 { (v4(A6), v4(B6)) } else { (v4(A4), v4(B4)) };
+        let builder = if tcp {
+            PacketBuilder::tcp(src, dst, src_port, dst_port)
+        } else {
+            PacketBuilder::udp(src, dst, src_port, dst_port)
+        };
+        let packet = builder.payload(&payload).build();
+        let info = validate_ip_packet(&packet).unwrap();
+        prop_assert_eq!((info.src_ip, info.dst_ip), (src, dst));
+        prop_assert_eq!((info.src_port, info.dst_port), (Some(src_port), Some(dst_port)));
+        prop_assert_eq!(info.protocol, if tcp { PROTO_TCP } else { PROTO_UDP });
+    }
+}
