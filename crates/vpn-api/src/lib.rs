@@ -58,11 +58,10 @@ pub use discovery::PeerDiscoveryService;
 pub use health::StreamHealthService;
 pub use metrics::MetricsService;
 pub use registry::IpRegistry;
-pub use resilience::{
-    BreakerPermit, CircuitBreakerExt, CircuitBreakerService, RetryExt, RetrySchedule,
-    RetryService,
-};
 pub use resilience::circuit_open_error;
+pub use resilience::{
+    BreakerPermit, CircuitBreakerExt, CircuitBreakerService, RetryExt, RetrySchedule, RetryService,
+};
 pub use service::VpnService;
 pub use stream::{FrameSink, StreamLease, StreamPoolService, StreamService, VpnStream};
 pub use tun::{TunDevice, TunPacket};

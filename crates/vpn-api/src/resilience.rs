@@ -197,7 +197,11 @@ mod tests {
         let result = Fixed { attempts: 5 }
             .retry(|| async {
                 let n = calls.fetch_add(1, Ordering::SeqCst);
-                if n < 2 { Err(VpnError::network(NetworkErrorKind::Timeout, "open")) } else { Ok(n) }
+                if n < 2 {
+                    Err(VpnError::network(NetworkErrorKind::Timeout, "open"))
+                } else {
+                    Ok(n)
+                }
             })
             .await;
         assert_eq!(result.unwrap(), 2);
@@ -210,7 +214,8 @@ mod tests {
         let result: Result<(), _> = Fixed { attempts: 3 }
             .retry(|| async {
                 let n = calls.fetch_add(1, Ordering::SeqCst);
-                let kind = if n == 2 { NetworkErrorKind::Unreachable } else { NetworkErrorKind::Timeout };
+                let kind =
+                    if n == 2 { NetworkErrorKind::Unreachable } else { NetworkErrorKind::Timeout };
                 Err(VpnError::network(kind, "open"))
             })
             .await;

@@ -32,7 +32,8 @@ fn kind_of(err: &(dyn Error + 'static)) -> Option<Kind> {
 
 /// The kinds along the whole source chain, the error itself first.
 fn kinds<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = Kind> + 'a {
-    std::iter::successors(Some(err), |e: &&'a (dyn Error + 'static)| (*e).source()).filter_map(kind_of)
+    std::iter::successors(Some(err), |e: &&'a (dyn Error + 'static)| (*e).source())
+        .filter_map(kind_of)
 }
 
 fn io_is_network(kind: io::ErrorKind) -> bool {
@@ -137,7 +138,8 @@ mod tests {
     #[test]
     fn kinds_found_through_the_source_chain() {
         let inner = NetworkError::from_io("write frames", io(io::ErrorKind::BrokenPipe));
-        let outer = ServiceError::new(ServiceErrorKind::Internal, "worker", "flush").with_source(inner);
+        let outer =
+            ServiceError::new(ServiceErrorKind::Internal, "worker", "flush").with_source(inner);
         assert!(is_network_error(&outer));
         assert!(is_connection_reset_error(&outer));
         // The outer kind decides whether to retry.
@@ -154,7 +156,8 @@ mod tests {
             assert!(!is_network_error(&e));
             assert!(!is_temporary_error(&e));
         }
-        let wrapped = VpnError::Other { context: "x", source: Box::new(io(io::ErrorKind::TimedOut)) };
+        let wrapped =
+            VpnError::Other { context: "x", source: Box::new(io(io::ErrorKind::TimedOut)) };
         assert!(is_network_error(&wrapped));
     }
 }

@@ -94,10 +94,18 @@ impl fmt::Display for NetworkErrorKind {
 }
 
 /// A failure on the network, with the operation, peer and address it concerns.
+///
+/// Small (the context is boxed, and only allocated when there is some), so results that
+/// carry it stay cheap to move.
 #[derive(Debug)]
 pub struct NetworkError {
     kind: NetworkErrorKind,
     operation: &'static str,
+    context: Option<Box<Context>>,
+}
+
+#[derive(Debug, Default)]
+struct Context {
     peer: Option<PeerId>,
     addr: Option<IpAddr>,
     source: Option<BoxError>,
@@ -106,7 +114,7 @@ pub struct NetworkError {
 impl NetworkError {
     /// A new error of `kind` during `operation` (e.g. `"open stream"`).
     pub fn new(kind: NetworkErrorKind, operation: &'static str) -> Self {
-        Self { kind, operation, peer: None, addr: None, source: None }
+        Self { kind, operation, context: None }
     }
 
     /// An error from an I/O failure, its kind taken from the I/O error's kind.
@@ -117,22 +125,26 @@ impl NetworkError {
     /// Names the peer concerned.
     #[must_use]
     pub fn with_peer(mut self, peer: PeerId) -> Self {
-        self.peer = Some(peer);
+        self.context_mut().peer = Some(peer);
         self
     }
 
     /// Names the overlay address concerned.
     #[must_use]
     pub fn with_addr(mut self, addr: IpAddr) -> Self {
-        self.addr = Some(addr);
+        self.context_mut().addr = Some(addr);
         self
     }
 
     /// Keeps the underlying cause.
     #[must_use]
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+        self.context_mut().source = Some(source.into());
         self
+    }
+
+    fn context_mut(&mut self) -> &mut Context {
+        self.context.get_or_insert_with(Box::default)
     }
 
     /// What went wrong.
@@ -147,25 +159,25 @@ impl NetworkError {
 
     /// The peer concerned, if known.
     pub fn peer(&self) -> Option<&PeerId> {
-        self.peer.as_ref()
+        self.context.as_ref()?.peer.as_ref()
     }
 
     /// The overlay address concerned, if known.
     pub fn addr(&self) -> Option<IpAddr> {
-        self.addr
+        self.context.as_ref()?.addr
     }
 }
 
 impl fmt::Display for NetworkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.operation, self.kind)?;
-        if let Some(peer) = &self.peer {
+        if let Some(peer) = self.peer() {
             write!(f, " (peer {peer})")?;
         }
-        if let Some(addr) = &self.addr {
+        if let Some(addr) = self.addr() {
             write!(f, " (address {addr})")?;
         }
-        if let Some(source) = &self.source {
+        if let Some(source) = self.context.as_ref().and_then(|c| c.source.as_ref()) {
             write!(f, ": {source}")?;
         }
         Ok(())
@@ -174,7 +186,8 @@ impl fmt::Display for NetworkError {
 
 impl std::error::Error for NetworkError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        let source = self.context.as_ref()?.source.as_deref()?;
+        Some(source as &(dyn std::error::Error + 'static))
     }
 }
 

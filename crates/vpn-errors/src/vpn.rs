@@ -61,3 +61,15 @@ impl VpnError {
         crate::is_temporary_error(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_stay_small() {
+        // Results carrying these are returned on the packet path.
+        assert!(std::mem::size_of::<NetworkError>() <= 32);
+        assert!(std::mem::size_of::<VpnError>() <= 80);
+    }
+}

@@ -1,7 +1,7 @@
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::future::Future as _;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -59,13 +59,21 @@ impl<S: VpnStream> FaultyStream<S> {
 }
 
 impl<S: VpnStream> AsyncRead for FaultyStream<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<S: VpnStream> AsyncWrite for FaultyStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if let Some(delay) = this.faults.write_delay {
             let sleep = this.delay.get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
@@ -105,8 +113,6 @@ impl<S: VpnStream> VpnStream for FaultyStream<S> {
         self.inner.reset();
     }
 }
-
-
 
 #[cfg(test)]
 mod tests {

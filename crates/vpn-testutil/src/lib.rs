@@ -26,7 +26,7 @@ mod memory_tun;
 pub mod mocks;
 mod packet;
 
-pub use fault::{FaultyStream, Faults};
+pub use fault::{Faults, FaultyStream};
 pub use memory_stream::{MemoryStream, memory_stream_pair};
 pub use memory_tun::{MemoryTun, MemoryTunHandle};
 pub use packet::PacketBuilder;

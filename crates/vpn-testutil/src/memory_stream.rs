@@ -19,7 +19,11 @@ pub struct MemoryStream {
 /// Two connected in-memory streams: what one end writes, the other reads. `a` is the end
 /// held by peer `a_id` (so its `peer_id()` is `b_id`) and the other way round.
 /// `capacity` bytes may be in flight in each direction before writes wait.
-pub fn memory_stream_pair(a_id: PeerId, b_id: PeerId, capacity: usize) -> (MemoryStream, MemoryStream) {
+pub fn memory_stream_pair(
+    a_id: PeerId,
+    b_id: PeerId,
+    capacity: usize,
+) -> (MemoryStream, MemoryStream) {
     let (a, b) = tokio::io::duplex(capacity);
     let reset = Arc::new(AtomicBool::new(false));
     (
@@ -46,7 +50,11 @@ impl MemoryStream {
 }
 
 impl AsyncRead for MemoryStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let inner = match self.inner() {
             Ok(inner) => inner,
@@ -63,7 +71,11 @@ impl AsyncRead for MemoryStream {
 }
 
 impl AsyncWrite for MemoryStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.inner() {
             Ok(inner) => inner.poll_write(cx, buf),
             Err(e) => Poll::Ready(Err(e)),

@@ -29,7 +29,13 @@ impl MemoryTun {
     pub fn new(name: &str, mtu: u16, capacity: usize) -> (Self, MemoryTunHandle) {
         let (inject, from_os) = mpsc::channel(capacity);
         let (to_os, written) = mpsc::unbounded_channel();
-        let tun = Self { name: name.to_owned(), mtu, offload: false, from_os: Mutex::new(from_os), to_os };
+        let tun = Self {
+            name: name.to_owned(),
+            mtu,
+            offload: false,
+            from_os: Mutex::new(from_os),
+            to_os,
+        };
         (tun, MemoryTunHandle { inject, written })
     }
 
@@ -137,7 +143,10 @@ mod tests {
         let written = os.close();
         drop(written);
         let mut batch = Vec::new();
-        assert_eq!(tun.recv_batch(&mut batch, 4).await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            tun.recv_batch(&mut batch, 4).await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
         let packet = TunPacket::new(Bytes::from_static(b"x"));
         assert_eq!(tun.send_batch(&[packet]).await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }

@@ -26,9 +26,8 @@ use vpn_api::{
 };
 use vpn_errors::VpnError;
 use vpn_types::{
-    BreakerState, CircuitBreakerSettings, DropReason, FlowKey, HealthCheckSettings,
-    HealthSnapshot, IpNet, MetricsSnapshot, PeerId, RetrySettings, StreamPoolSettings,
-    WorkerSettings,
+    BreakerState, CircuitBreakerSettings, DropReason, FlowKey, HealthCheckSettings, HealthSnapshot,
+    IpNet, MetricsSnapshot, PeerId, RetrySettings, StreamPoolSettings, WorkerSettings,
 };
 
 mock! {
@@ -210,7 +209,9 @@ mod tests {
         breaker.expect_try_acquire().returning(|p| Ok(BreakerPermit { peer: *p, probe: false }));
         breaker.expect_record().withf(|_, success| !*success).times(1).return_const(());
         let result: Result<(), _> = breaker
-            .execute(&PeerId::random(), || async { Err(VpnError::network(NetworkErrorKind::Timeout, "t")) })
+            .execute(&PeerId::random(), || async {
+                Err(VpnError::network(NetworkErrorKind::Timeout, "t"))
+            })
             .await;
         assert!(result.is_err());
     }

@@ -136,8 +136,12 @@ impl PacketBuilder {
                 tcp.set_window(65535);
                 tcp.set_payload(&self.payload);
                 let sum = match (self.src, self.dst) {
-                    (IpAddr::V4(s), IpAddr::V4(d)) => tcp::ipv4_checksum(&tcp.to_immutable(), &s, &d),
-                    (IpAddr::V6(s), IpAddr::V6(d)) => tcp::ipv6_checksum(&tcp.to_immutable(), &s, &d),
+                    (IpAddr::V4(s), IpAddr::V4(d)) => {
+                        tcp::ipv4_checksum(&tcp.to_immutable(), &s, &d)
+                    }
+                    (IpAddr::V6(s), IpAddr::V6(d)) => {
+                        tcp::ipv6_checksum(&tcp.to_immutable(), &s, &d)
+                    }
                     _ => unreachable!(),
                 };
                 tcp.set_checksum(sum);
@@ -152,8 +156,12 @@ impl PacketBuilder {
                 udp.set_length(len);
                 udp.set_payload(&self.payload);
                 let sum = match (self.src, self.dst) {
-                    (IpAddr::V4(s), IpAddr::V4(d)) => udp::ipv4_checksum(&udp.to_immutable(), &s, &d),
-                    (IpAddr::V6(s), IpAddr::V6(d)) => udp::ipv6_checksum(&udp.to_immutable(), &s, &d),
+                    (IpAddr::V4(s), IpAddr::V4(d)) => {
+                        udp::ipv4_checksum(&udp.to_immutable(), &s, &d)
+                    }
+                    (IpAddr::V6(s), IpAddr::V6(d)) => {
+                        udp::ipv6_checksum(&udp.to_immutable(), &s, &d)
+                    }
                     _ => unreachable!(),
                 };
                 udp.set_checksum(sum);
@@ -254,9 +262,14 @@ mod tests {
 
     #[test]
     fn icmp_checksum_verifies_to_zero() {
-        let bytes = PacketBuilder::icmp_echo("100.64.0.1".parse().unwrap(), "100.64.0.2".parse().unwrap(), 7, 9)
-            .payload(b"ping")
-            .build();
+        let bytes = PacketBuilder::icmp_echo(
+            "100.64.0.1".parse().unwrap(),
+            "100.64.0.2".parse().unwrap(),
+            7,
+            9,
+        )
+        .payload(b"ping")
+        .build();
         // Summing a packet including its checksum gives zero (one's complement).
         assert_eq!(util::checksum(&bytes[20..], 99), 0);
     }

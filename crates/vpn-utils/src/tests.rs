@@ -46,11 +46,15 @@ fn ipv6_tcp_udp_icmp() {
 
 #[test]
 fn ipv4_fragments_carry_ports_only_in_the_first() {
-    let first = PacketBuilder::udp(v4(A4), v4(B4), 1000, 2000).payload(&[0; 16]).fragment(0, true).build();
+    let first =
+        PacketBuilder::udp(v4(A4), v4(B4), 1000, 2000).payload(&[0; 16]).fragment(0, true).build();
     let info = extract_ip_and_ports(&first).unwrap();
     assert_eq!(info.dst_port, Some(2000));
 
-    let later = PacketBuilder::udp(v4(A4), v4(B4), 1000, 2000).payload(&[0xff; 16]).fragment(3, false).build();
+    let later = PacketBuilder::udp(v4(A4), v4(B4), 1000, 2000)
+        .payload(&[0xff; 16])
+        .fragment(3, false)
+        .build();
     let info = extract_ip_and_ports(&later).unwrap();
     assert_eq!((info.src_port, info.dst_port, info.protocol), (None, None, PROTO_UDP));
 }
@@ -65,7 +69,8 @@ fn ipv6_extension_headers_are_walked() {
     let info = extract_ip_and_ports(&first).unwrap();
     assert_eq!((info.src_port, info.dst_port, info.protocol), (Some(7), Some(8), PROTO_TCP));
 
-    let later = PacketBuilder::tcp(v4(A6), v4(B6), 7, 8).payload(&[1; 24]).fragment(5, true).build();
+    let later =
+        PacketBuilder::tcp(v4(A6), v4(B6), 7, 8).payload(&[1; 24]).fragment(5, true).build();
     let info = extract_ip_and_ports(&later).unwrap();
     assert_eq!((info.src_port, info.dst_port, info.protocol), (None, None, PROTO_TCP));
 }
@@ -141,9 +146,15 @@ fn malformed_headers_are_named() {
 
     let mut bad_ihl = PacketBuilder::udp(v4(A4), v4(B4), 1, 2).build();
     bad_ihl[0] = 0x44;
-    assert!(matches!(extract_ip_and_ports(&bad_ihl), Err(PacketError::BadHeaderLength { ihl: 4, .. })));
+    assert!(matches!(
+        extract_ip_and_ports(&bad_ihl),
+        Err(PacketError::BadHeaderLength { ihl: 4, .. })
+    ));
     bad_ihl[0] = 0x4f;
-    assert!(matches!(extract_ip_and_ports(&bad_ihl), Err(PacketError::BadHeaderLength { ihl: 15, .. })));
+    assert!(matches!(
+        extract_ip_and_ports(&bad_ihl),
+        Err(PacketError::BadHeaderLength { ihl: 15, .. })
+    ));
 
     let mut long = PacketBuilder::udp(v4(A4), v4(B4), 1, 2).build();
     long[3] += 1;
@@ -151,7 +162,10 @@ fn malformed_headers_are_named() {
 
     let mut tcp = PacketBuilder::tcp(v4(A4), v4(B4), 1, 2).build();
     tcp[32] = 0x40; // data offset 4 words: below the minimum
-    assert_eq!(extract_ip_and_ports(&tcp), Err(PacketError::TruncatedTransport { protocol: PROTO_TCP }));
+    assert_eq!(
+        extract_ip_and_ports(&tcp),
+        Err(PacketError::TruncatedTransport { protocol: PROTO_TCP })
+    );
 
     let mut ext = PacketBuilder::udp(v4(A6), v4(B6), 1, 2).hop_by_hop().build();
     ext[41] = 200; // hop-by-hop length far past the packet

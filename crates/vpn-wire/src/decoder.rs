@@ -1,8 +1,8 @@
 use bytes::{Buf, BytesMut};
 
+use crate::FrameError;
 use crate::frame::{FRAME_HEADER_LEN, Frame, MAX_FRAME, kind};
 use crate::segment::{SEGMENT_HEADER_LEN, SegmentHeader};
-use crate::FrameError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -146,7 +146,10 @@ mod tests {
     use crate::{encode_extension, encode_packet, encode_pong};
     use bytes::{BufMut, Bytes};
 
-    fn decode_all(decoder: &mut FrameDecoder, src: &mut BytesMut) -> Result<Vec<Frame>, FrameError> {
+    fn decode_all(
+        decoder: &mut FrameDecoder,
+        src: &mut BytesMut,
+    ) -> Result<Vec<Frame>, FrameError> {
         let mut frames = Vec::new();
         while let Some(frame) = decoder.decode(src)? {
             frames.push(frame);
@@ -170,7 +173,10 @@ mod tests {
         let mut d = FrameDecoder::new();
         assert_eq!(d.decode(&mut header(2, 0x03)), Err(FrameError::UnknownKind(0x03)));
         let mut d = FrameDecoder::new();
-        assert_eq!(d.decode(&mut header(8, kind::PING)), Err(FrameError::BadBody { kind: kind::PING, len: 7 }));
+        assert_eq!(
+            d.decode(&mut header(8, kind::PING)),
+            Err(FrameError::BadBody { kind: kind::PING, len: 7 })
+        );
         let mut d = FrameDecoder::new();
         assert_eq!(
             d.decode(&mut header(10, kind::SEGMENTED)),
@@ -216,7 +222,10 @@ mod tests {
         }
         let mut d = FrameDecoder::new();
         let mut src = wire.clone();
-        assert_eq!(d.decode_eof(&mut src).unwrap(), Some(Frame::Packet(Bytes::from_static(b"abcdef"))));
+        assert_eq!(
+            d.decode_eof(&mut src).unwrap(),
+            Some(Frame::Packet(Bytes::from_static(b"abcdef")))
+        );
         assert_eq!(d.decode_eof(&mut src).unwrap(), None);
     }
 

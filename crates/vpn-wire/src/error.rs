@@ -37,7 +37,9 @@ impl PartialEq for FrameError {
         match (self, other) {
             (FrameError::BadLength(a), FrameError::BadLength(b)) => a == b,
             (FrameError::UnknownKind(a), FrameError::UnknownKind(b)) => a == b,
-            (FrameError::BadBody { kind: a, len: x }, FrameError::BadBody { kind: b, len: y }) => a == b && x == y,
+            (FrameError::BadBody { kind: a, len: x }, FrameError::BadBody { kind: b, len: y }) => {
+                a == b && x == y
+            }
             (FrameError::Truncated, FrameError::Truncated) => true,
             (FrameError::TooLarge(a), FrameError::TooLarge(b)) => a == b,
             (FrameError::Io(a), FrameError::Io(b)) => a.kind() == b.kind(),
@@ -50,7 +52,9 @@ impl From<FrameError> for VpnError {
     fn from(err: FrameError) -> Self {
         let network = match err {
             FrameError::Io(io) => NetworkError::from_io("stream frames", io),
-            other => NetworkError::new(NetworkErrorKind::Protocol, "stream frames").with_source(other),
+            other => {
+                NetworkError::new(NetworkErrorKind::Protocol, "stream frames").with_source(other)
+            }
         };
         VpnError::Network(network)
     }

@@ -104,7 +104,11 @@ pub fn encode_packet(dst: &mut BytesMut, packet: &[u8]) -> Result<(), FrameError
 /// Appends a SEGMENTED frame carrying the super-packet `packet` cut as `gso` says.
 ///
 /// Errors: [`FrameError::TooLarge`] when header and packet exceed the frame limit.
-pub fn encode_segmented(dst: &mut BytesMut, gso: &GsoInfo, packet: &[u8]) -> Result<(), FrameError> {
+pub fn encode_segmented(
+    dst: &mut BytesMut,
+    gso: &GsoInfo,
+    packet: &[u8],
+) -> Result<(), FrameError> {
     put_frame(dst, kind::SEGMENTED, &[&SegmentHeader::from(*gso).to_bytes(), packet])
 }
 
@@ -154,7 +158,10 @@ mod tests {
         encode_packet(&mut dst, &vec![0; MAX_FRAME - 1]).unwrap();
         assert_eq!(dst.len(), FRAME_HEADER_LEN + MAX_FRAME - 1);
         let before = dst.len();
-        assert_eq!(encode_packet(&mut dst, &vec![0; MAX_FRAME]), Err(FrameError::TooLarge(MAX_FRAME)));
+        assert_eq!(
+            encode_packet(&mut dst, &vec![0; MAX_FRAME]),
+            Err(FrameError::TooLarge(MAX_FRAME))
+        );
         assert_eq!(dst.len(), before, "a refused frame writes nothing");
     }
 

@@ -102,9 +102,13 @@ impl IpRecord {
             expires_unix: self.expires_unix,
         }
         .encode_to_vec();
-        let envelope =
-            SignedEnvelope::new(keypair, RECORD_DOMAIN.to_owned(), RECORD_PAYLOAD_TYPE.to_vec(), payload)
-                .map_err(|e| RecordError::Envelope(e.to_string()))?;
+        let envelope = SignedEnvelope::new(
+            keypair,
+            RECORD_DOMAIN.to_owned(),
+            RECORD_PAYLOAD_TYPE.to_vec(),
+            payload,
+        )
+        .map_err(|e| RecordError::Envelope(e.to_string()))?;
         Ok(envelope.into_protobuf_encoding())
     }
 
@@ -112,28 +116,35 @@ impl IpRecord {
     /// verify and be signed by the peer the record names. The record's contents are not
     /// checked yet; see [`IpRecord::validate`], or use [`IpRecord::open`] for both.
     pub fn from_envelope(bytes: &[u8]) -> Result<Self, RecordError> {
-        let envelope =
-            SignedEnvelope::from_protobuf_encoding(bytes).map_err(|e| RecordError::Envelope(e.to_string()))?;
+        let envelope = SignedEnvelope::from_protobuf_encoding(bytes)
+            .map_err(|e| RecordError::Envelope(e.to_string()))?;
         let (payload, key) = envelope
             .payload_and_signing_key(RECORD_DOMAIN.to_owned(), RECORD_PAYLOAD_TYPE)
             .map_err(|e| match e {
                 ReadPayloadError::InvalidSignature => RecordError::BadSignature,
                 _ => RecordError::PayloadType,
             })?;
-        let proto = IpRecordProto::decode(payload).map_err(|e| RecordError::Payload(e.to_string()))?;
+        let proto =
+            IpRecordProto::decode(payload).map_err(|e| RecordError::Payload(e.to_string()))?;
         let claimed = PeerId::from_bytes(&proto.peer_id).map_err(|_| RecordError::BadPeerId)?;
         let signer = key.to_peer_id();
         if signer != claimed {
             return Err(RecordError::SignerMismatch { signer, claimed });
         }
-        let addresses = proto.addresses.iter().map(|a| net_from_text(a)).collect::<Result<_, _>>()?;
+        let addresses =
+            proto.addresses.iter().map(|a| net_from_text(a)).collect::<Result<_, _>>()?;
         Ok(Self { peer_id: claimed, addresses, seq: proto.seq, expires_unix: proto.expires_unix })
     }
 
     /// Checks a record found under the key of `key_addr` at `now_unix`: not expired (with
     /// 60 s of clock skew), expiring no more than 7 days ahead, covering `key_addr`, and
     /// every address allowed for the owner by `registry`.
-    pub fn validate(&self, key_addr: IpAddr, now_unix: u64, registry: &dyn IpRegistry) -> Result<(), RecordError> {
+    pub fn validate(
+        &self,
+        key_addr: IpAddr,
+        now_unix: u64,
+        registry: &dyn IpRegistry,
+    ) -> Result<(), RecordError> {
         let expired = RecordError::Expired { expires_unix: self.expires_unix, now_unix };
         if self.expires_unix.saturating_add(MAX_CLOCK_SKEW_SECS) < now_unix {
             return Err(expired);
@@ -144,7 +155,8 @@ impl IpRecord {
         if !self.covers(key_addr) {
             return Err(RecordError::NotCovered(key_addr));
         }
-        if let Some(net) = self.addresses.iter().find(|net| !registry.may_hold(&self.peer_id, net)) {
+        if let Some(net) = self.addresses.iter().find(|net| !registry.may_hold(&self.peer_id, net))
+        {
             return Err(RecordError::NotAllowed { peer: self.peer_id, net: *net });
         }
         Ok(())

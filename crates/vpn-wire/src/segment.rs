@@ -77,7 +77,8 @@ impl SegmentHeader {
     /// The segmentation info for a super-packet of `packet_len` bytes, after checking that
     /// the header makes sense for it.
     pub fn to_gso(&self, packet_len: usize) -> Result<GsoInfo, SegmentError> {
-        let gso_type = GsoType::from_wire(self.gso_type).ok_or(SegmentError::UnknownType(self.gso_type))?;
+        let gso_type =
+            GsoType::from_wire(self.gso_type).ok_or(SegmentError::UnknownType(self.gso_type))?;
         if self.gso_size == 0 {
             return Err(SegmentError::ZeroSegmentSize);
         }
@@ -86,7 +87,10 @@ impl SegmentHeader {
         }
         let needs_csum = self.flags & 1 != 0;
         // The 2-byte checksum field must lie inside the headers that every segment copies.
-        if needs_csum && u32::from(self.csum_start) + u32::from(self.csum_offset) + 2 > u32::from(self.hdr_len) {
+        if needs_csum
+            && u32::from(self.csum_start) + u32::from(self.csum_offset) + 2
+                > u32::from(self.hdr_len)
+        {
             return Err(SegmentError::ChecksumOutsideHeader {
                 csum_start: self.csum_start,
                 csum_offset: self.csum_offset,
@@ -144,8 +148,14 @@ mod tests {
     #[test]
     fn bad_headers_are_refused() {
         let good = SegmentHeader::from(tcp4());
-        assert_eq!(SegmentHeader { gso_type: 9, ..good }.to_gso(100), Err(SegmentError::UnknownType(9)));
-        assert_eq!(SegmentHeader { gso_size: 0, ..good }.to_gso(100), Err(SegmentError::ZeroSegmentSize));
+        assert_eq!(
+            SegmentHeader { gso_type: 9, ..good }.to_gso(100),
+            Err(SegmentError::UnknownType(9))
+        );
+        assert_eq!(
+            SegmentHeader { gso_size: 0, ..good }.to_gso(100),
+            Err(SegmentError::ZeroSegmentSize)
+        );
         assert!(matches!(good.to_gso(40), Err(SegmentError::HeaderPastPacket { .. })));
         assert!(matches!(
             SegmentHeader { csum_offset: 40, ..good }.to_gso(100),

@@ -27,7 +27,10 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let key = Keypair::generate_ed25519();
-        let registry = Allow(vec![(key.public().to_peer_id(), net("100.64.0.0/24")), (key.public().to_peer_id(), net("fd00::/64"))]);
+        let registry = Allow(vec![
+            (key.public().to_peer_id(), net("100.64.0.0/24")),
+            (key.public().to_peer_id(), net("fd00::/64")),
+        ]);
         Self { key, registry }
     }
 
@@ -60,7 +63,10 @@ fn bad_signature_is_refused() {
     // The signature is the envelope's last field: flip its last byte.
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
-    assert_eq!(IpRecord::open(&bytes, ip("100.64.0.2"), NOW, &f.registry), Err(RecordError::BadSignature));
+    assert_eq!(
+        IpRecord::open(&bytes, ip("100.64.0.2"), NOW, &f.registry),
+        Err(RecordError::BadSignature)
+    );
 }
 
 #[test]
@@ -72,7 +78,10 @@ fn tampered_payload_is_refused() {
     let at = bytes.windows(2).position(|w| w == seq_field).unwrap();
     let mut tampered = bytes.clone();
     tampered[at + 1] = 8;
-    assert_eq!(IpRecord::open(&tampered, ip("100.64.0.2"), NOW, &f.registry), Err(RecordError::BadSignature));
+    assert_eq!(
+        IpRecord::open(&tampered, ip("100.64.0.2"), NOW, &f.registry),
+        Err(RecordError::BadSignature)
+    );
 }
 
 #[test]
@@ -88,11 +97,16 @@ fn signer_must_be_the_named_peer() {
         expires_unix: NOW + 60,
     }
     .encode_to_vec();
-    let envelope = SignedEnvelope::new(&mallory, RECORD_DOMAIN.into(), RECORD_PAYLOAD_TYPE.to_vec(), payload).unwrap();
+    let envelope =
+        SignedEnvelope::new(&mallory, RECORD_DOMAIN.into(), RECORD_PAYLOAD_TYPE.to_vec(), payload)
+            .unwrap();
     let bytes = envelope.into_protobuf_encoding();
     assert_eq!(
         IpRecord::open(&bytes, ip("100.64.0.2"), NOW, &f.registry),
-        Err(RecordError::SignerMismatch { signer: mallory.public().to_peer_id(), claimed: f.peer() })
+        Err(RecordError::SignerMismatch {
+            signer: mallory.public().to_peer_id(),
+            claimed: f.peer()
+        })
     );
     // And the honest API refuses to sign for someone else.
     assert!(matches!(record.sign(&mallory), Err(RecordError::WrongKey { .. })));
@@ -101,12 +115,24 @@ fn signer_must_be_the_named_peer() {
 #[test]
 fn other_payload_type_or_domain_is_refused() {
     let f = Fixture::new();
-    let envelope = SignedEnvelope::new(&f.key, RECORD_DOMAIN.into(), b"/other/1".to_vec(), vec![]).unwrap();
+    let envelope =
+        SignedEnvelope::new(&f.key, RECORD_DOMAIN.into(), b"/other/1".to_vec(), vec![]).unwrap();
     let bytes = envelope.into_protobuf_encoding();
     assert_eq!(IpRecord::from_envelope(&bytes), Err(RecordError::PayloadType));
-    let payload = IpRecordProto { peer_id: f.peer().to_bytes(), addresses: vec![], seq: 1, expires_unix: NOW }.encode_to_vec();
-    let envelope = SignedEnvelope::new(&f.key, "other-domain".into(), RECORD_PAYLOAD_TYPE.to_vec(), payload).unwrap();
-    assert_eq!(IpRecord::from_envelope(&envelope.into_protobuf_encoding()), Err(RecordError::BadSignature));
+    let payload = IpRecordProto {
+        peer_id: f.peer().to_bytes(),
+        addresses: vec![],
+        seq: 1,
+        expires_unix: NOW,
+    }
+    .encode_to_vec();
+    let envelope =
+        SignedEnvelope::new(&f.key, "other-domain".into(), RECORD_PAYLOAD_TYPE.to_vec(), payload)
+            .unwrap();
+    assert_eq!(
+        IpRecord::from_envelope(&envelope.into_protobuf_encoding()),
+        Err(RecordError::BadSignature)
+    );
     assert!(matches!(IpRecord::from_envelope(b"\xff\xff garbage"), Err(RecordError::Envelope(_))));
 }
 
@@ -135,7 +161,10 @@ fn records_too_far_ahead_are_refused() {
 #[test]
 fn key_address_must_be_covered() {
     let f = Fixture::new();
-    assert_eq!(f.open(&f.record(), "100.64.0.3", NOW), Err(RecordError::NotCovered(ip("100.64.0.3"))));
+    assert_eq!(
+        f.open(&f.record(), "100.64.0.3", NOW),
+        Err(RecordError::NotCovered(ip("100.64.0.3")))
+    );
     let routed = IpRecord { addresses: vec![net("100.64.0.128/25")], ..f.record() };
     assert!(f.open(&routed, "100.64.0.200", NOW).is_ok());
 }
@@ -143,7 +172,8 @@ fn key_address_must_be_covered() {
 #[test]
 fn registry_must_allow_every_address() {
     let f = Fixture::new();
-    let greedy = IpRecord { addresses: vec![net("100.64.0.2/32"), net("100.64.1.0/24")], ..f.record() };
+    let greedy =
+        IpRecord { addresses: vec![net("100.64.0.2/32"), net("100.64.1.0/24")], ..f.record() };
     assert_eq!(
         f.open(&greedy, "100.64.0.2", NOW),
         Err(RecordError::NotAllowed { peer: f.peer(), net: net("100.64.1.0/24") })
@@ -152,7 +182,9 @@ fn registry_must_allow_every_address() {
 
 #[test]
 fn addresses_must_be_canonical() {
-    for text in ["100.64.0.02", "FD00::2", "fd00:0::2", "100.64.0.1/24", "100.64.0.2/32", "nonsense", ""] {
+    for text in
+        ["100.64.0.02", "FD00::2", "fd00:0::2", "100.64.0.1/24", "100.64.0.2/32", "nonsense", ""]
+    {
         assert_eq!(net_from_text(text), Err(RecordError::BadAddress(text.to_owned())), "{text}");
     }
     for text in ["100.64.0.2", "fd00::2", "10.1.0.0/24", "fd00:1::/64"] {
