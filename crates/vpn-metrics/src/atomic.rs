@@ -1,0 +1,219 @@
+use std::fmt;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use vpn_api::MetricsService;
+use vpn_types::{DropReason, MetricsSnapshot};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+}
+
+/// Lock-free counters, registered for Prometheus exposition.
+///
+/// Every counter is an atomic shared with the registry; the per-reason drop counters are
+/// created once up front, so recording never touches the registry's locks.
+pub struct AtomicMetrics {
+    registry: Registry,
+    packets_sent: Counter,
+    bytes_sent: Counter,
+    packets_received: Counter,
+    bytes_received: Counter,
+    stream_errors: Counter,
+    drops: [Counter; DropReason::COUNT],
+    active_workers: Gauge,
+    active_streams: Gauge,
+}
+
+impl Default for AtomicMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for AtomicMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AtomicMetrics").field("snapshot", &self.snapshot()).finish()
+    }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let gauge = Gauge::default();
+    registry.register(name, help, gauge.clone());
+    gauge
+}
+
+impl AtomicMetrics {
+    /// Every counter at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vpn");
+        let packets_sent = counter(&mut registry, "packets_sent", "Packets written to peers");
+        let bytes_sent = counter(&mut registry, "bytes_sent", "Bytes of packets written to peers");
+        let packets_received =
+            counter(&mut registry, "packets_received", "Packets received from peers and accepted");
+        let bytes_received = counter(
+            &mut registry,
+            "bytes_received",
+            "Bytes of packets received from peers and accepted",
+        );
+        let stream_errors =
+            counter(&mut registry, "stream_errors", "Stream open, write, read or protocol failures");
+        let family = Family::<DropLabels, Counter>::default();
+        registry.register("packets_dropped", "Packets dropped, by reason", family.clone());
+        let drops = DropReason::ALL
+            .map(|r| family.get_or_create(&DropLabels { reason: r.as_str().to_owned() }).clone());
+        let active_workers = gauge(&mut registry, "active_workers", "Flow workers alive");
+        let active_streams = gauge(&mut registry, "active_streams", "Streams open to peers");
+        Self {
+            registry,
+            packets_sent,
+            bytes_sent,
+            packets_received,
+            bytes_received,
+            stream_errors,
+            drops,
+            active_workers,
+            active_streams,
+        }
+    }
+
+    /// Every counter in the Prometheus text exposition format.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn gauge_value(gauge: &Gauge) -> u64 {
+    u64::try_from(gauge.get()).unwrap_or(0)
+}
+
+impl MetricsService for AtomicMetrics {
+    fn record_stream_error(&self) {
+        self.stream_errors.inc();
+    }
+
+    fn record_sent(&self, packets: u64, bytes: u64) {
+        self.packets_sent.inc_by(packets);
+        self.bytes_sent.inc_by(bytes);
+    }
+
+    fn record_received(&self, packets: u64, bytes: u64) {
+        self.packets_received.inc_by(packets);
+        self.bytes_received.inc_by(bytes);
+    }
+
+    fn record_drops(&self, reason: DropReason, packets: u64) {
+        if let Some(counter) = self.drops.get(reason.index()) {
+            counter.inc_by(packets);
+        }
+    }
+
+    fn set_active_workers(&self, workers: u64) {
+        self.active_workers.set(i64::try_from(workers).unwrap_or(i64::MAX));
+    }
+
+    fn set_active_streams(&self, streams: u64) {
+        self.active_streams.set(i64::try_from(streams).unwrap_or(i64::MAX));
+    }
+
+    fn snapshot(&self) -> MetricsSnapshot {
+        let drops = self.drops.each_ref().map(Counter::get);
+        MetricsSnapshot {
+            packets_sent: self.packets_sent.get(),
+            bytes_sent: self.bytes_sent.get(),
+            packets_received: self.packets_received.get(),
+            bytes_received: self.bytes_received.get(),
+            stream_errors: self.stream_errors.get(),
+            circuit_open_drops: drops.get(DropReason::CircuitOpen.index()).copied().unwrap_or(0),
+            drops,
+            active_workers: gauge_value(&self.active_workers),
+            active_streams: gauge_value(&self.active_streams),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn counts_show_in_snapshot() {
+        let m = AtomicMetrics::new();
+        m.record_sent(3, 300);
+        m.record_received(1, 60);
+        m.record_stream_error();
+        m.record_drops(DropReason::Spoofed, 4);
+        m.record_circuit_open_drop();
+        m.set_active_workers(7);
+        m.set_active_streams(2);
+        let s = m.snapshot();
+        assert_eq!((s.packets_sent, s.bytes_sent), (3, 300));
+        assert_eq!((s.packets_received, s.bytes_received), (1, 60));
+        assert_eq!(s.stream_errors, 1);
+        assert_eq!(s.dropped(DropReason::Spoofed), 4);
+        assert_eq!(s.circuit_open_drops, 1);
+        assert_eq!(s.dropped(DropReason::CircuitOpen), 1);
+        assert_eq!((s.active_workers, s.active_streams), (7, 2));
+    }
+
+    #[test]
+    fn prometheus_text_has_every_metric_once() {
+        let m = AtomicMetrics::new();
+        m.record_sent(5, 500);
+        m.record_drop(DropReason::NoPeer);
+        let text = m.render_prometheus();
+        for line in [
+            "vpn_packets_sent_total 5",
+            "vpn_bytes_sent_total 500",
+            "vpn_packets_received_total 0",
+            "vpn_stream_errors_total 0",
+            "vpn_packets_dropped_total{reason=\"no_peer\"} 1",
+            "vpn_packets_dropped_total{reason=\"queue_full\"} 0",
+            "vpn_active_workers 0",
+            "vpn_active_streams 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE vpn_packets_dropped counter").count(), 1);
+        for reason in DropReason::ALL {
+            assert!(text.contains(&format!("reason=\"{reason}\"")), "{reason}");
+        }
+    }
+
+    #[test]
+    fn concurrent_counting_loses_nothing() {
+        let m = Arc::new(AtomicMetrics::new());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        m.record_sent(1, 10);
+                        m.record_drop(DropReason::Timeout);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = m.snapshot();
+        assert_eq!((s.packets_sent, s.bytes_sent), (40_000, 400_000));
+        assert_eq!(s.dropped(DropReason::Timeout), 40_000);
+    }
+}
