@@ -67,8 +67,11 @@ impl AtomicMetrics {
             "bytes_received",
             "Bytes of packets received from peers and accepted",
         );
-        let stream_errors =
-            counter(&mut registry, "stream_errors", "Stream open, write, read or protocol failures");
+        let stream_errors = counter(
+            &mut registry,
+            "stream_errors",
+            "Stream open, write, read or protocol failures",
+        );
         let family = Family::<DropLabels, Counter>::default();
         registry.register("packets_dropped", "Packets dropped, by reason", family.clone());
         let drops = DropReason::ALL
