@@ -30,10 +30,13 @@ mod snapshot;
 pub use drop::DropReason;
 pub use ipnet::IpNet;
 pub use libp2p_identity::PeerId;
+pub use multiaddr::{self, Multiaddr};
 pub use offload::{GsoInfo, GsoType};
 pub use packet::{FlowKey, PacketInfo};
 pub use queued::{QueuedPacket, SendResult};
 pub use settings::{
-    CircuitBreakerSettings, HealthCheckSettings, RetrySettings, StreamPoolSettings, WorkerSettings,
+    CircuitBreakerSettings, ControlSettings, DiscoverySettings, FirewallSettings,
+    HealthCheckSettings, InterfaceSettings, MetricsSettings, NetworkSettings, NodeSettings,
+    PeerSettings, RetrySettings, StreamPoolSettings, Transport, VpnConfig, WorkerSettings,
 };
 pub use snapshot::{BreakerState, HealthSnapshot, MetricsSnapshot, PeerHealth};

@@ -1,54 +1,6 @@
-//! Settings of the packet engine's components, each with its defaults.
-//!
-//! Every struct has `Default`, a `with_<field>` builder per field, and deserializes from the
-//! configuration file with durations written with units (`"30s"`, `"250ms"`). A missing
-//! field takes its default; an unknown field is an error.
+//! Settings of the packet engine: workers, stream pool, breakers, health checks, retry.
 
 use std::time::Duration;
-
-use serde::Deserialize;
-
-/// Defines a settings struct with its documented fields, defaults and `with_*` builders.
-macro_rules! settings {
-    (
-        $(#[$meta:meta])*
-        $name:ident {
-            $(
-                $(#[doc = $doc:literal])*
-                $(@serde($serde:meta))?
-                $field:ident : $ty:ty = $default:expr, $with:ident;
-            )*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Deserialize)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct $name {
-            $(
-                $(#[doc = $doc])*
-                $(#[serde($serde)])?
-                pub $field: $ty,
-            )*
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self { $($field: $default,)* }
-            }
-        }
-
-        impl $name {
-            $(
-                #[doc = concat!("Sets `", stringify!($field), "`.")]
-                #[must_use]
-                pub fn $with(mut self, value: $ty) -> Self {
-                    self.$field = value;
-                    self
-                }
-            )*
-        }
-    };
-}
 
 settings! {
     /// How flows are dispatched to workers.

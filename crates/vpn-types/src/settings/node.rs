@@ -1,0 +1,213 @@
+//! Settings of the node itself: identity, addresses, interface, network, discovery, peers,
+//! firewall, metrics and control socket; and [`VpnConfig`], the whole file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
+use serde::Deserialize;
+
+use super::{
+    CircuitBreakerSettings, HealthCheckSettings, RetrySettings, StreamPoolSettings, WorkerSettings,
+};
+
+/// Deserializes addresses and prefixes, a bare address standing for a /32 or /128.
+fn nets<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::invalid_value(
+                        serde::de::Unexpected::Str(text),
+                        &"an IP address or prefix",
+                    )
+                })
+        })
+        .collect()
+}
+
+fn multiaddrs(list: &[&str]) -> Vec<Multiaddr> {
+    list.iter().filter_map(|a| a.parse().ok()).collect()
+}
+
+settings! {
+    /// Who this node is and which overlay addresses it holds.
+    NodeSettings {
+        /// The Ed25519 identity key file (written by `vpn-node init`, mode 0600). A relative
+        /// path is taken from the configuration file's directory.
+        identity_file: PathBuf = PathBuf::from("identity.key"), with_identity_file;
+        /// The overlay IPv4 address with the overlay's prefix length, e.g. `100.64.0.1/10`.
+        address: Option<Ipv4Net> = None, with_address;
+        /// The overlay IPv6 address with its prefix length, e.g. `fd00::1/64`.
+        address6: Option<Ipv6Net> = None, with_address6;
+        /// Prefixes behind this node that it routes for the overlay.
+        @serde(deserialize_with = "nets")
+        routes: Vec<IpNet> = Vec::new(), with_routes;
+    }
+}
+
+settings! {
+    /// The TUN interface.
+    InterfaceSettings {
+        /// Interface name.
+        name: String = "vpn0".to_owned(), with_name;
+        /// Interface MTU.
+        mtu: u16 = 1400, with_mtu;
+        /// Use TUN offload (TSO/GSO super-packets) where the kernel offers it.
+        offload: bool = false, with_offload;
+    }
+}
+
+/// The transport preferred when dialing a peer that offers both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP with Noise and yamux.
+    Tcp,
+    /// QUIC v1.
+    Quic,
+}
+
+settings! {
+    /// The libp2p swarm: where it listens, whom it trusts and how many connections it keeps.
+    NetworkSettings {
+        /// Multiaddrs to listen on (TCP and QUIC).
+        listen: Vec<Multiaddr> =
+            multiaddrs(&["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]), with_listen;
+        /// Bootstrap peers, each a multiaddr ending in `/p2p/<peer id>`.
+        bootstrap: Vec<Multiaddr> = Vec::new(), with_bootstrap;
+        /// Peers that may join and claim addresses in the overlay through the DHT, besides
+        /// the configured `[[peers]]`.
+        allowed_peers: Vec<PeerId> = Vec::new(), with_allowed_peers;
+        /// The transport preferred for dialing.
+        transport: Transport = Transport::Tcp, with_transport;
+        /// Most connections in all.
+        max_connections: u32 = 512, with_max_connections;
+        /// Most connections to one peer.
+        max_connections_per_peer: u32 = 2, with_max_connections_per_peer;
+        /// Dialing a peer may take this long.
+        @serde(with = "humantime_serde")
+        dial_timeout: Duration = Duration::from_secs(10), with_dial_timeout;
+        /// A connection with no stream for this long is closed.
+        @serde(with = "humantime_serde")
+        idle_connection_timeout: Duration = Duration::from_secs(120), with_idle_connection_timeout;
+    }
+}
+
+settings! {
+    /// How peers and the owners of addresses are found.
+    DiscoverySettings {
+        /// Find peers on the local network by mDNS.
+        mdns: bool = true, with_mdns;
+        /// Publish and look up IP records in the Kademlia DHT.
+        dht: bool = true, with_dht;
+        /// Lifetime of our published IP record.
+        @serde(with = "humantime_serde")
+        record_ttl: Duration = Duration::from_secs(3600), with_record_ttl;
+        /// How often our record is published again (before half its lifetime).
+        @serde(with = "humantime_serde")
+        republish_interval: Duration = Duration::from_secs(1200), with_republish_interval;
+        /// How long a found owner is remembered.
+        @serde(with = "humantime_serde")
+        cache_ttl: Duration = Duration::from_secs(60), with_cache_ttl;
+        /// How long "nobody owns this address" is remembered.
+        @serde(with = "humantime_serde")
+        negative_cache_ttl: Duration = Duration::from_secs(5), with_negative_cache_ttl;
+        /// A DHT lookup may take this long.
+        @serde(with = "humantime_serde")
+        lookup_timeout: Duration = Duration::from_secs(5), with_lookup_timeout;
+    }
+}
+
+/// A peer known from the configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSettings {
+    /// Its peer ID.
+    pub peer_id: PeerId,
+    /// Its overlay addresses (bare addresses, e.g. `100.64.0.2`).
+    #[serde(default, deserialize_with = "nets")]
+    pub addresses: Vec<IpNet>,
+    /// Prefixes behind it that it routes.
+    #[serde(default, deserialize_with = "nets")]
+    pub routes: Vec<IpNet>,
+    /// Multiaddrs where it can be dialed.
+    #[serde(default)]
+    pub endpoints: Vec<Multiaddr>,
+}
+
+settings! {
+    /// Inbound packets refused before they reach the TUN.
+    FirewallSettings {
+        /// Upper-layer protocol numbers refused (e.g. 47 for GRE).
+        deny_protocols: Vec<u8> = Vec::new(), with_deny_protocols;
+        /// TCP and UDP destination ports refused.
+        deny_ports: Vec<u16> = Vec::new(), with_deny_ports;
+    }
+}
+
+settings! {
+    /// Prometheus metrics.
+    MetricsSettings {
+        /// Address to serve `/metrics` on; none turns the endpoint off.
+        listen: Option<SocketAddr> = None, with_listen;
+    }
+}
+
+settings! {
+    /// The local control socket used by `vpn-node status` and `vpn-node peers`.
+    ControlSettings {
+        /// Path of the Unix socket.
+        socket: PathBuf = PathBuf::from("/run/vpn-node.sock"), with_socket;
+    }
+}
+
+settings! {
+    /// The whole configuration file, one field per section.
+    VpnConfig {
+        /// `[node]`
+        node: NodeSettings = NodeSettings::default(), with_node;
+        /// `[interface]`
+        interface: InterfaceSettings = InterfaceSettings::default(), with_interface;
+        /// `[network]`
+        network: NetworkSettings = NetworkSettings::default(), with_network;
+        /// `[discovery]`
+        discovery: DiscoverySettings = DiscoverySettings::default(), with_discovery;
+        /// `[[peers]]`
+        peers: Vec<PeerSettings> = Vec::new(), with_peers;
+        /// `[firewall]`
+        firewall: FirewallSettings = FirewallSettings::default(), with_firewall;
+        /// `[metrics]`
+        metrics: MetricsSettings = MetricsSettings::default(), with_metrics;
+        /// `[control]`
+        control: ControlSettings = ControlSettings::default(), with_control;
+        /// `[worker]`
+        worker: WorkerSettings = WorkerSettings::default(), with_worker;
+        /// `[stream_pool]`
+        stream_pool: StreamPoolSettings = StreamPoolSettings::default(), with_stream_pool;
+        /// `[circuit_breaker]`
+        circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings::default(), with_circuit_breaker;
+        /// `[health_check]`
+        health_check: HealthCheckSettings = HealthCheckSettings::default(), with_health_check;
+        /// `[retry]`
+        retry: RetrySettings = RetrySettings::default(), with_retry;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_listens_on_tcp_and_quic() {
+        let net = NetworkSettings::default();
+        assert_eq!(net.listen.len(), 2);
+        assert_eq!(net.listen[1].to_string(), "/ip4/0.0.0.0/udp/4001/quic-v1");
+    }
+}
