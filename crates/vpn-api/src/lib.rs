@@ -63,7 +63,7 @@ pub use resilience::{
     BreakerPermit, CircuitBreakerExt, CircuitBreakerService, RetryExt, RetrySchedule, RetryService,
 };
 pub use service::VpnService;
-pub use stream::{FrameSink, StreamLease, StreamPoolService, StreamService, VpnStream};
+pub use stream::{FrameBatch, FrameSink, StreamLease, StreamPoolService, StreamService, VpnStream};
 pub use tun::{TunDevice, TunPacket};
 
 pub use async_trait::async_trait;

@@ -32,16 +32,32 @@ pub trait StreamService: Send + Sync {
     async fn open_stream(&self, peer: PeerId) -> Result<Box<dyn VpnStream>, VpnError>;
 }
 
+/// Whole encoded frames for one stream, with the packets they carry counted, so that the
+/// writer can count them as sent once written, or as dropped if the stream fails first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameBatch {
+    /// One or more whole frames.
+    pub frames: Bytes,
+    /// IP packets (or offload super-packets) carried.
+    pub packets: u64,
+    /// Bytes of those packets, without frame headers.
+    pub packet_bytes: u64,
+}
+
 /// Where a stream lease's frames go: the single writer task of one pooled stream, which
 /// coalesces what it is given into large writes.
+///
+/// Accounting is exact: a batch accepted here is later counted by the writer as sent
+/// (written) or dropped (`stream_error`, the stream failed first); a batch refused here is
+/// the caller's to count.
 #[async_trait]
 pub trait FrameSink: Send + Sync {
-    /// Queues `frames` — one or more whole encoded frames — for the stream. Waits only
-    /// while the writer's queue is full.
+    /// Queues `batch` for the stream. Waits only while the writer's queue is full, and
+    /// queues nothing if the future is dropped while waiting.
     ///
     /// Errors: a network error of kind `StreamClosed` once the stream has failed or closed;
-    /// nothing of `frames` was written then.
-    async fn send_frames(&self, frames: Bytes) -> Result<(), VpnError>;
+    /// nothing of `batch` was queued then.
+    async fn send_frames(&self, batch: FrameBatch) -> Result<(), VpnError>;
 
     /// Whether the stream is known to be closed or failed.
     fn is_closed(&self) -> bool;

@@ -7,6 +7,8 @@
 //! - [`MemoryTun`]: an in-memory [`vpn_api::TunDevice`] and the [`MemoryTunHandle`] that
 //!   plays the operating system's side.
 //! - [`FaultyStream`]: wraps a stream to fail the Nth write, delay writes, or reset.
+//! - [`MemoryStreams`]: a `StreamService` of in-memory streams, with refused opens and
+//!   injected faults, that counts what it opened and what is still alive.
 //!
 //! ```
 //! use vpn_testutil::PacketBuilder;
@@ -22,11 +24,13 @@
 
 mod fault;
 mod memory_stream;
+mod memory_streams;
 mod memory_tun;
 pub mod mocks;
 mod packet;
 
 pub use fault::{Faults, FaultyStream};
 pub use memory_stream::{MemoryStream, memory_stream_pair};
+pub use memory_streams::{Accepted, MemoryStreams};
 pub use memory_tun::{MemoryTun, MemoryTunHandle};
 pub use packet::PacketBuilder;

@@ -1,7 +1,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
@@ -14,6 +14,17 @@ pub struct MemoryStream {
     inner: Option<DuplexStream>,
     remote: PeerId,
     reset: Arc<AtomicBool>,
+    live: Option<LiveGuard>,
+}
+
+/// Counts a stream as alive until it is dropped.
+#[derive(Debug)]
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Two connected in-memory streams: what one end writes, the other reads. `a` is the end
@@ -27,12 +38,19 @@ pub fn memory_stream_pair(
     let (a, b) = tokio::io::duplex(capacity);
     let reset = Arc::new(AtomicBool::new(false));
     (
-        MemoryStream { inner: Some(a), remote: b_id, reset: reset.clone() },
-        MemoryStream { inner: Some(b), remote: a_id, reset },
+        MemoryStream { inner: Some(a), remote: b_id, reset: reset.clone(), live: None },
+        MemoryStream { inner: Some(b), remote: a_id, reset, live: None },
     )
 }
 
 impl MemoryStream {
+    /// The same stream, counted in `live` until it is dropped.
+    pub fn counted(mut self, live: Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        self.live = Some(LiveGuard(live));
+        self
+    }
+
     fn reset_error() -> io::Error {
         io::Error::from(io::ErrorKind::ConnectionReset)
     }

@@ -16,11 +16,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use mockall::mock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use vpn_api::{
-    BreakerPermit, CircuitBreakerService, ConfigService, FrameSink, IpRegistry, MetricsService,
+    BreakerPermit, CircuitBreakerService, ConfigService, FrameBatch, FrameSink, IpRegistry, MetricsService,
     PeerDiscoveryService, RetrySchedule, RetryService, StreamHealthService, StreamLease,
     StreamPoolService, StreamService, TunDevice, TunPacket, VpnService, VpnStream,
 };
@@ -66,7 +65,7 @@ mock! {
     pub Sink {}
     #[async_trait]
     impl FrameSink for Sink {
-        async fn send_frames(&self, frames: Bytes) -> Result<(), VpnError>;
+        async fn send_frames(&self, batch: FrameBatch) -> Result<(), VpnError>;
         fn is_closed(&self) -> bool;
     }
 }
