@@ -8,7 +8,7 @@ use vpn_api::{StreamService, VpnStream};
 use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
 use vpn_types::PeerId;
 
-use crate::{FaultyStream, Faults, MemoryStream, memory_stream_pair};
+use crate::{Faults, FaultyStream, MemoryStream, memory_stream_pair};
 
 /// A stream the remote side accepted: the far end of a stream opened to `peer`.
 #[derive(Debug)]
@@ -74,14 +74,17 @@ impl MemoryStreams {
 #[async_trait]
 impl StreamService for MemoryStreams {
     async fn open_stream(&self, peer: PeerId) -> Result<Box<dyn VpnStream>, VpnError> {
-        let refuse = self.fail_opens.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let refuse =
+            self.fail_opens.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if refuse.is_ok() {
-            let err = NetworkError::new(NetworkErrorKind::Unreachable, "open stream").with_peer(peer);
+            let err =
+                NetworkError::new(NetworkErrorKind::Unreachable, "open stream").with_peer(peer);
             return Err(VpnError::Network(err));
         }
         let (ours, theirs) = memory_stream_pair(self.local, peer, self.capacity);
         if self.accepted.send(Accepted { peer, stream: theirs }).is_err() {
-            let err = NetworkError::new(NetworkErrorKind::ConnectionRefused, "open stream").with_peer(peer);
+            let err = NetworkError::new(NetworkErrorKind::ConnectionRefused, "open stream")
+                .with_peer(peer);
             return Err(VpnError::Network(err));
         }
         self.opened.fetch_add(1, Ordering::SeqCst);

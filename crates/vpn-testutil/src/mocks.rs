@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use mockall::mock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use vpn_api::{
-    BreakerPermit, CircuitBreakerService, ConfigService, FrameBatch, FrameSink, IpRegistry, MetricsService,
-    PeerDiscoveryService, RetrySchedule, RetryService, StreamHealthService, StreamLease,
-    StreamPoolService, StreamService, TunDevice, TunPacket, VpnService, VpnStream,
+    BreakerPermit, CircuitBreakerService, ConfigService, FrameBatch, FrameSink, IpRegistry,
+    MetricsService, PeerDiscoveryService, RetrySchedule, RetryService, StreamHealthService,
+    StreamLease, StreamPoolService, StreamService, TunDevice, TunPacket, VpnService, VpnStream,
 };
 use vpn_errors::VpnError;
 use vpn_types::{

@@ -1,0 +1,72 @@
+//! The acceptor's side of a stream: decode frames, answer PINGs, hand packets on.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vpn_api::VpnStream;
+use vpn_wire::{Frame, FrameDecoder, FrameError};
+
+/// Most bytes read from a stream at once.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// How an inbound stream ended.
+#[derive(Debug)]
+pub enum InboundEnd {
+    /// The opener closed it cleanly, between frames.
+    Closed,
+    /// The opener broke the wire protocol; the stream was reset.
+    Protocol(FrameError),
+    /// Reading or answering failed.
+    Io(io::Error),
+}
+
+/// Serves one stream a peer opened to us until it ends: decodes its frames in order,
+/// answers each PING with a PONG, and hands every PACKET and SEGMENTED frame to `deliver`
+/// (which applies the receiver checks). Extension frames are skipped; a stray PONG is
+/// ignored. A protocol error resets the stream; other streams are not affected.
+pub async fn serve_inbound<F>(mut stream: Box<dyn VpnStream>, mut deliver: F) -> InboundEnd
+where
+    F: FnMut(Frame) + Send,
+{
+    let mut decoder = FrameDecoder::new();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut reply = BytesMut::new();
+    loop {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let read = match stream.read_buf(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => return InboundEnd::Io(e),
+        };
+        let decoded =
+            if read == 0 { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
+        let mut next = decoded;
+        loop {
+            match next {
+                Ok(Some(Frame::Ping(nonce))) => vpn_wire::encode_pong(&mut reply, nonce),
+                Ok(Some(Frame::Pong(_))) => {}
+                Ok(Some(frame)) => deliver(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    stream.reset();
+                    return InboundEnd::Protocol(e);
+                }
+            }
+            next = if read == 0 { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
+        }
+        if !reply.is_empty() {
+            let answer = reply.split();
+            if let Err(e) = stream.write_all(&answer).await {
+                return InboundEnd::Io(e);
+            }
+            if let Err(e) = stream.flush().await {
+                return InboundEnd::Io(e);
+            }
+        }
+        if read == 0 {
+            return InboundEnd::Closed;
+        }
+    }
+}

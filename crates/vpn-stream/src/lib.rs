@@ -1,0 +1,24 @@
+//! Streams of vpn-node: the pool that lends them to flows, their health checking and
+//! warming, and the reader of streams peers open to us.
+//!
+//! - [`StreamPool`]: the [`vpn_api::StreamPoolService`] over any
+//!   [`vpn_api::StreamService`]. Each pooled stream is owned by one task that writes the
+//!   frame batches queued for it, coalesced into large writes, and reads the PONGs that come
+//!   back. Packets are counted as sent once written, or as dropped (`stream_error`) when the
+//!   stream fails first.
+//! - [`StreamHealth`]: the [`vpn_api::StreamHealthService`] over a pool.
+//! - [`serve_inbound`]: the acceptor's frame loop.
+//!
+//! The libp2p stream service itself lives beside these, over `libp2p-stream`.
+
+mod health;
+mod inbound;
+mod pool;
+mod pooled;
+
+pub use health::StreamHealth;
+pub use inbound::{InboundEnd, serve_inbound};
+pub use pool::StreamPool;
+
+#[cfg(test)]
+mod tests;

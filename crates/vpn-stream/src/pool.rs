@@ -1,0 +1,392 @@
+//! The stream pool: a few streams per peer, lent to flows.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vpn_api::{MetricsService, StreamLease, StreamPoolService, StreamService};
+use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
+use vpn_types::{FlowKey, PeerId, StreamPoolSettings};
+
+use crate::health::PeerCounters;
+use crate::pooled::{Clock, PooledStream};
+
+/// The streams to one peer.
+#[derive(Debug)]
+struct PeerStreams {
+    streams: Vec<Arc<PooledStream>>,
+    /// Opens under way.
+    opening: usize,
+    last_used: Instant,
+    /// No background open before this (after one failed).
+    grow_after: Instant,
+    /// Woken when an open finishes, for callers waiting on it.
+    opened: Arc<Notify>,
+    counters: Arc<PeerCounters>,
+}
+
+impl PeerStreams {
+    fn new(now: Instant) -> Self {
+        Self {
+            streams: Vec::new(),
+            opening: 0,
+            last_used: now,
+            grow_after: now,
+            opened: Arc::new(Notify::new()),
+            counters: Arc::new(PeerCounters::default()),
+        }
+    }
+
+    /// Forgets streams that closed or were retired (their tasks finish them).
+    fn prune(&mut self) {
+        self.streams.retain(|s| s.usable());
+    }
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    peers: HashMap<PeerId, PeerStreams>,
+    stopped: bool,
+}
+
+/// What `get_stream` does after looking at the pool under its lock.
+enum Step {
+    Lease(Arc<PooledStream>, bool),
+    Open,
+    Wait(tokio::sync::futures::OwnedNotified),
+}
+
+struct Shared {
+    opener: Arc<dyn StreamService>,
+    metrics: Arc<dyn MetricsService>,
+    settings: StreamPoolSettings,
+    state: Mutex<PoolState>,
+    next_id: AtomicU64,
+    clock: Clock,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Keeps between `min_streams_per_peer` and `max_streams_per_peer` streams to each peer
+/// and lends them to flows: the node's [`StreamPoolService`].
+///
+/// - A lease goes to the peer's least-leased healthy stream; the worker keeps it while the
+///   stream stays healthy, so a flow stays on one stream and its order holds.
+/// - When every stream to a peer is leased and the maximum is not reached, another is opened
+///   in the background; a caller waits for an open only when the peer has no stream at all.
+/// - No lock is held across an open; an open that finishes after [`StreamPool::stop`] closes
+///   its stream at once, so every stream opened is either in the pool or closed.
+/// - Each stream has one task that owns it (see [`crate`]); a failed stream is dropped from
+///   the pool and its lessees move to another on their next lease.
+/// - Streams with no lease and no traffic for `stream_idle_timeout` are closed by a cleanup
+///   that runs every `cleanup_interval` once [`StreamPool::start`] was called.
+#[derive(Clone)]
+pub struct StreamPool {
+    shared: Arc<Shared>,
+}
+
+impl StreamPool {
+    /// A pool opening streams with `opener`.
+    pub fn new(
+        opener: Arc<dyn StreamService>,
+        metrics: Arc<dyn MetricsService>,
+        settings: StreamPoolSettings,
+    ) -> Self {
+        let shared = Shared {
+            opener,
+            metrics,
+            settings,
+            state: Mutex::new(PoolState::default()),
+            next_id: AtomicU64::new(1),
+            clock: Clock::new(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Starts the idle cleanup. Needs a tokio runtime.
+    pub fn start(&self) {
+        let pool = self.clone();
+        let shutdown = self.shared.shutdown.clone();
+        let every = self.shared.settings.cleanup_interval;
+        self.shared.tasks.spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => pool.close_idle(),
+                }
+            }
+        });
+    }
+
+    /// Closes every stream (writing what is queued first) and waits for their tasks and any
+    /// open under way. Later leases fail. Stopping twice is harmless.
+    pub async fn stop(&self) {
+        let streams: Vec<_> = {
+            let mut state = self.lock();
+            state.stopped = true;
+            state.peers.drain().flat_map(|(_, p)| p.streams).collect()
+        };
+        for stream in streams {
+            stream.retire(false);
+        }
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        self.update_gauge();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // Plain bookkeeping: a panic elsewhere leaves it consistent enough to go on.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stopped_error() -> VpnError {
+        VpnError::Service(ServiceError::new(ServiceErrorKind::Stopped, "stream pool", "get stream"))
+    }
+
+    fn update_gauge(&self) {
+        let open = self.active_streams();
+        self.shared.metrics.set_active_streams(open as u64);
+    }
+
+    /// Every stream in the pool now.
+    pub(crate) fn streams(&self) -> Vec<Arc<PooledStream>> {
+        self.lock().peers.values().flat_map(|p| p.streams.iter().cloned()).collect()
+    }
+
+    /// Peers used within `window`, with their usable streams plus opens under way.
+    pub(crate) fn recent_peers(&self, window: Duration) -> Vec<(PeerId, usize)> {
+        let now = Instant::now();
+        self.lock()
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| now.duration_since(p.last_used) <= window)
+            .map(|(peer, p)| {
+                p.prune();
+                (*peer, p.streams.len() + p.opening)
+            })
+            .collect()
+    }
+
+    /// Health counters of every peer in the pool, with its streams (all, and healthy).
+    pub(crate) fn peer_counters(&self) -> Vec<(PeerId, Arc<PeerCounters>, u32, u32)> {
+        self.lock()
+            .peers
+            .iter()
+            .map(|(peer, p)| {
+                let open = p.streams.iter().filter(|s| !s.is_closed()).count();
+                let healthy = p.streams.iter().filter(|s| s.usable()).count();
+                (*peer, p.counters.clone(), open as u32, healthy as u32)
+            })
+            .collect()
+    }
+
+    /// Opens streams in the background until `peer` has `target` (counting opens under way).
+    pub(crate) fn warm(&self, peer: PeerId, target: usize) {
+        let missing = {
+            let mut state = self.lock();
+            if state.stopped {
+                return;
+            }
+            let now = Instant::now();
+            let entry = state.peers.entry(peer).or_insert_with(|| PeerStreams::new(now));
+            entry.prune();
+            let target = target.min(self.shared.settings.max_streams_per_peer);
+            let missing = target.saturating_sub(entry.streams.len() + entry.opening);
+            entry.opening += missing;
+            missing
+        };
+        for _ in 0..missing {
+            self.open_in_background(peer);
+        }
+    }
+
+    /// Takes a stream out of the pool for missing PONGs: it is reset.
+    pub(crate) fn retire_unhealthy(&self, stream: &PooledStream) {
+        stream.retire(true);
+        if let Some(entry) = self.lock().peers.get_mut(&stream.peer) {
+            entry.prune();
+        }
+        self.update_gauge();
+    }
+
+    fn close_idle(&self) {
+        let now = Instant::now();
+        let idle = self.shared.settings.stream_idle_timeout;
+        let mut retired = Vec::new();
+        {
+            let mut state = self.lock();
+            state.peers.retain(|_, p| {
+                p.prune();
+                p.streams.retain(|s| {
+                    let keep = s.leases() > 0 || s.idle_for() < idle;
+                    if !keep {
+                        retired.push(s.clone());
+                    }
+                    keep
+                });
+                !p.streams.is_empty() || p.opening > 0 || now.duration_since(p.last_used) < idle
+            });
+        }
+        for stream in retired {
+            stream.retire(false);
+        }
+        self.update_gauge();
+    }
+
+    /// Opens one stream to `peer` and adds it to the pool; the caller has counted the open
+    /// in `opening`. Returns the stream, leased once when `lease` is set.
+    async fn open(&self, peer: PeerId, lease: bool) -> Result<Arc<PooledStream>, VpnError> {
+        let opened = tokio::time::timeout(
+            self.shared.settings.open_timeout,
+            self.shared.opener.open_stream(peer),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            let err = NetworkError::new(NetworkErrorKind::Timeout, "open stream").with_peer(peer);
+            Err(VpnError::Network(err))
+        });
+        let mut state = self.lock();
+        let stopped = state.stopped;
+        let now = Instant::now();
+        let entry = state.peers.entry(peer).or_insert_with(|| PeerStreams::new(now));
+        entry.opening = entry.opening.saturating_sub(1);
+        entry.opened.notify_waiters();
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => {
+                entry.grow_after = now + self.shared.settings.open_timeout;
+                drop(state);
+                self.shared.metrics.record_stream_error();
+                return Err(e);
+            }
+        };
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let pooled = PooledStream::spawn(
+            id,
+            stream,
+            self.shared.settings.writer_queue_capacity,
+            self.shared.clock,
+            entry.counters.clone(),
+            self.shared.metrics.clone(),
+            &self.shared.tasks,
+        );
+        if stopped {
+            drop(state);
+            pooled.retire(false);
+            return Err(Self::stopped_error());
+        }
+        if lease {
+            pooled.add_lease();
+        }
+        entry.streams.push(pooled.clone());
+        drop(state);
+        self.update_gauge();
+        Ok(pooled)
+    }
+
+    fn open_in_background(&self, peer: PeerId) {
+        let pool = self.clone();
+        self.shared.tasks.spawn(async move {
+            // A failure is counted by `open` and retried by a later lease or the warmer.
+            let _ = pool.open(peer, false).await;
+        });
+    }
+
+    fn lease(stream: &Arc<PooledStream>) -> StreamLease {
+        StreamLease { peer: stream.peer, stream_id: stream.id, sink: stream.clone() }
+    }
+}
+
+#[async_trait]
+impl StreamPoolService for StreamPool {
+    async fn get_stream(&self, peer: PeerId, _flow: FlowKey) -> Result<StreamLease, VpnError> {
+        loop {
+            let step = {
+                let mut state = self.lock();
+                if state.stopped {
+                    return Err(Self::stopped_error());
+                }
+                let now = Instant::now();
+                let max = self.shared.settings.max_streams_per_peer;
+                let entry = state.peers.entry(peer).or_insert_with(|| PeerStreams::new(now));
+                entry.last_used = now;
+                entry.prune();
+                match entry.streams.iter().min_by_key(|s| s.leases()) {
+                    Some(stream) => {
+                        let grow = stream.leases() > 0
+                            && entry.streams.len() + entry.opening < max
+                            && now >= entry.grow_after;
+                        stream.add_lease();
+                        let stream = stream.clone();
+                        if grow {
+                            entry.opening += 1;
+                        }
+                        Step::Lease(stream, grow)
+                    }
+                    None if entry.opening == 0 => {
+                        entry.opening += 1;
+                        Step::Open
+                    }
+                    // Registered under the lock, so the open's wake-up cannot be missed.
+                    None => Step::Wait(entry.opened.clone().notified_owned()),
+                }
+            };
+            match step {
+                Step::Lease(stream, grow) => {
+                    if grow {
+                        self.open_in_background(peer);
+                    }
+                    return Ok(Self::lease(&stream));
+                }
+                Step::Open => return self.open(peer, true).await.map(|s| Self::lease(&s)),
+                Step::Wait(opened) => {
+                    // Bounded, so a caller never waits longer than an open may take.
+                    let _ = tokio::time::timeout(self.shared.settings.open_timeout, opened).await;
+                }
+            }
+        }
+    }
+
+    fn release(&self, lease: StreamLease, healthy: bool) {
+        let retired = {
+            let mut state = self.lock();
+            let Some(entry) = state.peers.get_mut(&lease.peer) else { return };
+            let Some(pos) = entry.streams.iter().position(|s| s.id == lease.stream_id) else {
+                return;
+            };
+            let stream = entry.streams.get(pos).cloned();
+            if let Some(stream) = &stream {
+                stream.drop_lease();
+            }
+            if healthy {
+                None
+            } else {
+                stream.inspect(|_| {
+                    entry.streams.remove(pos);
+                })
+            }
+        };
+        if let Some(stream) = retired {
+            stream.retire(false);
+            self.update_gauge();
+        }
+    }
+
+    fn active_streams(&self) -> usize {
+        self.lock()
+            .peers
+            .values()
+            .map(|p| p.streams.iter().filter(|s| !s.is_closed()).count())
+            .sum()
+    }
+}

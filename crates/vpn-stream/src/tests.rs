@@ -1,0 +1,412 @@
+//! The pool, its streams and their health, against in-memory streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Semaphore, mpsc};
+use vpn_api::{
+    FrameBatch, MetricsService, StreamHealthService, StreamPoolService, StreamService, VpnStream,
+};
+use vpn_errors::{NetworkErrorKind, ServiceErrorKind, VpnError};
+use vpn_metrics::AtomicMetrics;
+use vpn_testutil::{Accepted, Faults, MemoryStreams};
+use vpn_types::{DropReason, FlowKey, HealthCheckSettings, PeerId, StreamPoolSettings};
+use vpn_wire::{Frame, FrameDecoder};
+
+use crate::{StreamHealth, StreamPool, serve_inbound};
+
+struct Fixture {
+    pool: StreamPool,
+    streams: Arc<MemoryStreams>,
+    accepted: mpsc::UnboundedReceiver<Accepted>,
+    metrics: Arc<AtomicMetrics>,
+    peer: PeerId,
+}
+
+fn settings() -> StreamPoolSettings {
+    StreamPoolSettings::default()
+        .with_max_streams_per_peer(2)
+        .with_stream_idle_timeout(Duration::from_secs(60))
+        .with_cleanup_interval(Duration::from_secs(10))
+}
+
+fn fixture(settings: StreamPoolSettings) -> Fixture {
+    let (streams, accepted) = MemoryStreams::new(PeerId::random(), 1 << 20);
+    let streams = Arc::new(streams);
+    let metrics = Arc::new(AtomicMetrics::new());
+    let pool = StreamPool::new(streams.clone(), metrics.clone(), settings);
+    Fixture { pool, streams, accepted, metrics, peer: PeerId::random() }
+}
+
+fn flow(port: u16) -> FlowKey {
+    FlowKey::new("100.64.0.2".parse().unwrap(), Some(port))
+}
+
+/// A batch of `n` PACKET frames whose bodies are `tag` repeated.
+fn batch(n: u64, tag: u8) -> FrameBatch {
+    let mut frames = BytesMut::new();
+    for _ in 0..n {
+        vpn_wire::encode_packet(&mut frames, &[tag; 10]).unwrap();
+    }
+    FrameBatch { frames: frames.freeze(), packets: n, packet_bytes: n * 10 }
+}
+
+/// Reads `n` frames from an accepted stream.
+async fn read_frames(stream: &mut (impl AsyncReadExt + Unpin), n: usize) -> Vec<Frame> {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    while frames.len() < n {
+        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "stream ended early");
+        while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+            frames.push(frame);
+        }
+    }
+    frames
+}
+
+/// Lets other tasks run until `done` holds (a bounded number of turns).
+async fn settle(mut done: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the condition never came true");
+}
+
+#[tokio::test]
+async fn leases_write_and_count_sent() {
+    let mut f = fixture(settings());
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    assert_eq!(lease.peer, f.peer);
+    lease.sink.send_frames(batch(3, 7)).await.unwrap();
+    let mut far = f.accepted.recv().await.unwrap();
+    let frames = read_frames(&mut far.stream, 3).await;
+    assert_eq!(frames, vec![Frame::Packet(Bytes::from_static(&[7; 10])); 3]);
+    f.pool.release(lease, true);
+    f.pool.stop().await;
+    let s = f.metrics.snapshot();
+    assert_eq!((s.packets_sent, s.bytes_sent), (3, 30));
+}
+
+#[tokio::test]
+async fn busy_peer_grows_to_the_maximum_and_spreads_leases() {
+    let mut f = fixture(settings());
+    let a = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    // Far ends are kept: a stream whose far end goes away is closed.
+    let _far_a = f.accepted.recv().await.unwrap();
+    // The only stream is leased: the next lease shares it and opens a second in the background.
+    let b = f.pool.get_stream(f.peer, flow(2)).await.unwrap();
+    assert_eq!(b.stream_id, a.stream_id);
+    let _far_b = f.accepted.recv().await.unwrap();
+    settle(|| f.pool.active_streams() == 2).await;
+    let c = f.pool.get_stream(f.peer, flow(3)).await.unwrap();
+    assert_ne!(c.stream_id, a.stream_id, "the least-leased stream is chosen");
+    let d = f.pool.get_stream(f.peer, flow(4)).await.unwrap();
+    assert!([a.stream_id, c.stream_id].contains(&d.stream_id));
+    assert_eq!(f.streams.opened(), 2, "never more than max_streams_per_peer");
+    assert_eq!(f.pool.active_streams(), 2);
+    f.pool.stop().await;
+}
+
+/// Opens that wait at a gate until the test lets them through.
+struct GatedStreams {
+    gate: Semaphore,
+    gated: PeerId,
+    arrived: std::sync::atomic::AtomicUsize,
+    inner: MemoryStreams,
+}
+
+impl GatedStreams {
+    fn new(gated: PeerId) -> (Arc<Self>, mpsc::UnboundedReceiver<Accepted>) {
+        let (inner, accepted) = MemoryStreams::new(PeerId::random(), 1 << 16);
+        let arrived = std::sync::atomic::AtomicUsize::new(0);
+        (Arc::new(Self { gate: Semaphore::new(0), gated, arrived, inner }), accepted)
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl StreamService for GatedStreams {
+    async fn open_stream(&self, peer: PeerId) -> Result<Box<dyn VpnStream>, VpnError> {
+        if peer == self.gated {
+            self.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _permit = self.gate.acquire().await.unwrap();
+        }
+        self.inner.open_stream(peer).await
+    }
+}
+
+#[tokio::test]
+async fn no_lock_is_held_across_an_open() {
+    let slow = PeerId::random();
+    let (streams, _accepted) = GatedStreams::new(slow);
+    let pool = StreamPool::new(streams.clone(), Arc::new(AtomicMetrics::new()), settings());
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_stream(slow, flow(1)).await.map(|l| l.stream_id) }
+    });
+    settle(|| streams.arrived() == 1).await;
+    // While the open to `slow` hangs, other peers are served.
+    let fast = pool.get_stream(PeerId::random(), flow(1)).await.unwrap();
+    pool.release(fast, true);
+    assert!(!waiting.is_finished());
+    streams.gate.add_permits(1);
+    assert!(waiting.await.unwrap().is_ok());
+    pool.stop().await;
+    assert_eq!(streams.inner.live(), 0);
+}
+
+#[tokio::test]
+async fn unhealthy_release_retires_the_stream() {
+    let mut f = fixture(settings());
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut first = f.accepted.recv().await.unwrap();
+    f.pool.release(lease, false);
+    // The retired stream is closed (cleanly: its queue was empty).
+    let mut rest = Vec::new();
+    first.stream.read_to_end(&mut rest).await.unwrap();
+    let again = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    f.accepted.recv().await.unwrap();
+    assert_eq!(f.streams.opened(), 2);
+    assert_eq!(f.pool.active_streams(), 1);
+    f.pool.release(again, true);
+    f.pool.stop().await;
+}
+
+#[tokio::test]
+async fn failed_write_counts_lost_packets_and_closes_the_sink() {
+    let mut f = fixture(settings());
+    f.streams.inject([Faults::fail_writes_from(2)]);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut far = f.accepted.recv().await.unwrap();
+    lease.sink.send_frames(batch(2, 1)).await.unwrap();
+    assert_eq!(read_frames(&mut far.stream, 2).await.len(), 2);
+    lease.sink.send_frames(batch(5, 2)).await.unwrap();
+    // The write fails; the stream task closes the stream, and the far end sees its end.
+    let mut rest = Vec::new();
+    far.stream.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    let refused = lease.sink.send_frames(batch(1, 3)).await.unwrap_err();
+    assert_eq!(refused.network_kind(), Some(NetworkErrorKind::StreamClosed));
+    let s = f.metrics.snapshot();
+    assert_eq!(s.packets_sent, 2);
+    assert_eq!(s.dropped(DropReason::StreamError), 5);
+    assert_eq!(s.stream_errors, 1);
+    // The next lease gets a fresh stream.
+    f.pool.release(lease, false);
+    let next = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    next.sink.send_frames(batch(1, 4)).await.unwrap();
+    let mut second = f.accepted.recv().await.unwrap();
+    assert_eq!(
+        read_frames(&mut second.stream, 1).await,
+        vec![Frame::Packet(Bytes::from_static(&[4; 10]))]
+    );
+    f.pool.stop().await;
+}
+
+#[tokio::test]
+async fn failed_opens_are_errors_and_counted() {
+    let f = fixture(settings());
+    f.streams.fail_next_opens(1);
+    let err = f.pool.get_stream(f.peer, flow(1)).await.unwrap_err();
+    assert_eq!(err.network_kind(), Some(NetworkErrorKind::Unreachable));
+    assert_eq!(f.metrics.snapshot().stream_errors, 1);
+    assert!(f.pool.get_stream(f.peer, flow(1)).await.is_ok());
+    f.pool.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_streams_are_closed_by_the_cleanup() {
+    let mut f = fixture(settings());
+    f.pool.start();
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut far = f.accepted.recv().await.unwrap();
+    f.pool.release(lease, true);
+    let start = tokio::time::Instant::now();
+    // Reading waits; the paused clock runs on to the cleanup that closes the stream.
+    let mut rest = Vec::new();
+    far.stream.read_to_end(&mut rest).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(60));
+    assert_eq!(f.pool.active_streams(), 0);
+    assert_eq!(f.metrics.snapshot().active_streams, 0);
+    f.pool.stop().await;
+    assert_eq!(f.streams.live(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leased_streams_are_not_idle_closed() {
+    let f = fixture(settings());
+    f.pool.start();
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    tokio::time::advance(Duration::from_secs(300)).await;
+    assert_eq!(f.pool.active_streams(), 1);
+    assert!(!lease.sink.is_closed());
+    f.pool.stop().await;
+}
+
+#[tokio::test]
+async fn stop_closes_everything_even_opens_under_way() {
+    let slow = PeerId::random();
+    let (streams, _accepted) = GatedStreams::new(slow);
+    let pool = StreamPool::new(streams.clone(), Arc::new(AtomicMetrics::new()), settings());
+    for _ in 0..3 {
+        let lease = pool.get_stream(PeerId::random(), flow(1)).await.unwrap();
+        pool.release(lease, true);
+    }
+    let pending = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_stream(slow, flow(1)).await.map(|l| l.stream_id) }
+    });
+    settle(|| streams.arrived() == 1).await;
+    pool.stop().await;
+    streams.gate.add_permits(1);
+    let err = pending.await.unwrap().unwrap_err();
+    assert_eq!(err.service_kind(), Some(ServiceErrorKind::Stopped));
+    pool.stop().await;
+    assert_eq!(streams.inner.opened(), 4);
+    assert_eq!(streams.inner.live(), 0, "every stream opened was closed");
+}
+
+fn health_settings() -> HealthCheckSettings {
+    HealthCheckSettings::default()
+        .with_interval(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(5))
+        .with_max_consecutive_failures(3)
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_stream_is_reset_after_missed_pongs() {
+    let mut f = fixture(settings());
+    let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut far = f.accepted.recv().await.unwrap();
+    for round in 1..=3 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        health.check_once();
+        // A PING goes out every round (after the first, beside a counted miss); none is answered.
+        assert!(
+            matches!(read_frames(&mut far.stream, 1).await[..], [Frame::Ping(_)]),
+            "round {round}"
+        );
+        assert!(!lease.sink.is_closed(), "round {round}");
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    health.check_once();
+    let mut buf = BytesMut::new();
+    let err = loop {
+        match far.stream.read_buf(&mut buf).await {
+            Ok(n) => assert!(n > 0, "a reset, not a clean end"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    let snapshot = health.health();
+    let peer = snapshot.peers.iter().find(|p| p.peer == f.peer).unwrap();
+    assert_eq!((peer.pings_sent, peer.pongs_missed, peer.streams_marked_unhealthy), (3, 3, 1));
+    assert_eq!(f.pool.active_streams(), 0);
+    f.pool.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn answering_stream_stays_healthy() {
+    let mut f = fixture(settings());
+    let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let far = f.accepted.recv().await.unwrap();
+    tokio::spawn(serve_inbound(Box::new(far.stream), |_| {}));
+    for round in 1..=5u64 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        health.check_once();
+        // Let the PING cross and the PONG come back.
+        while health.health().peers.first().map_or(0, |p| p.pongs_received) < round {
+            tokio::task::yield_now().await;
+        }
+    }
+    let peer = health.health().peers.into_iter().next().unwrap();
+    assert_eq!((peer.pings_sent, peer.pongs_received, peer.pongs_missed), (5, 5, 0));
+    assert!(peer.last_rtt.is_some());
+    assert_eq!((peer.streams, peer.healthy_streams), (1, 1));
+    assert!(!lease.sink.is_closed());
+    f.pool.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_streams_are_not_pinged() {
+    let mut f = fixture(settings());
+    let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut far = f.accepted.recv().await.unwrap();
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(9)).await;
+        lease.sink.send_frames(batch(1, 1)).await.unwrap();
+        read_frames(&mut far.stream, 1).await;
+        health.check_once();
+    }
+    assert_eq!(health.health().peers[0].pings_sent, 0);
+    f.pool.stop().await;
+}
+
+#[tokio::test]
+async fn warmer_keeps_recent_peers_at_the_minimum() {
+    let mut f = fixture(settings());
+    let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    f.accepted.recv().await.unwrap();
+    f.pool.release(lease, false);
+    assert_eq!(f.pool.active_streams(), 0);
+    health.warm_once();
+    let warmed = f.accepted.recv().await.unwrap();
+    assert_eq!(warmed.peer, f.peer);
+    f.pool.stop().await;
+}
+
+#[tokio::test]
+async fn checker_and_warmer_start_once() {
+    let f = fixture(settings());
+    let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
+    health.start_health_checker().await.unwrap();
+    let again = health.start_health_checker().await.unwrap_err();
+    assert_eq!(again.service_kind(), Some(ServiceErrorKind::AlreadyStarted));
+    health.start_warmer().await.unwrap();
+    health.stop_health_checker().await;
+    health.stop_warmer().await;
+    health.stop_warmer().await;
+    health.start_health_checker().await.unwrap();
+    health.stop_health_checker().await;
+}
+
+#[tokio::test]
+async fn inbound_answers_pings_delivers_packets_and_resets_on_garbage() {
+    let (streams, mut accepted) = MemoryStreams::new(PeerId::random(), 1 << 16);
+    let mut ours = streams.open_stream(PeerId::random()).await.unwrap();
+    let far = accepted.recv().await.unwrap();
+    let (tx, mut delivered) = mpsc::unbounded_channel();
+    let server =
+        tokio::spawn(serve_inbound(Box::new(far.stream), move |frame| tx.send(frame).unwrap()));
+    let mut wire = BytesMut::new();
+    vpn_wire::encode_packet(&mut wire, b"one").unwrap();
+    vpn_wire::encode_ping(&mut wire, [9; 8]);
+    vpn_wire::encode_extension(&mut wire, 0x99, b"skip me").unwrap();
+    vpn_wire::encode_packet(&mut wire, b"two").unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut ours, &wire).await.unwrap();
+    assert_eq!(read_frames(&mut ours, 1).await, vec![Frame::Pong([9; 8])]);
+    assert_eq!(delivered.recv().await.unwrap(), Frame::Packet(Bytes::from_static(b"one")));
+    assert_eq!(delivered.recv().await.unwrap(), Frame::Packet(Bytes::from_static(b"two")));
+    // A kind that is neither known nor an extension is a protocol error: reset.
+    tokio::io::AsyncWriteExt::write_all(&mut ours, &[0, 0, 0, 1, 0x42]).await.unwrap();
+    assert!(matches!(
+        server.await.unwrap(),
+        crate::InboundEnd::Protocol(vpn_wire::FrameError::UnknownKind(0x42))
+    ));
+    let mut buf = [0u8; 1];
+    assert_eq!(ours.read(&mut buf).await.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+}
