@@ -1,0 +1,227 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+use vpn_api::{FrameBatch, StreamLease};
+use vpn_errors::{NetworkErrorKind, ServiceErrorKind, VpnError};
+use vpn_types::{DropReason, FlowKey, QueuedPacket};
+use vpn_wire::{FRAME_HEADER_LEN, MAX_FRAME, SEGMENT_HEADER_LEN};
+
+use crate::WorkerContext;
+
+/// A worker's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerFigures {
+    /// Packets handed to a stream.
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// Batches that could not be handed over.
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    last_active_ms: AtomicU64,
+}
+
+/// The dispatcher's side of a running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    tx: mpsc::Sender<QueuedPacket>,
+    stats: Arc<Stats>,
+    task: JoinHandle<()>,
+    capacity: usize,
+}
+
+impl WorkerHandle {
+    /// Queues a packet without waiting; gives it back when the queue is full or the worker
+    /// has ended.
+    pub fn try_send(
+        &self,
+        packet: QueuedPacket,
+    ) -> Result<(), mpsc::error::TrySendError<QueuedPacket>> {
+        self.tx.try_send(packet)
+    }
+
+    /// Packets waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    /// Whether the worker's task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// How long the worker has had nothing to do, as of `now_ms` on its context's clock.
+    pub fn idle_for(&self, ctx: &WorkerContext) -> Duration {
+        let last = self.stats.last_active_ms.load(Ordering::Acquire);
+        Duration::from_millis(ctx.now_ms().saturating_sub(last))
+    }
+
+    /// The worker's figures now.
+    pub fn figures(&self) -> WorkerFigures {
+        WorkerFigures {
+            packets: self.stats.packets.load(Ordering::Relaxed),
+            bytes: self.stats.bytes.load(Ordering::Relaxed),
+            errors: self.stats.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the queue and waits for the worker to send what it holds and end.
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+/// One flow's worker. See the crate docs for what it does.
+pub struct Worker {
+    key: FlowKey,
+    ctx: Arc<WorkerContext>,
+    rx: mpsc::Receiver<QueuedPacket>,
+    stats: Arc<Stats>,
+    lease: Option<StreamLease>,
+    buf: BytesMut,
+}
+
+/// What became of a batch that was not handed over.
+fn reason_of(err: &VpnError) -> DropReason {
+    match (err.network_kind(), err.service_kind()) {
+        (Some(NetworkErrorKind::NoPeer), _) => DropReason::NoPeer,
+        (Some(NetworkErrorKind::CircuitOpen), _) => DropReason::CircuitOpen,
+        (Some(NetworkErrorKind::Timeout), _) => DropReason::Timeout,
+        (_, Some(ServiceErrorKind::Stopped)) => DropReason::Shutdown,
+        _ => DropReason::StreamError,
+    }
+}
+
+/// Whether a packet fits in one frame.
+fn fits(packet: &QueuedPacket) -> bool {
+    let header = if packet.gso.is_some() { SEGMENT_HEADER_LEN } else { 0 };
+    header + packet.data.len() < MAX_FRAME
+}
+
+impl Worker {
+    /// Starts the worker for `key` and returns its handle.
+    pub fn spawn(key: FlowKey, ctx: Arc<WorkerContext>) -> WorkerHandle {
+        let capacity = ctx.settings.queue_capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let stats = Arc::new(Stats::default());
+        stats.last_active_ms.store(ctx.now_ms(), Ordering::Release);
+        let worker =
+            Worker { key, ctx, rx, stats: stats.clone(), lease: None, buf: BytesMut::new() };
+        WorkerHandle { tx, stats, task: tokio::spawn(worker.run()), capacity }
+    }
+
+    async fn run(mut self) {
+        let batch_max = self.ctx.settings.batch_max.max(1);
+        let mut batch = Vec::with_capacity(batch_max);
+        while let Some(first) = self.rx.recv().await {
+            batch.push(first);
+            while batch.len() < batch_max {
+                match self.rx.try_recv() {
+                    Ok(packet) => batch.push(packet),
+                    Err(_) => break,
+                }
+            }
+            self.handle(&mut batch).await;
+            self.stats.last_active_ms.store(self.ctx.now_ms(), Ordering::Release);
+            batch.clear();
+        }
+        if let Some(lease) = self.lease.take() {
+            self.ctx.pool.release(lease, true);
+        }
+    }
+
+    /// Sends one batch within the time bound, and reports every packet's fate.
+    async fn handle(&mut self, batch: &mut Vec<QueuedPacket>) {
+        let metrics = self.ctx.metrics.clone();
+        batch.retain_mut(|packet| {
+            let fits = fits(packet);
+            if !fits {
+                metrics.record_drop(DropReason::TooLarge);
+                packet.complete(Err(DropReason::TooLarge));
+            }
+            fits
+        });
+        if batch.is_empty() {
+            return;
+        }
+        let limit = self.ctx.settings.send_timeout;
+        let outcome = match tokio::time::timeout(limit, self.send(batch)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(DropReason::Timeout),
+        };
+        let result = match outcome {
+            Ok((packets, bytes)) => {
+                self.stats.packets.fetch_add(packets, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(reason) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.ctx.metrics.record_drops(reason, batch.len() as u64);
+                tracing::debug!(flow = %self.key, %reason, packets = batch.len(), "batch dropped");
+                Err(reason)
+            }
+        };
+        for packet in batch.iter_mut() {
+            packet.complete(result);
+        }
+    }
+
+    /// Resolves the peer, makes sure of a lease, and hands the batch's frames to its stream.
+    async fn send(&mut self, batch: &[QueuedPacket]) -> Result<(u64, u64), DropReason> {
+        let peer =
+            self.ctx.discovery.peer_for_ip(self.key.dst_ip).await.map_err(|e| reason_of(&e))?;
+        if let Some(lease) = self.lease.take_if(|l| l.peer != peer || l.sink.is_closed()) {
+            // A closed stream failed; a new owner of the address is not the stream's fault.
+            let healthy = !lease.sink.is_closed();
+            self.ctx.pool.release(lease, healthy);
+        }
+        let lease = match &self.lease {
+            Some(lease) => lease.clone(),
+            None => {
+                let opened = self.ctx.opener.clone().oneshot((peer, self.key)).await;
+                let lease = opened.map_err(|e| reason_of(&e))?;
+                self.lease = Some(lease.clone());
+                lease
+            }
+        };
+        let batch = self.encode(batch);
+        let (packets, bytes) = (batch.packets, batch.packet_bytes);
+        if let Err(e) = lease.sink.send_frames(batch).await {
+            if let Some(lease) = self.lease.take() {
+                self.ctx.pool.release(lease, false);
+            }
+            return Err(reason_of(&e));
+        }
+        Ok((packets, bytes))
+    }
+
+    /// Encodes the batch into one buffer of frames (every packet fits: checked before).
+    fn encode(&mut self, batch: &[QueuedPacket]) -> FrameBatch {
+        let total: usize =
+            batch.iter().map(|p| FRAME_HEADER_LEN + SEGMENT_HEADER_LEN + p.data.len()).sum();
+        self.buf.reserve(total);
+        let mut packet_bytes = 0;
+        for packet in batch {
+            let encoded = match &packet.gso {
+                Some(gso) => vpn_wire::encode_segmented(&mut self.buf, gso, &packet.data),
+                None => vpn_wire::encode_packet(&mut self.buf, &packet.data),
+            };
+            debug_assert!(encoded.is_ok(), "sizes were checked");
+            packet_bytes += packet.data.len() as u64;
+        }
+        FrameBatch { frames: self.buf.split().freeze(), packets: batch.len() as u64, packet_bytes }
+    }
+}
