@@ -1,5 +1,8 @@
 //! The example configuration in docs/ loads, and says what it seems to say.
 
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::path::Path;
 use std::time::Duration;
 

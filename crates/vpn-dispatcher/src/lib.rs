@@ -29,3 +29,6 @@
 mod dispatcher;
 
 pub use dispatcher::Dispatcher;
+
+#[cfg(test)]
+mod tests;

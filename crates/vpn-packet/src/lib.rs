@@ -1,8 +1,9 @@
 //! The vpn-node packet library in one crate, for embedders.
 //!
 //! It re-exports the packet types ([`PacketInfo`], [`FlowKey`], [`QueuedPacket`], ...), the
-//! errors and their classification ([`VpnError`], [`is_temporary_error`], ...) and the
-//! packet parser ([`extract_ip_and_ports`]).
+//! errors and their classification ([`VpnError`], [`is_temporary_error`], ...), the
+//! packet parser ([`extract_ip_and_ports`]), and the engine that moves packets: the
+//! [`Dispatcher`] and its flow [`Worker`]s with their [`WorkerContext`].
 //!
 //! ```
 //! use std::io;
@@ -21,6 +22,7 @@
 //! assert!(is_temporary_error(&err));
 //! ```
 
+pub use vpn_dispatcher::Dispatcher;
 pub use vpn_errors::{
     BoxError, ConfigError, NetworkError, NetworkErrorKind, PacketError, ServiceError,
     ServiceErrorKind, VpnError, is_connection_reset_error, is_network_error, is_temporary_error,
@@ -31,6 +33,7 @@ pub use vpn_types::{
     QueuedPacket, RetrySettings, SendResult, StreamPoolSettings, WorkerSettings,
 };
 pub use vpn_utils::{declared_ip_len, extract_ip_and_ports, validate_ip_packet};
+pub use vpn_worker::{Worker, WorkerContext, WorkerFigures, WorkerHandle};
 
 #[cfg(test)]
 mod tests {
