@@ -1,0 +1,52 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+
+/// Decides whether a record another peer asks us to store may be stored: called with the
+/// key, the new value, and the value stored now under that key, if any.
+pub type RecordFilter = Arc<dyn Fn(&[u8], &[u8], Option<&[u8]>) -> bool + Send + Sync>;
+
+/// What the swarm needs to start.
+#[derive(Clone)]
+pub struct P2pConfig {
+    /// The node's identity.
+    pub keypair: Keypair,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start, each a multiaddr ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Peers known in advance and where to reach them.
+    pub known_peers: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// Discover peers on the local link.
+    pub mdns: bool,
+    /// Most connections in all.
+    pub max_connections: u32,
+    /// Most connections to one peer.
+    pub max_connections_per_peer: u32,
+    /// A connection with no stream for this long is closed.
+    pub idle_connection_timeout: Duration,
+    /// A Kademlia query may take this long.
+    pub query_timeout: Duration,
+    /// Checks records other peers store with us; none stores everything.
+    pub record_filter: Option<RecordFilter>,
+}
+
+impl P2pConfig {
+    /// A configuration listening on `listen`, with no peers known and mDNS off.
+    pub fn new(keypair: Keypair, listen: Vec<Multiaddr>) -> Self {
+        Self {
+            keypair,
+            listen,
+            bootstrap: Vec::new(),
+            known_peers: Vec::new(),
+            mdns: false,
+            max_connections: 512,
+            max_connections_per_peer: 2,
+            idle_connection_timeout: Duration::from_secs(120),
+            query_timeout: Duration::from_secs(5),
+            record_filter: None,
+        }
+    }
+}

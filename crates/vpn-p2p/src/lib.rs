@@ -1,0 +1,24 @@
+//! The libp2p side of a vpn-node.
+//!
+//! [`P2pNode::start`] builds the swarm — TCP + Noise + yamux and QUIC v1, Kademlia in
+//! server mode (on its own protocol, `/vpn-node/kad/1.0.0`), mDNS (switchable), identify
+//! (whose listen addresses feed Kademlia), ping, connection limits and `libp2p-stream` —
+//! listens, dials the bootstrap peers, and hands the swarm to one task that owns it.
+//! Everything else talks to that task through the cloneable [`P2pHandle`]: dialing, DHT
+//! records, addresses; the stream `Control` is cloned straight into the data path.
+//!
+//! Records stored in our DHT node by other peers pass through a [`RecordFilter`] first, so
+//! the discovery layer decides what may be stored (PROTOCOL.md: checked on every PUT).
+
+mod behaviour;
+mod config;
+mod error;
+mod node;
+
+pub use config::{P2pConfig, RecordFilter};
+pub use error::P2pError;
+pub use node::{P2pHandle, P2pNode};
+
+pub use libp2p::identity::Keypair;
+pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+pub use libp2p_stream::Control;

@@ -1,0 +1,391 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::{P2pConfig, P2pError, RecordFilter};
+
+/// How long start-up waits for every listener to report its address.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+/// How often the routing table is refreshed from the bootstrap peers.
+const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
+
+type Reply<T> = oneshot::Sender<Result<T, P2pError>>;
+
+enum Command {
+    Dial { peer: PeerId, addrs: Vec<Multiaddr>, reply: Reply<()> },
+    AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
+    PutRecord { key: Vec<u8>, value: Vec<u8>, ttl: Duration, reply: Reply<()> },
+    GetRecords { key: Vec<u8>, reply: Reply<Vec<Vec<u8>>> },
+    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
+    Connected { reply: oneshot::Sender<Vec<PeerId>> },
+}
+
+enum Pending {
+    Get { found: Vec<Vec<u8>>, reply: Reply<Vec<Vec<u8>>> },
+    Put { reply: Reply<()> },
+}
+
+/// Talks to the task that owns the swarm. Cheap to clone.
+#[derive(Clone)]
+pub struct P2pHandle {
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    local: PeerId,
+}
+
+/// The running swarm: its handle and the task that owns it.
+pub struct P2pNode {
+    handle: P2pHandle,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl P2pNode {
+    /// Builds the swarm, starts listening on every configured address (waiting until each
+    /// reports where it listens), dials the bootstrap peers and starts the swarm's task.
+    ///
+    /// Errors: [`P2pError::Startup`] naming what failed (transport, mDNS, a listen address).
+    pub async fn start(config: P2pConfig) -> Result<Self, P2pError> {
+        let startup =
+            |what: &str, e: &dyn std::fmt::Display| P2pError::Startup(format!("{what}: {e}"));
+        let behaviour =
+            Behaviour::new(&config.keypair, &config).map_err(|e| startup("mDNS", &e))?;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| startup("TCP transport", &e))?
+            .with_quic()
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| startup("behaviour", &e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+            .build();
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| startup(&format!("listen on {addr}"), &e))?;
+        }
+        wait_for_listeners(&mut swarm, config.listen.len()).await?;
+        for (peer, addrs) in &config.known_peers {
+            for addr in addrs {
+                swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+            }
+        }
+        for addr in &config.bootstrap {
+            if let Some(peer) = peer_of(addr) {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let control = swarm.behaviour().stream.new_control();
+        let local = *swarm.local_peer_id();
+        let (commands, rx) = mpsc::channel(64);
+        let has_bootstrap = !config.bootstrap.is_empty();
+        let task = tokio::spawn(
+            EventLoop {
+                swarm,
+                commands: rx,
+                pending: HashMap::new(),
+                dials: HashMap::new(),
+                filter: config.record_filter,
+            }
+            .run(has_bootstrap),
+        );
+        Ok(Self {
+            handle: P2pHandle { commands, control, local },
+            task: std::sync::Mutex::new(Some(task)),
+        })
+    }
+
+    /// The handle to the swarm.
+    pub fn handle(&self) -> &P2pHandle {
+        &self.handle
+    }
+
+    /// Stops the swarm's task; connections close. Harmless twice.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// The peer ID at the end of a multiaddr, if any.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+async fn wait_for_listeners(
+    swarm: &mut Swarm<Behaviour>,
+    listeners: usize,
+) -> Result<(), P2pError> {
+    let mut ready = 0;
+    let wait = async {
+        while ready < listeners {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    tracing::info!(%address, "listening");
+                    ready += 1;
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(P2pError::Startup(format!("listener failed: {error}")));
+                }
+                SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                    return Err(P2pError::Startup(format!(
+                        "listener on {addresses:?} closed: {reason:?}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(LISTEN_WAIT, wait)
+        .await
+        .unwrap_or_else(|_| Err(P2pError::Startup("listeners did not come up in time".to_owned())))
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    pending: HashMap<QueryId, Pending>,
+    dials: HashMap<PeerId, Vec<Reply<()>>>,
+    filter: Option<RecordFilter>,
+}
+
+impl EventLoop {
+    async fn run(mut self, bootstrap: bool) {
+        let mut refresh = tokio::time::interval(BOOTSTRAP_EVERY);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = refresh.tick(), if bootstrap => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { peer, addrs, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .extend_addresses_through_behaviour()
+                    .build();
+                match self.swarm.dial(opts) {
+                    // A dial already under way answers this one too.
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                        self.dials.entry(peer).or_default().push(reply)
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(P2pError::Dial(e.to_string())));
+                    }
+                }
+            }
+            Command::AddAddresses { peer, addrs } => {
+                for addr in addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+            }
+            Command::PutRecord { key, value, ttl, reply } => {
+                let mut record = Record::new(RecordKey::new(&key), value);
+                record.publisher = Some(*self.swarm.local_peer_id());
+                record.expires = Some(std::time::Instant::now() + ttl);
+                match self.swarm.behaviour_mut().kad.put_record(record, Quorum::One) {
+                    Ok(id) => {
+                        self.pending.insert(id, Pending::Put { reply });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(P2pError::Dht(e.to_string())));
+                    }
+                }
+            }
+            Command::GetRecords { key, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
+                self.pending.insert(id, Pending::Get { found: Vec::new(), reply });
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Connected { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    tracing::debug!(%peer, %addr, "found on the local link");
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                tracing::debug!(peer = %peer_id, "connected");
+                for reply in self.dials.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                for reply in self.dials.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(P2pError::Dial(error.to_string())));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
+            } => {
+                let existing = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .get(&record.key)
+                    .map(|r| r.value.clone());
+                let allowed = self.filter.as_ref().is_none_or(|filter| {
+                    filter(record.key.as_ref(), &record.value, existing.as_deref())
+                });
+                if allowed {
+                    if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                        tracing::warn!(peer = %source, error = %e, "cannot store record");
+                    }
+                } else {
+                    tracing::warn!(peer = %source, "refused a DHT record that does not pass the checks");
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => {
+                self.on_query(id, result, step.last)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        match result {
+            QueryResult::GetRecord(outcome) => {
+                if let Some(Pending::Get { found, .. }) = self.pending.get_mut(&id)
+                    && let Ok(GetRecordOk::FoundRecord(peer_record)) = outcome
+                {
+                    found.push(peer_record.record.value);
+                }
+                if last && let Some(Pending::Get { found, reply }) = self.pending.remove(&id) {
+                    // Finding nothing is an answer, not an error.
+                    let _ = reply.send(Ok(found));
+                }
+            }
+            QueryResult::PutRecord(outcome) => {
+                if let Some(Pending::Put { reply }) = self.pending.remove(&id) {
+                    let _ =
+                        reply.send(outcome.map(|_| ()).map_err(|e| P2pError::Dht(e.to_string())));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl P2pHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, P2pError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| P2pError::Stopped)?;
+        rx.await.map_err(|_| P2pError::Stopped)
+    }
+
+    /// This node's peer ID.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// A clone of the stream control, for opening and accepting raw streams.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    /// Connects to `peer` (at `addrs`, or wherever the DHT knows it to be); returns once
+    /// connected. Harmless when already connected.
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), P2pError> {
+        self.ask(|reply| Command::Dial { peer, addrs, reply }).await?
+    }
+
+    /// Remembers where `peer` can be reached.
+    pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), P2pError> {
+        self.commands
+            .send(Command::AddAddresses { peer, addrs })
+            .await
+            .map_err(|_| P2pError::Stopped)
+    }
+
+    /// Stores a record in the DHT (and locally) for `ttl`; returns once at least one other
+    /// peer stored it.
+    pub async fn put_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), P2pError> {
+        self.ask(|reply| Command::PutRecord { key, value, ttl, reply }).await?
+    }
+
+    /// Every value found under `key`, locally and in the DHT (empty when none).
+    pub async fn get_records(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, P2pError> {
+        self.ask(|reply| Command::GetRecords { key, reply }).await?
+    }
+
+    /// The addresses the swarm listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, P2pError> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// The peers connected now.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, P2pError> {
+        self.ask(|reply| Command::Connected { reply }).await
+    }
+}

@@ -1,0 +1,110 @@
+//! Two and three real swarms on 127.0.0.1.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode, StreamProtocol};
+
+fn loopback() -> Vec<Multiaddr> {
+    vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]
+}
+
+async fn node(bootstrap: Vec<Multiaddr>) -> P2pNode {
+    let mut config = P2pConfig::new(Keypair::generate_ed25519(), loopback());
+    config.bootstrap = bootstrap;
+    P2pNode::start(config).await.unwrap()
+}
+
+async fn addr_of(node: &P2pNode) -> Multiaddr {
+    let addr = node.handle().listen_addrs().await.unwrap().remove(0);
+    addr.with(libp2p::multiaddr::Protocol::P2p(node.handle().local_peer_id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_put_on_one_node_are_found_from_another() {
+    let a = node(Vec::new()).await;
+    let b = node(vec![addr_of(&a).await]).await;
+    let c = node(vec![addr_of(&a).await]).await;
+    // B is connected to A once its dial went through.
+    b.handle().dial(a.handle().local_peer_id(), Vec::new()).await.unwrap();
+    c.handle().dial(a.handle().local_peer_id(), Vec::new()).await.unwrap();
+    b.handle()
+        .put_record(b"/test/key".to_vec(), b"value".to_vec(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let found = c.handle().get_records(b"/test/key".to_vec()).await.unwrap();
+    assert!(found.iter().any(|v| v == b"value"), "{found:?}");
+    assert!(c.handle().get_records(b"/test/none".to_vec()).await.unwrap().is_empty());
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_filter_decides_what_is_stored() {
+    let mut config = P2pConfig::new(Keypair::generate_ed25519(), loopback());
+    config.record_filter =
+        Some(Arc::new(|_key: &[u8], value: &[u8], _old: Option<&[u8]>| value != b"bad"));
+    let a = P2pNode::start(config).await.unwrap();
+    let b = node(vec![addr_of(&a).await]).await;
+    b.handle().dial(a.handle().local_peer_id(), Vec::new()).await.unwrap();
+    b.handle()
+        .put_record(b"/k/good".to_vec(), b"good".to_vec(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A acknowledges the put (Kademlia always does) but does not store what its filter refuses.
+    let _ =
+        b.handle().put_record(b"/k/bad".to_vec(), b"bad".to_vec(), Duration::from_secs(60)).await;
+    let c = node(vec![addr_of(&a).await]).await;
+    c.handle().dial(a.handle().local_peer_id(), Vec::new()).await.unwrap();
+    // With the publisher gone, only what A stored can be found.
+    b.stop().await;
+    assert_eq!(c.handle().get_records(b"/k/good".to_vec()).await.unwrap(), vec![b"good".to_vec()]);
+    assert!(c.handle().get_records(b"/k/bad".to_vec()).await.unwrap().is_empty());
+    a.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_streams_cross_between_nodes() {
+    const PROTOCOL: StreamProtocol = StreamProtocol::new("/test/echo/1");
+    let a = node(Vec::new()).await;
+    let mut incoming = a.handle().stream_control().accept(PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        while let Some((_peer, mut stream)) = incoming.next().await {
+            let mut buf = [0u8; 5];
+            stream.read_exact(&mut buf).await.unwrap();
+            stream.write_all(&buf).await.unwrap();
+            stream.close().await.unwrap();
+        }
+    });
+    let b = node(vec![addr_of(&a).await]).await;
+    let mut stream = b
+        .handle()
+        .stream_control()
+        .open_stream(a.handle().local_peer_id(), PROTOCOL)
+        .await
+        .unwrap();
+    stream.write_all(b"hello").await.unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"hello");
+    assert_eq!(b.handle().connected_peers().await.unwrap(), vec![a.handle().local_peer_id()]);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_listen_address_is_a_startup_error() {
+    let config = P2pConfig::new(
+        Keypair::generate_ed25519(),
+        vec!["/ip4/198.18.255.254/tcp/0".parse().unwrap()],
+    );
+    let err =
+        P2pNode::start(config).await.err().expect("cannot listen on an address this host lacks");
+    assert!(err.to_string().contains("listen"), "{err}");
+}
