@@ -27,3 +27,24 @@ pub trait PeerDiscoveryService: Send + Sync {
     /// Errors: a network error of kind `NoPeer` when nothing is known of the peer.
     async fn virtual_ips(&self, peer: &PeerId) -> Result<Vec<IpNet>, VpnError>;
 }
+
+/// The DHT as the discovery service needs it: store and find opaque records.
+#[async_trait]
+pub trait DhtRecords: Send + Sync {
+    /// Stores `value` under `key` for `ttl`, locally and with the closest peers. Waits on
+    /// the network.
+    ///
+    /// Errors: a network error when no peer took the record.
+    async fn put_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: std::time::Duration,
+    ) -> Result<(), VpnError>;
+
+    /// Every value found under `key`, locally and from other peers (empty when none).
+    /// Waits on the network, at most the lookup timeout.
+    ///
+    /// Errors: a network or service error when the DHT cannot be asked at all.
+    async fn get_records(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, VpnError>;
+}

@@ -54,7 +54,7 @@ mod stream;
 mod tun;
 
 pub use config::ConfigService;
-pub use discovery::PeerDiscoveryService;
+pub use discovery::{DhtRecords, PeerDiscoveryService};
 pub use health::StreamHealthService;
 pub use metrics::MetricsService;
 pub use registry::IpRegistry;

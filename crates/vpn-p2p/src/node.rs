@@ -389,3 +389,19 @@ impl P2pHandle {
         self.ask(|reply| Command::Connected { reply }).await
     }
 }
+
+#[async_trait::async_trait]
+impl vpn_api::DhtRecords for P2pHandle {
+    async fn put_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), vpn_errors::VpnError> {
+        P2pHandle::put_record(self, key, value, ttl).await.map_err(Into::into)
+    }
+
+    async fn get_records(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, vpn_errors::VpnError> {
+        P2pHandle::get_records(self, key).await.map_err(Into::into)
+    }
+}

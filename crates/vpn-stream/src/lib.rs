@@ -9,15 +9,20 @@
 //! - [`StreamHealth`]: the [`vpn_api::StreamHealthService`] over a pool.
 //! - [`serve_inbound`]: the acceptor's frame loop.
 //!
-//! The libp2p stream service itself lives beside these, over `libp2p-stream`.
+//! - [`Libp2pStreamService`]: the [`vpn_api::StreamService`] over `libp2p-stream`, and
+//!   [`accept_streams`], the always-polled accept loop that refuses peers not allowed in.
 
 mod health;
 mod inbound;
+mod p2p_stream;
 mod pool;
 mod pooled;
 
 pub use health::StreamHealth;
 pub use inbound::{InboundEnd, serve_inbound};
+pub use p2p_stream::{
+    Libp2pStream, Libp2pStreamService, PACKET_PROTOCOL, PeerFilter, accept_streams,
+};
 pub use pool::StreamPool;
 
 #[cfg(test)]

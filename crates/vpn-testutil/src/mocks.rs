@@ -19,9 +19,10 @@ use async_trait::async_trait;
 use mockall::mock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use vpn_api::{
-    BreakerPermit, CircuitBreakerService, ConfigService, FrameBatch, FrameSink, IpRegistry,
-    MetricsService, PeerDiscoveryService, RetrySchedule, RetryService, StreamHealthService,
-    StreamLease, StreamPoolService, StreamService, TunDevice, TunPacket, VpnService, VpnStream,
+    BreakerPermit, CircuitBreakerService, ConfigService, DhtRecords, FrameBatch, FrameSink,
+    IpRegistry, MetricsService, PeerDiscoveryService, RetrySchedule, RetryService,
+    StreamHealthService, StreamLease, StreamPoolService, StreamService, TunDevice, TunPacket,
+    VpnService, VpnStream,
 };
 use vpn_errors::VpnError;
 use vpn_types::{
@@ -48,6 +49,16 @@ mock! {
         async fn peer_for_ip(&self, ip: IpAddr) -> Result<PeerId, VpnError>;
         async fn sync_to_dht(&self) -> Result<(), VpnError>;
         async fn virtual_ips(&self, peer: &PeerId) -> Result<Vec<IpNet>, VpnError>;
+    }
+}
+
+mock! {
+    /// Mock of [`DhtRecords`].
+    pub Dht {}
+    #[async_trait]
+    impl DhtRecords for Dht {
+        async fn put_record(&self, key: Vec<u8>, value: Vec<u8>, ttl: std::time::Duration) -> Result<(), VpnError>;
+        async fn get_records(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, VpnError>;
     }
 }
 
