@@ -1,0 +1,175 @@
+//! Discovery against a mocked DHT and real signed records.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p_identity::Keypair;
+use vpn_api::{IpRegistry, PeerDiscoveryService};
+use vpn_errors::NetworkErrorKind;
+use vpn_testutil::mocks::MockDht;
+use vpn_types::{DiscoverySettings, IpNet, PeerId};
+use vpn_wire::{IpRecord, record_key};
+
+use crate::{KadDiscovery, StaticRegistry, record_filter, unix_now};
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// A signed record of `key` holding `addr`.
+fn record(key: &Keypair, addr: &str, seq: u64) -> Vec<u8> {
+    IpRecord::new(key.public().to_peer_id(), vec![net(addr)], seq, unix_now() + 600)
+        .sign(key)
+        .unwrap()
+}
+
+struct World {
+    me: Keypair,
+    b: PeerId,
+    c: Keypair,
+    d: Keypair,
+    registry: Arc<StaticRegistry>,
+}
+
+fn world() -> World {
+    let (me, c, d) =
+        (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let b = PeerId::random();
+    let registry = StaticRegistry::new(
+        vec![
+            (me.public().to_peer_id(), net("100.64.0.1/32")),
+            (b, net("100.64.0.2/32")),
+            (b, net("10.1.0.0/24")),
+        ],
+        [c.public().to_peer_id(), d.public().to_peer_id()],
+        vec![net("100.64.0.0/10")],
+    );
+    World { me, b, c, d, registry: Arc::new(registry) }
+}
+
+fn discovery(w: &World, dht: MockDht) -> KadDiscovery {
+    let configured = w.registry.claims().iter().map(|(p, n)| (*n, *p)).collect();
+    KadDiscovery::new(
+        Arc::new(dht),
+        w.registry.clone(),
+        w.me.clone(),
+        vec![net("100.64.0.1/32")],
+        configured,
+        DiscoverySettings::default().with_cache_ttl(Duration::from_secs(60)),
+    )
+}
+
+#[tokio::test]
+async fn configured_peers_resolve_without_the_dht() {
+    let w = world();
+    let d = discovery(&w, MockDht::new());
+    assert_eq!(d.peer_for_ip(ip("100.64.0.2")).await.unwrap(), w.b);
+    assert_eq!(d.peer_for_ip(ip("10.1.0.77")).await.unwrap(), w.b);
+    assert_eq!(d.virtual_ips(&w.b).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn dht_records_resolve_once_and_are_cached() {
+    let w = world();
+    let mut dht = MockDht::new();
+    let value = record(&w.c, "100.64.0.3/32", 1);
+    dht.expect_get_records()
+        .withf(|key| key == &record_key("100.64.0.3".parse().unwrap()))
+        .times(1)
+        .returning(move |_| Ok(vec![value.clone()]));
+    let d = discovery(&w, dht);
+    let c = w.c.public().to_peer_id();
+    assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
+    assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c, "second answer from the cache");
+    assert_eq!(d.virtual_ips(&c).await.unwrap(), vec![net("100.64.0.3/32")]);
+}
+
+#[tokio::test]
+async fn invalid_records_are_ignored_and_the_miss_is_cached() {
+    let w = world();
+    let mut dht = MockDht::new();
+    let stranger = Keypair::generate_ed25519();
+    let values = vec![
+        record(&stranger, "100.64.0.4/32", 1), // not allowed by the registry
+        record(&w.c, "100.64.0.2/32", 1),      // a configured address
+        b"garbage".to_vec(),
+    ];
+    dht.expect_get_records().times(1).returning(move |_| Ok(values.clone()));
+    let d = discovery(&w, dht);
+    for _ in 0..2 {
+        let err = d.peer_for_ip(ip("100.64.0.4")).await.unwrap_err();
+        assert_eq!(err.network_kind(), Some(NetworkErrorKind::NoPeer));
+    }
+}
+
+#[tokio::test]
+async fn two_owners_are_a_conflict() {
+    let w = world();
+    let mut dht = MockDht::new();
+    let values = vec![record(&w.c, "100.64.0.5/32", 1), record(&w.d, "100.64.0.5/32", 1)];
+    dht.expect_get_records().returning(move |_| Ok(values.clone()));
+    let d = discovery(&w, dht);
+    let err = d.peer_for_ip(ip("100.64.0.5")).await.unwrap_err();
+    assert_eq!(err.network_kind(), Some(NetworkErrorKind::NoPeer));
+    assert_eq!(d.conflicts(), 1);
+}
+
+#[tokio::test]
+async fn the_newest_record_of_one_owner_wins() {
+    let w = world();
+    let mut dht = MockDht::new();
+    let values = vec![record(&w.c, "100.64.0.6/32", 5), record(&w.c, "100.64.0.0/24", 9)];
+    dht.expect_get_records().returning(move |_| Ok(values.clone()));
+    let d = discovery(&w, dht);
+    let c = w.c.public().to_peer_id();
+    // The /24 contains configured addresses, so that record is invalid: the /32 one is used.
+    assert_eq!(d.peer_for_ip(ip("100.64.0.6")).await.unwrap(), c);
+    assert_eq!(d.virtual_ips(&c).await.unwrap(), vec![net("100.64.0.6/32")]);
+}
+
+#[tokio::test]
+async fn sync_publishes_a_signed_record_under_each_address() {
+    let w = world();
+    let mut dht = MockDht::new();
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let keep = stored.clone();
+    dht.expect_put_record().returning(move |key, value, _| {
+        keep.lock().unwrap().push((key, value));
+        Ok(())
+    });
+    let d = discovery(&w, dht);
+    d.sync_to_dht().await.unwrap();
+    d.sync_to_dht().await.unwrap();
+    let stored = stored.lock().unwrap();
+    assert_eq!(stored.len(), 2);
+    let first =
+        IpRecord::open(&stored[0].1, ip("100.64.0.1"), unix_now(), w.registry.as_ref()).unwrap();
+    let second =
+        IpRecord::open(&stored[1].1, ip("100.64.0.1"), unix_now(), w.registry.as_ref()).unwrap();
+    assert_eq!(stored[0].0, record_key(ip("100.64.0.1")));
+    assert_eq!(first.peer_id, w.me.public().to_peer_id());
+    assert!(second.seq > first.seq, "every publication has a higher seq");
+}
+
+#[tokio::test]
+async fn the_store_filter_checks_every_put() {
+    let w = world();
+    let registry: Arc<dyn IpRegistry> = w.registry.clone();
+    let filter = record_filter(registry);
+    let key = record_key(ip("100.64.0.7"));
+    let c1 = record(&w.c, "100.64.0.7/32", 1);
+    let c2 = record(&w.c, "100.64.0.7/32", 2);
+    let d1 = record(&w.d, "100.64.0.7/32", 3);
+    assert!(filter(&key, &c1, None));
+    assert!(filter(&key, &c2, Some(&c1)), "a newer record of the same owner replaces");
+    assert!(!filter(&key, &c1, Some(&c2)), "a lower seq loses");
+    assert!(!filter(&key, &d1, Some(&c2)), "a second owner is a conflict");
+    assert!(!filter(&record_key(ip("100.64.0.8")), &c1, None), "the key's address must be covered");
+    assert!(!filter(b"/other/key", &c1, None));
+    assert!(!filter(&key, b"garbage", None));
+}
