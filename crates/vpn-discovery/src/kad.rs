@@ -85,6 +85,20 @@ impl KadDiscovery {
         }
     }
 
+    /// Whether `peer` holds `ip` as far as this node knows now, without waiting:
+    /// `Some(true)` when a configured claim or a checked record of the peer covers it,
+    /// `Some(false)` when it is known to be someone else's, `None` when nothing is known.
+    pub fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
+        if let Some((_, owner)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
+            return Some(owner == peer);
+        }
+        if lock(&self.known).get(peer).is_some_and(|nets| nets.iter().any(|n| n.contains(&ip))) {
+            return Some(true);
+        }
+        let cached = lock(&self.cache).get(&ip).copied()?;
+        (Instant::now() < cached.until).then(|| cached.peer.as_ref() == Some(peer))
+    }
+
     /// Conflicting claims seen so far (two valid owners of one address).
     pub fn conflicts(&self) -> u64 {
         self.conflicts.load(Ordering::Relaxed)

@@ -1,0 +1,14 @@
+//! The VPN service of vpn-node: [`VpnNode`] composes every part and implements
+//! [`vpn_api::VpnService`].
+//!
+//! Start order: metrics; the IP registry; the libp2p swarm (listening, bootstrap); discovery
+//! over the DHT; the stream service, pool and health checking; breakers, retry, workers and
+//! the dispatcher; the TUN device; the receiver (accept loop, checks, TUN writer); the TUN
+//! reader; and last, publishing our IP record (then republishing it). Stop runs the other
+//! way. A part that fails to start is named in the error, and what had started is stopped.
+
+mod node;
+mod receiver;
+
+pub use node::{TunSource, VpnNode};
+pub use receiver::{InboundCheck, Verdict};

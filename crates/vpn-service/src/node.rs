@@ -1,0 +1,418 @@
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use vpn_api::{
+    MetricsService, PeerDiscoveryService, StreamHealthService, TunDevice, TunPacket, VpnService,
+    VpnStream,
+};
+use vpn_discovery::{KadDiscovery, StaticRegistry, record_filter};
+use vpn_dispatcher::Dispatcher;
+use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
+use vpn_metrics::AtomicMetrics;
+use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode};
+use vpn_resilience::{ExponentialBackoff, PeerBreakers};
+use vpn_stream::{
+    InboundEnd, Libp2pStreamService, StreamHealth, StreamPool, accept_streams, serve_inbound,
+};
+use vpn_tun::{Tun, TunConfig};
+use vpn_types::{DropReason, MetricsSnapshot, PeerId, VpnConfig};
+use vpn_wire::Frame;
+use vpn_worker::WorkerContext;
+
+use crate::{InboundCheck, Verdict};
+
+/// Packets read from or written to the TUN at once.
+const TUN_BATCH: usize = 64;
+/// Packets waiting to be written to the TUN.
+const TUN_QUEUE: usize = 4096;
+/// Inbound streams waiting to be served.
+const ACCEPT_BACKLOG: usize = 64;
+/// Packets of one stream waiting for their sender's record to be looked up.
+const LOOKUP_QUEUE: usize = 256;
+/// A failed publication is tried again this soon (or at the republish interval if sooner).
+const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// Where the node's TUN device comes from.
+#[derive(Clone)]
+pub enum TunSource {
+    /// Create a kernel TUN device from the configuration's `[interface]` and `[node]`.
+    Kernel,
+    /// Use this device (an in-memory one in tests, or one the embedder made).
+    Given(Arc<dyn TunDevice>),
+}
+
+/// The parts of a running node, each present once started.
+#[derive(Default)]
+struct Parts {
+    p2p: Option<P2pNode>,
+    discovery: Option<Arc<KadDiscovery>>,
+    pool: Option<StreamPool>,
+    health: Option<StreamHealth>,
+    dispatcher: Option<Dispatcher>,
+    tun: Option<Arc<dyn TunDevice>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Parts {
+    /// Stops what was started, last first.
+    async fn stop(mut self) {
+        for task in self.tasks.drain(..).rev() {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(dispatcher) = self.dispatcher.take() {
+            dispatcher.stop().await;
+        }
+        if let Some(health) = self.health.take() {
+            health.stop_warmer().await;
+            health.stop_health_checker().await;
+        }
+        if let Some(pool) = self.pool.take() {
+            pool.stop().await;
+        }
+        if let Some(p2p) = self.p2p.take() {
+            p2p.stop().await;
+        }
+        // Dropping the last handle to a kernel TUN removes the interface and its routes.
+        drop(self.tun.take());
+    }
+}
+
+/// A vpn-node: the [`VpnService`] over libp2p, Kademlia and a TUN device.
+pub struct VpnNode {
+    config: VpnConfig,
+    keypair: Keypair,
+    tun: TunSource,
+    metrics: Arc<AtomicMetrics>,
+    parts: tokio::sync::Mutex<Option<Parts>>,
+}
+
+fn startup(part: &'static str, cause: VpnError) -> VpnError {
+    VpnError::Service(
+        ServiceError::new(ServiceErrorKind::Startup, "vpn node", part).with_source(cause),
+    )
+}
+
+impl VpnNode {
+    /// A node with this (validated) configuration and identity, not started.
+    pub fn new(config: VpnConfig, keypair: Keypair, tun: TunSource) -> Self {
+        Self {
+            config,
+            keypair,
+            tun,
+            metrics: Arc::new(AtomicMetrics::new()),
+            parts: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// This node's peer ID.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.keypair.public().to_peer_id()
+    }
+
+    /// The node's counters, for Prometheus rendering.
+    pub fn metrics_registry(&self) -> Arc<AtomicMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Where the swarm listens (empty when not started).
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let handle = self
+            .parts
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|p| p.p2p.as_ref().map(|n| n.handle().clone()));
+        match handle {
+            Some(handle) => handle.listen_addrs().await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The discovery service, once started.
+    pub async fn discovery(&self) -> Option<Arc<KadDiscovery>> {
+        self.parts.lock().await.as_ref().and_then(|p| p.discovery.clone())
+    }
+
+    /// This node's overlay addresses (as host prefixes) and routed prefixes.
+    fn own_nets(&self) -> Vec<IpNet> {
+        let node = &self.config.node;
+        let v4 = node.address.map(|a| IpNet::from(std::net::IpAddr::V4(a.addr())));
+        let v6 = node.address6.map(|a| IpNet::from(std::net::IpAddr::V6(a.addr())));
+        v4.into_iter().chain(v6).chain(node.routes.iter().copied()).collect()
+    }
+
+    async fn start_parts(&self, parts: &mut Parts) -> Result<(), VpnError> {
+        let config = &self.config;
+        let local = self.local_peer_id();
+        let registry = Arc::new(StaticRegistry::from_config(local, config));
+        let own = self.own_nets();
+
+        let mut p2p_config = P2pConfig::new(self.keypair.clone(), config.network.listen.clone());
+        p2p_config.bootstrap = config.network.bootstrap.clone();
+        p2p_config.known_peers =
+            config.peers.iter().map(|p| (p.peer_id, p.endpoints.clone())).collect();
+        p2p_config.mdns = config.discovery.mdns;
+        p2p_config.max_connections = config.network.max_connections;
+        p2p_config.max_connections_per_peer = config.network.max_connections_per_peer;
+        p2p_config.idle_connection_timeout = config.network.idle_connection_timeout;
+        p2p_config.query_timeout = config.discovery.lookup_timeout;
+        p2p_config.record_filter = Some(Arc::new(record_filter(registry.clone())));
+        let p2p =
+            P2pNode::start(p2p_config).await.map_err(|e| startup("start libp2p", e.into()))?;
+        let handle = p2p.handle().clone();
+        parts.p2p = Some(p2p);
+
+        let configured =
+            registry.claims().iter().filter(|(p, _)| *p != local).map(|(p, n)| (*n, *p)).collect();
+        let discovery = Arc::new(KadDiscovery::new(
+            Arc::new(handle.clone()),
+            registry.clone(),
+            self.keypair.clone(),
+            own.clone(),
+            configured,
+            config.discovery.clone(),
+        ));
+        parts.discovery = Some(discovery.clone());
+
+        let metrics: Arc<dyn MetricsService> = self.metrics.clone();
+        let streams = Arc::new(Libp2pStreamService::new(handle.stream_control()));
+        let pool = StreamPool::new(streams, metrics.clone(), config.stream_pool.clone());
+        pool.start();
+        parts.pool = Some(pool.clone());
+        let health = StreamHealth::new(
+            pool.clone(),
+            config.health_check.clone(),
+            config.stream_pool.min_streams_per_peer,
+        );
+        health.start_health_checker().await.map_err(|e| startup("start health checker", e))?;
+        health.start_warmer().await.map_err(|e| startup("start stream warmer", e))?;
+        parts.health = Some(health);
+
+        let ctx = WorkerContext::new(
+            discovery.clone(),
+            Arc::new(pool),
+            Arc::new(PeerBreakers::new(config.circuit_breaker.clone())),
+            Arc::new(ExponentialBackoff::new(config.retry.clone())),
+            metrics.clone(),
+            config.worker.clone(),
+        );
+        let dispatcher = Dispatcher::new(Arc::new(ctx));
+        dispatcher.start();
+        parts.dispatcher = Some(dispatcher.clone());
+
+        let tun = match &self.tun {
+            TunSource::Given(tun) => tun.clone(),
+            TunSource::Kernel => {
+                let address = config.node.address.ok_or_else(|| {
+                    startup(
+                        "create TUN",
+                        VpnError::Config(vpn_errors::ConfigError::new(
+                            "node.address",
+                            "(unset)",
+                            "must be set",
+                        )),
+                    )
+                })?;
+                let mut routes: Vec<IpNet> =
+                    config.peers.iter().flat_map(|p| p.routes.iter().copied()).collect();
+                routes.sort();
+                routes.dedup();
+                let tun_config = TunConfig {
+                    name: config.interface.name.clone(),
+                    mtu: config.interface.mtu,
+                    address,
+                    address6: config.node.address6,
+                    routes,
+                };
+                Arc::new(Tun::create(&tun_config).await.map_err(|e| startup("create TUN", e))?)
+            }
+        };
+        parts.tun = Some(tun.clone());
+
+        let (to_tun, tun_queue) = mpsc::channel(TUN_QUEUE);
+        parts.tasks.push(tokio::spawn(write_tun(tun.clone(), tun_queue)));
+        let mut control = handle.stream_control();
+        let allow_registry = registry.clone();
+        let inbound = accept_streams(
+            &mut control,
+            Arc::new(move |peer| allow_registry.is_member(peer)),
+            metrics.clone(),
+            ACCEPT_BACKLOG,
+        )
+        .map_err(|e| startup("accept streams", e))?;
+        let check = Arc::new(InboundCheck::new(discovery.clone(), own, config.firewall.clone()));
+        parts.tasks.push(tokio::spawn(serve_peers(inbound, check, to_tun, metrics.clone())));
+        parts.tasks.push(tokio::spawn(read_tun(tun, dispatcher)));
+        parts.tasks.push(tokio::spawn(publish(discovery, config.discovery.republish_interval)));
+        tracing::info!(peer = %local, "vpn node started");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl VpnService for VpnNode {
+    async fn start(&self) -> Result<(), VpnError> {
+        let mut slot = self.parts.lock().await;
+        if slot.is_some() {
+            return Err(VpnError::Service(ServiceError::new(
+                ServiceErrorKind::AlreadyStarted,
+                "vpn node",
+                "start",
+            )));
+        }
+        let mut parts = Parts::default();
+        match self.start_parts(&mut parts).await {
+            Ok(()) => {
+                *slot = Some(parts);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "start-up failed; stopping what had started");
+                parts.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop(&self) -> Result<(), VpnError> {
+        let parts = self.parts.lock().await.take();
+        if let Some(parts) = parts {
+            parts.stop().await;
+            tracing::info!("vpn node stopped");
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+}
+
+/// Reads the TUN and hands every packet to the dispatcher.
+async fn read_tun(tun: Arc<dyn TunDevice>, dispatcher: Dispatcher) {
+    let mut batch = Vec::with_capacity(TUN_BATCH);
+    loop {
+        match tun.recv_batch(&mut batch, TUN_BATCH).await {
+            Ok(_) => {
+                for packet in batch.drain(..) {
+                    // Drops are counted by the dispatcher.
+                    let _ = dispatcher.dispatch(packet);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the TUN device failed; the node no longer sends");
+                return;
+            }
+        }
+    }
+}
+
+/// Writes accepted packets to the TUN, in batches.
+async fn write_tun(tun: Arc<dyn TunDevice>, mut queue: mpsc::Receiver<TunPacket>) {
+    let mut batch = Vec::with_capacity(TUN_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < TUN_BATCH {
+            match queue.try_recv() {
+                Ok(packet) => batch.push(packet),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = tun.send_batch(&batch).await {
+            tracing::error!(error = %e, "writing the TUN device failed; the node no longer receives");
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Queues an accepted packet for the TUN.
+fn deliver(to_tun: &mpsc::Sender<TunPacket>, metrics: &dyn MetricsService, packet: Bytes) {
+    let len = packet.len() as u64;
+    match to_tun.try_send(TunPacket::new(packet)) {
+        Ok(()) => metrics.record_received(1, len),
+        Err(_) => metrics.record_drop(DropReason::QueueFull),
+    }
+}
+
+/// Serves every stream peers open to us, each on its own task.
+async fn serve_peers(
+    mut inbound: mpsc::Receiver<Box<dyn VpnStream>>,
+    check: Arc<InboundCheck>,
+    to_tun: mpsc::Sender<TunPacket>,
+    metrics: Arc<dyn MetricsService>,
+) {
+    while let Some(stream) = inbound.recv().await {
+        tokio::spawn(serve_peer(stream, check.clone(), to_tun.clone(), metrics.clone()));
+    }
+}
+
+async fn serve_peer(
+    stream: Box<dyn VpnStream>,
+    check: Arc<InboundCheck>,
+    to_tun: mpsc::Sender<TunPacket>,
+    metrics: Arc<dyn MetricsService>,
+) {
+    let peer = stream.peer_id();
+    // Packets whose source this node cannot place yet wait here for a lookup, in order.
+    let (unknown, mut waiting) = mpsc::channel::<(Bytes, std::net::IpAddr)>(LOOKUP_QUEUE);
+    let lookups = {
+        let (check, to_tun, metrics) = (check.clone(), to_tun.clone(), metrics.clone());
+        tokio::spawn(async move {
+            while let Some((packet, src)) = waiting.recv().await {
+                match check.check_after_lookup(&peer, src).await {
+                    Verdict::Accept => deliver(&to_tun, metrics.as_ref(), packet),
+                    Verdict::Drop(reason) => metrics.record_drop(reason),
+                    Verdict::LookUp(_) => metrics.record_drop(DropReason::Spoofed),
+                }
+            }
+        })
+    };
+    let end = serve_inbound(stream, |frame| match frame {
+        Frame::Packet(packet) => match check.check(&peer, &packet) {
+            Verdict::Accept => deliver(&to_tun, metrics.as_ref(), packet),
+            Verdict::Drop(reason) => metrics.record_drop(reason),
+            Verdict::LookUp(src) => {
+                if unknown.try_send((packet, src)).is_err() {
+                    metrics.record_drop(DropReason::QueueFull);
+                }
+            }
+        },
+        // This node reads no offload super-packets yet; it never asks for them either.
+        Frame::Segmented { .. } => metrics.record_drop(DropReason::Malformed),
+        _ => {}
+    })
+    .await;
+    drop(unknown);
+    let _ = lookups.await;
+    match end {
+        InboundEnd::Closed => {}
+        InboundEnd::Protocol(e) => {
+            metrics.record_stream_error();
+            tracing::warn!(%peer, error = %e, "peer broke the wire protocol; stream reset");
+        }
+        InboundEnd::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        InboundEnd::Io(e) => tracing::debug!(%peer, error = %e, "inbound stream ended"),
+    }
+}
+
+/// Publishes our IP record, and again before half its lifetime has passed.
+async fn publish(discovery: Arc<KadDiscovery>, every: Duration) {
+    loop {
+        let wait = match discovery.sync_to_dht().await {
+            Ok(()) => every,
+            Err(e) => {
+                tracing::debug!(error = %e, "publishing our IP record failed; trying again soon");
+                PUBLISH_RETRY.min(every)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}

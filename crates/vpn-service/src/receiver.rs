@@ -1,0 +1,65 @@
+//! The receiver: checks every packet a peer sends before it reaches the TUN.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use vpn_discovery::KadDiscovery;
+use vpn_types::{DropReason, FirewallSettings, IpNet, PeerId};
+use vpn_utils::validate_ip_packet;
+
+/// What to do with one inbound packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write it to the TUN.
+    Accept,
+    /// Drop it, counted under this reason.
+    Drop(DropReason),
+    /// The sender is not known to hold the source address yet: look it up first.
+    LookUp(IpAddr),
+}
+
+/// The receiver checks of PROTOCOL.md, for packets from peers.
+pub struct InboundCheck {
+    discovery: Arc<KadDiscovery>,
+    ours: Vec<IpNet>,
+    firewall: FirewallSettings,
+}
+
+impl InboundCheck {
+    /// Checks against what `discovery` knows of peers, our addresses and routes `ours`, and
+    /// `firewall`.
+    pub fn new(discovery: Arc<KadDiscovery>, ours: Vec<IpNet>, firewall: FirewallSettings) -> Self {
+        Self { discovery, ours, firewall }
+    }
+
+    /// The verdict on `packet` from `peer`: a whole IP packet whose length field agrees;
+    /// a source the peer holds (configured or recorded); a destination that is ours; and
+    /// the firewall's leave.
+    pub fn check(&self, peer: &PeerId, packet: &[u8]) -> Verdict {
+        let Ok(info) = validate_ip_packet(packet) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        if !self.ours.iter().any(|net| net.contains(&info.dst_ip)) {
+            return Verdict::Drop(DropReason::NotOurs);
+        }
+        let denied_port =
+            info.dst_port.is_some_and(|port| self.firewall.deny_ports.contains(&port));
+        if denied_port || self.firewall.deny_protocols.contains(&info.protocol) {
+            return Verdict::Drop(DropReason::Firewall);
+        }
+        match self.discovery.holds_now(peer, info.src_ip) {
+            Some(true) => Verdict::Accept,
+            Some(false) => Verdict::Drop(DropReason::Spoofed),
+            None => Verdict::LookUp(info.src_ip),
+        }
+    }
+
+    /// The verdict once the owner of `src` was looked up.
+    pub async fn check_after_lookup(&self, peer: &PeerId, src: IpAddr) -> Verdict {
+        use vpn_api::PeerDiscoveryService;
+        match self.discovery.peer_for_ip(src).await {
+            Ok(owner) if owner == *peer => Verdict::Accept,
+            _ => Verdict::Drop(DropReason::Spoofed),
+        }
+    }
+}

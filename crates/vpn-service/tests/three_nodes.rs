@@ -1,0 +1,125 @@
+//! Three nodes with real swarms on 127.0.0.1 and in-memory TUN devices: packets cross both
+//! ways between configured peers, and a third node is reached only through its DHT record.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use vpn_api::{PeerDiscoveryService, VpnService};
+use vpn_p2p::{Keypair, Multiaddr};
+use vpn_service::{TunSource, VpnNode};
+use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
+use vpn_types::DropReason;
+
+struct Member {
+    node: VpnNode,
+    os: MemoryTunHandle,
+}
+
+fn config(
+    address: &str,
+    bootstrap: Option<&Multiaddr>,
+    peers: &[(&Keypair, &str)],
+    allowed: &[&Keypair],
+) -> vpn_types::VpnConfig {
+    let mut text = format!(
+        "[node]\naddress = \"{address}/10\"\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
+         allowed_peers = [{}]\n",
+        allowed
+            .iter()
+            .map(|k| format!("\"{}\"", k.public().to_peer_id()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(addr) = bootstrap {
+        text.push_str(&format!("bootstrap = [\"{addr}\"]\n"));
+    }
+    text.push_str("[discovery]\nmdns = false\nnegative_cache_ttl = \"100ms\"\n");
+    for (key, addr) in peers {
+        text.push_str(&format!(
+            "[[peers]]\npeer_id = \"{}\"\naddresses = [\"{addr}\"]\n",
+            key.public().to_peer_id()
+        ));
+    }
+    vpn_config::load_str(&text, []).unwrap()
+}
+
+async fn start(key: &Keypair, config: vpn_types::VpnConfig) -> Member {
+    let (tun, os) = MemoryTun::new("mem", 1400, 1024);
+    let node = VpnNode::new(config, key.clone(), TunSource::Given(Arc::new(tun)));
+    node.start().await.unwrap();
+    Member { node, os }
+}
+
+async fn bootstrap_addr(member: &Member) -> Multiaddr {
+    let addr = member.node.listen_addrs().await.remove(0);
+    addr.with(libp2p::multiaddr::Protocol::P2p(member.node.local_peer_id()))
+}
+
+fn ping(src: &str, dst: &str, seq: u16) -> Bytes {
+    Bytes::from(
+        PacketBuilder::icmp_echo(src.parse().unwrap(), dst.parse().unwrap(), 1, seq)
+            .payload(b"hello")
+            .build(),
+    )
+}
+
+/// Sends `packet` into `from` and waits for it to come out of `to`'s TUN.
+async fn crosses(from: &Member, to: &mut Member, packet: Bytes) {
+    from.os.inject(packet.clone()).await;
+    let out = tokio::time::timeout(Duration::from_secs(20), to.os.next_written())
+        .await
+        .expect("the packet arrives")
+        .unwrap();
+    assert_eq!(out.data, packet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_cross_and_a_dht_only_peer_is_reached() {
+    let (ka, kb, kc) =
+        (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = start(&ka, config("100.64.0.1", None, &[(&kb, "100.64.0.2")], &[&kc])).await;
+    let boot = bootstrap_addr(&a).await;
+    let mut b = start(&kb, config("100.64.0.2", Some(&boot), &[(&ka, "100.64.0.1")], &[&kc])).await;
+    let mut c = start(
+        &kc,
+        config("100.64.0.3", Some(&boot), &[(&ka, "100.64.0.1"), (&kb, "100.64.0.2")], &[]),
+    )
+    .await;
+
+    crosses(&a, &mut b, ping("100.64.0.1", "100.64.0.2", 1)).await;
+    crosses(&b, &mut a, ping("100.64.0.2", "100.64.0.1", 2)).await;
+
+    // C is in nobody's configuration: A finds it only through C's signed record.
+    let discovery = c.node.discovery().await.unwrap();
+    let published = tokio::time::timeout(Duration::from_secs(20), async {
+        while discovery.sync_to_dht().await.is_err() {
+            // Not connected to the bootstrap peer yet.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(published.is_ok(), "C's record was stored");
+    let found =
+        a.node.discovery().await.unwrap().peer_for_ip("100.64.0.3".parse().unwrap()).await.unwrap();
+    assert_eq!(found, c.node.local_peer_id());
+    crosses(&a, &mut c, ping("100.64.0.1", "100.64.0.3", 3)).await;
+    crosses(&c, &mut a, ping("100.64.0.3", "100.64.0.1", 4)).await;
+
+    // A packet from C claiming B's address is dropped by A as spoofed.
+    let spoofs_before = a.node.metrics().dropped(DropReason::Spoofed);
+    c.os.inject(ping("100.64.0.2", "100.64.0.1", 5)).await;
+    // The next honest packet on the same stream arrives after the spoofed one was judged.
+    crosses(&c, &mut a, ping("100.64.0.3", "100.64.0.1", 6)).await;
+    assert_eq!(a.node.metrics().dropped(DropReason::Spoofed), spoofs_before + 1);
+
+    let m = a.node.metrics();
+    assert!(m.packets_sent >= 2 && m.packets_received >= 3, "{m:?}");
+    for member in [&a, &b, &c] {
+        member.node.stop().await.unwrap();
+        member.node.stop().await.unwrap();
+    }
+}
