@@ -1,9 +1,16 @@
-//! `vpn-node`: the command-line program of a vpn-node peer.
-//!
-//! The packet library and wire protocol are in place; the node itself (network, discovery,
-//! TUN) is being assembled, so `up` reports that it is not available yet.
+//! `vpn-node`: the command-line program of a vpn-node peer. It parses arguments, loads the
+//! configuration and identity, and runs a [`vpn_service::VpnNode`]; everything else lives in
+//! the library crates.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{SignalKind, signal};
+use vpn_api::VpnService;
+use vpn_service::{TunSource, VpnNode, create_identity, load_identity};
 
 /// A peer-to-peer mesh VPN over libp2p.
 #[derive(Debug, Parser)]
@@ -15,15 +22,139 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the node in the foreground.
-    Up,
+    /// Writes a new identity key (mode 0600) and a commented configuration file.
+    Init {
+        /// Folder for `identity.key` and `vpn-node.toml`.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// This node's overlay address with the overlay's prefix length.
+        #[arg(long, default_value = "100.64.0.1/10")]
+        address: String,
+    },
+    /// Runs the node in the foreground until SIGINT or SIGTERM.
+    Up {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Prints this node's peer ID.
+    Id {
+        /// The configuration file naming the identity key.
+        #[arg(long, short, conflicts_with = "identity")]
+        config: Option<PathBuf>,
+        /// The identity key file.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Up => anyhow::bail!(
-            "this build has the packet library and wire protocol only; the node (network, discovery, TUN) is not assembled yet"
-        ),
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain of causes on one line: what failed, and why.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Init { dir, address } => init(&dir, &address),
+        Command::Up { config } => up(&config).await,
+        Command::Id { config, identity } => id(config.as_deref(), identity.as_deref()),
+    }
+}
+
+fn load_config(path: &Path) -> Result<vpn_config::VpnConfig> {
+    vpn_config::load_file(path)
+        .with_context(|| format!("configuration {} is not usable", path.display()))
+}
+
+fn init(dir: &Path, address: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config_path = dir.join("vpn-node.toml");
+    if config_path.exists() {
+        bail!("{} exists already; not overwriting it", config_path.display());
+    }
+    let text = vpn_config::TEMPLATE.replacen(
+        "# address = \"100.64.0.1/10\"",
+        &format!("address = \"{address}\""),
+        1,
+    );
+    // Check the result before writing anything: a bad address stops here.
+    vpn_config::load_str(&text, []).with_context(|| format!("--address {address}"))?;
+    let keypair = create_identity(&dir.join("identity.key"))?;
+    std::fs::write(&config_path, text)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    println!("{}", keypair.public().to_peer_id());
+    eprintln!("wrote {} and {}", dir.join("identity.key").display(), config_path.display());
+    Ok(())
+}
+
+fn id(config: Option<&Path>, identity: Option<&Path>) -> Result<()> {
+    let path = match (config, identity) {
+        (_, Some(identity)) => identity.to_owned(),
+        (Some(config), None) => load_config(config)?.node.identity_file,
+        (None, None) => PathBuf::from("identity.key"),
+    };
+    println!("{}", load_identity(&path)?.public().to_peer_id());
+    Ok(())
+}
+
+async fn up(config_path: &Path) -> Result<()> {
+    let config = load_config(config_path)?;
+    let keypair = load_identity(&config.node.identity_file)?;
+    let metrics_listen = config.metrics.listen;
+    let node = Arc::new(VpnNode::new(config, keypair, TunSource::Kernel));
+    node.start().await.context("the node could not start")?;
+    if let Some(addr) = metrics_listen {
+        tokio::spawn(serve_metrics(addr, node.clone()));
+    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+    node.stop().await?;
+    Ok(())
+}
+
+/// Serves the Prometheus text exposition to every connection on `addr`.
+async fn serve_metrics(addr: std::net::SocketAddr, node: Arc<VpnNode>) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot serve metrics");
+            return;
+        }
+    };
+    tracing::info!(%addr, "serving metrics");
+    while let Ok((mut conn, _)) = listener.accept().await {
+        let body = node.metrics_registry().render_prometheus();
+        tokio::spawn(async move {
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+        });
     }
 }

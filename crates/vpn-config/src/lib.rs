@@ -28,3 +28,4 @@ pub use error::ConfigLoadError;
 pub use load::{TEMPLATE, load_file, load_file_with_env, load_str};
 pub use service::FileConfig;
 pub use validate::validate;
+pub use vpn_types::VpnConfig;
