@@ -33,6 +33,8 @@ enum Command {
 enum Pending {
     Get { found: Vec<Vec<u8>>, reply: Reply<Vec<Vec<u8>>> },
     Put { reply: Reply<()> },
+    /// Looking for where `PeerId` is, to dial it once found.
+    FindPeer(PeerId),
 }
 
 /// Talks to the task that owns the swarm. Cheap to clone.
@@ -264,6 +266,12 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                if matches!(error, DialError::NoAddresses) {
+                    // Peer routing: ask the DHT where the peer is, and dial it when found;
+                    // the caller's retry or the next packet finds it connected.
+                    let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    self.pending.insert(id, Pending::FindPeer(peer));
+                }
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Err(P2pError::Dial(error.to_string())));
                 }
@@ -318,13 +326,31 @@ impl EventLoop {
                     let _ = reply.send(Ok(found));
                 }
             }
+            QueryResult::GetClosestPeers(Ok(found)) => {
+                if let Some(Pending::FindPeer(target)) = self.pending.get(&id) {
+                    let target = *target;
+                    if let Some(info) = found.peers.into_iter().find(|p| p.peer_id == target) {
+                        self.pending.remove(&id);
+                        tracing::debug!(peer = %target, addrs = ?info.addrs, "found by peer routing");
+                        let opts = DialOpts::peer_id(target).addresses(info.addrs).build();
+                        let _ = self.swarm.dial(opts);
+                    }
+                }
+                if last {
+                    self.pending.remove(&id);
+                }
+            }
             QueryResult::PutRecord(outcome) => {
                 if let Some(Pending::Put { reply }) = self.pending.remove(&id) {
                     let _ =
                         reply.send(outcome.map(|_| ()).map_err(|e| P2pError::Dht(e.to_string())));
                 }
             }
-            _ => {}
+            _ => {
+                if last {
+                    self.pending.remove(&id);
+                }
+            }
         }
     }
 }
