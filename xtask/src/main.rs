@@ -1,22 +1,37 @@
 //! `cargo xtask`: the project's tasks.
 //!
-//! - `cargo xtask test`: every test of the workspace (unit, property, integration, doc).
+//! - `cargo xtask test`: every test: the workspace's unit, property, integration and doc
+//!   tests, then the end-to-end test (root; installs iproute2, iputils-ping, iperf3 and
+//!   nftables from Debian's packages when missing).
+//! - `cargo xtask e2e`: only the end-to-end test.
 //! - `cargo xtask ci`: formatting, lints, docs, then `test` — what `.ci/run` runs.
-//! - `cargo xtask demo`: runs the VPN on this machine (nodes in network namespaces).
+//! - `cargo xtask demo`: three nodes in network namespaces on this machine, until Ctrl-C.
+
+mod e2e;
+mod forge;
+mod lab;
+mod tools;
 
 use std::env;
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 fn main() -> ExitCode {
-    let task = env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = env::args().skip(1).collect();
+    let task = args.first().cloned().unwrap_or_default();
     let result = match task.as_str() {
         "test" => test(),
+        "e2e" => e2e(),
         "ci" => ci(),
         "demo" => demo(),
+        "forge" => forge::run(args.get(1..).unwrap_or_default()),
         _ => {
-            eprintln!("usage: cargo xtask <test|ci|demo>");
+            eprintln!("usage: cargo xtask <test|e2e|ci|demo>");
             return ExitCode::from(2);
         }
     };
@@ -29,15 +44,18 @@ fn main() -> ExitCode {
     }
 }
 
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR").trim_end_matches("/xtask"))
+}
+
 /// Runs `cargo` with `args` from the workspace root, failing if it fails.
 fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let root = env!("CARGO_MANIFEST_DIR").trim_end_matches("/xtask");
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(cargo)
         .args(args)
         .envs(envs.iter().copied())
-        .current_dir(root)
+        .current_dir(root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
@@ -48,7 +66,30 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
 
 fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--all-targets", "--locked"], &[])?;
-    cargo(&["test", "--workspace", "--doc", "--locked"], &[])
+    cargo(&["test", "--workspace", "--doc", "--locked"], &[])?;
+    e2e()
+}
+
+/// Builds the node and returns its path.
+fn node_binary() -> Result<PathBuf> {
+    cargo(&["build", "--locked", "-p", "vpn-node"], &[])?;
+    let target =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join("debug").join("vpn-node"))
+}
+
+fn needs_root(what: &str) -> Result<()> {
+    if !tools::is_root() {
+        bail!("{what} needs root: it makes network namespaces and TUN devices");
+    }
+    tools::ensure()
+}
+
+fn e2e() -> Result<()> {
+    needs_root("the end-to-end test")?;
+    let binary = node_binary()?;
+    let me = env::current_exe().context("the xtask binary's path")?;
+    e2e::run(&binary, &me)
 }
 
 fn ci() -> Result<()> {
@@ -59,8 +100,37 @@ fn ci() -> Result<()> {
 }
 
 fn demo() -> Result<()> {
-    bail!(
-        "the demo needs the node (network, discovery, TUN), which is not assembled yet; \
-         `cargo xtask test` runs what exists"
-    )
+    needs_root("the demo")?;
+    let binary = node_binary()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    let mut lab = lab::Lab::new(binary)?;
+    lab.write_configs()?;
+    for node in ["a", "b", "c"] {
+        lab.start(node)?;
+    }
+    for node in ["a", "b", "c"] {
+        lab.wait_up(node, Duration::from_secs(20))?;
+    }
+    println!("three vpn-node peers, each in its own network namespace:");
+    for node in &lab.nodes {
+        println!(
+            "  {}  netns {:<14} underlay {:<11} overlay {} / {}  {}",
+            node.name, node.netns, node.underlay, node.overlay, node.overlay6, node.peer_id
+        );
+    }
+    for (from, to) in [("a", "b"), ("a", "c"), ("b", "c")] {
+        let target = lab.node(to)?.overlay.clone();
+        let rtt = lab.ping_until(from, &target, Duration::from_secs(30))?;
+        println!("  ping {from} -> {to} ({target}): {rtt}");
+    }
+    println!("try: sudo ip netns exec {} ping {}", lab.node("a")?.netns, lab.node("c")?.overlay);
+    println!("press Ctrl-C to stop");
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("stopping");
+    Ok(())
 }

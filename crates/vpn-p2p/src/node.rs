@@ -31,8 +31,13 @@ enum Command {
 }
 
 enum Pending {
-    Get { found: Vec<Vec<u8>>, reply: Reply<Vec<Vec<u8>>> },
-    Put { reply: Reply<()> },
+    Get {
+        found: Vec<Vec<u8>>,
+        reply: Reply<Vec<Vec<u8>>>,
+    },
+    Put {
+        reply: Reply<()>,
+    },
     /// Looking for where `PeerId` is, to dial it once found.
     FindPeer(PeerId),
 }

@@ -1,0 +1,166 @@
+//! `cargo xtask e2e`: three vpn-node processes in three network namespaces with real TUN
+//! devices. See `run` for what it proves.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::Lab;
+
+const PAIRS: [(&str, &str); 6] =
+    [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a"), ("b", "c"), ("c", "b")];
+
+/// The number after `"key":` at its first occurrence after `after` in a JSON text.
+fn json_number(text: &str, after: &str, key: &str) -> Option<f64> {
+    let from = text.find(after)?;
+    let rest = text.get(from..)?;
+    let at = rest.find(&format!("\"{key}\":"))?;
+    let value = rest.get(at + key.len() + 3..)?.trim_start();
+    let end = value.find([',', '}', '\n']).unwrap_or(value.len());
+    value.get(..end)?.trim().parse().ok()
+}
+
+/// Runs iperf3 from `client` to `server`'s overlay address; returns its JSON report.
+fn iperf(lab: &Lab, client: &str, server: &str, extra: &[&str]) -> Result<String> {
+    let server_node = lab.node(server)?;
+    let mut daemon = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server_node.netns,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &server_node.overlay,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start iperf3 server")?;
+    let mut args = vec!["iperf3", "-c", server_node.overlay.as_str(), "-t", "10", "-J"];
+    args.extend_from_slice(extra);
+    // The server needs a moment to listen: try to connect until it does.
+    let start = Instant::now();
+    let report = loop {
+        let out = lab.exec(client, &args)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break text;
+        }
+        if start.elapsed() > Duration::from_secs(20) || !text.contains("Connection refused") {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            bail!("iperf3 {} failed: {text}", extra.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = daemon.wait();
+    Ok(report)
+}
+
+/// Runs the whole end-to-end test with the `vpn-node` binary at `binary`.
+pub fn run(binary: &Path, forger: &Path) -> Result<()> {
+    let mut lab = Lab::new(binary.to_owned())?;
+    let result = scenario(&mut lab, forger);
+    if result.is_err() {
+        for node in ["a", "b", "c"] {
+            let log = lab.log(node);
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- last lines of node {node}'s log ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+    result
+}
+
+fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
+    lab.write_configs()?;
+    for node in ["a", "b", "c"] {
+        lab.start(node)?;
+    }
+    for node in ["a", "b", "c"] {
+        lab.wait_up(node, Duration::from_secs(20))?;
+    }
+    println!("nodes up in {}", lab.root().display());
+    for node in &lab.nodes {
+        println!(
+            "  {}  {:<15} {:<10} {:<8} {}",
+            node.name, node.netns, node.underlay, node.overlay, node.peer_id
+        );
+    }
+
+    println!("ping, every pair, both ways (a knows c only as an allowed peer ID):");
+    for (from, to) in PAIRS {
+        let target = lab.node(to)?;
+        let (v4, v6) = (target.overlay.clone(), target.overlay6.clone());
+        let rtt4 = lab.ping_until(from, &v4, Duration::from_secs(30))?;
+        let rtt6 = lab.ping_until(from, &v6, Duration::from_secs(30))?;
+        println!("  {from} -> {to}: IPv4 {rtt4}, IPv6 {rtt6}");
+    }
+
+    let tcp = iperf(lab, "a", "b", &[])?;
+    let tcp_bps = json_number(&tcp, "\"sum_received\"", "bits_per_second")
+        .context("TCP rate in the iperf3 report")?;
+    println!("iperf3 TCP a -> b, 10 s: {:.2} Gbit/s", tcp_bps / 1e9);
+    let udp = iperf(lab, "a", "b", &["-u", "-b", "200M"])?;
+    let udp_bps =
+        json_number(&udp, "\"sum\"", "bits_per_second").context("UDP rate in the iperf3 report")?;
+    let lost = json_number(&udp, "\"sum\"", "lost_percent").unwrap_or(f64::NAN);
+    println!(
+        "iperf3 UDP a -> b, 10 s at 200 Mbit/s: {:.0} Mbit/s received, {lost:.2}% lost",
+        udp_bps / 1e6
+    );
+
+    let spoofed = "vpn_packets_dropped_total{reason=\"spoofed\"}";
+    let before = lab.counter("b", spoofed)?;
+    let forged = lab.exec(
+        "a",
+        &[forger.to_str().context("forger path")?, "forge", "100.64.0.77", "100.64.0.2"],
+    )?;
+    if !forged.status.success() {
+        bail!("sending the forged packet failed: {}", String::from_utf8_lossy(&forged.stderr));
+    }
+    let start = Instant::now();
+    loop {
+        let now = lab.counter("b", spoofed)?;
+        if now > before {
+            println!(
+                "forged source 100.64.0.77 from a: dropped by b and counted ({spoofed} {before} -> {now})"
+            );
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!("b did not count the forged packet as spoofed");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    lab.stop("b")?;
+    let restarted = Instant::now();
+    lab.start("b")?;
+    lab.wait_up("b", Duration::from_secs(20))?;
+    lab.ping_until("a", "100.64.0.2", Duration::from_secs(30))?;
+    println!(
+        "b stopped and started again: a reaches it {:.1} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    println!("e2e: all checks passed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_number;
+
+    #[test]
+    fn reads_numbers_from_iperf_json() {
+        let text = r#"{"end": {"sum_sent": {"bits_per_second": 1.0}, "sum_received": {"bytes": 5, "bits_per_second": 2.5e9, "x": 1}}}"#;
+        assert_eq!(json_number(text, "\"sum_received\"", "bits_per_second"), Some(2.5e9));
+        assert_eq!(json_number(text, "\"nothing\"", "bits_per_second"), None);
+    }
+}

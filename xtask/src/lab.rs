@@ -1,0 +1,320 @@
+//! A lab of vpn-node processes, each in its own network namespace, joined by a bridge in a
+//! namespace of its own. Underlay addresses are 198.18.0.x/24, overlay 100.64.0.x/10 and
+//! fd00::x/64. Everything it makes it removes again, processes by PID first.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// One node of the lab.
+pub struct Node {
+    /// Short name: a, b, c.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Underlay IPv4 address.
+    pub underlay: String,
+    /// Overlay IPv4 address.
+    pub overlay: String,
+    /// Overlay IPv6 address.
+    pub overlay6: String,
+    /// Its peer ID.
+    pub peer_id: String,
+    /// Its folder (key, config, log).
+    pub dir: PathBuf,
+    process: Option<Child>,
+}
+
+/// The whole lab.
+pub struct Lab {
+    prefix: String,
+    switch: String,
+    binary: PathBuf,
+    root: PathBuf,
+    /// The nodes, in order.
+    pub nodes: Vec<Node>,
+}
+
+/// Runs a command, failing with its output if it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "`{program} {}` failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run("ip", args).map(|_| ())
+}
+
+impl Lab {
+    /// Makes the namespaces, links and node folders (keys and configs) for nodes a, b, c.
+    pub fn new(binary: PathBuf) -> Result<Self> {
+        let prefix = format!("vpnlab{}", std::process::id() % 100_000);
+        let root = std::env::temp_dir().join(&prefix);
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root)?;
+        let switch = format!("{prefix}sw");
+        let mut lab = Self { prefix, switch, binary, root, nodes: Vec::new() };
+        lab.build_network()?;
+        Ok(lab)
+    }
+
+    fn build_network(&mut self) -> Result<()> {
+        ip(&["netns", "add", &self.switch])?;
+        ip(&["-n", &self.switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &self.switch, "link", "set", "br0", "up"])?;
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let n = i + 1;
+            let netns = format!("{}{name}", self.prefix);
+            ip(&["netns", "add", &netns])?;
+            ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+            let (inner, outer) =
+                (format!("{}{name}0", self.prefix), format!("{}{name}1", self.prefix));
+            ip(&[
+                "link",
+                "add",
+                &inner,
+                "netns",
+                &netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outer,
+                "netns",
+                &self.switch,
+            ])?;
+            ip(&["-n", &netns, "link", "set", &inner, "name", "eth0"])?;
+            ip(&["-n", &netns, "addr", "add", &format!("198.18.0.{n}/24"), "dev", "eth0"])?;
+            ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &self.switch, "link", "set", &outer, "master", "br0", "up"])?;
+            let dir = self.root.join(name);
+            let init = run(
+                self.binary.to_str().context("binary path")?,
+                &[
+                    "init",
+                    "--dir",
+                    dir.to_str().context("dir")?,
+                    "--address",
+                    &format!("100.64.0.{n}/10"),
+                ],
+            )?;
+            let peer_id = String::from_utf8_lossy(&init.stdout).trim().to_owned();
+            self.nodes.push(Node {
+                name: (*name).to_owned(),
+                netns,
+                underlay: format!("198.18.0.{n}"),
+                overlay: format!("100.64.0.{n}"),
+                overlay6: format!("fd00::{n}"),
+                peer_id,
+                dir,
+                process: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes each node's configuration. `a` knows `b` fully and `c` only as an allowed peer
+    /// ID; `b` and `c` know everyone; `c` bootstraps from `b`.
+    pub fn write_configs(&self) -> Result<()> {
+        for node in &self.nodes {
+            let mut text = String::new();
+            writeln!(
+                text,
+                "[node]\nidentity_file = \"identity.key\"\naddress = \"{}/10\"\naddress6 = \"{}/64\"",
+                node.overlay, node.overlay6
+            )?;
+            writeln!(text, "[interface]\nname = \"vpn-{}\"\nmtu = 1400", node.name)?;
+            writeln!(
+                text,
+                "[network]\nlisten = [\"/ip4/{u}/tcp/4001\", \"/ip4/{u}/udp/4001/quic-v1\"]",
+                u = node.underlay
+            )?;
+            let others: Vec<&Node> = self.nodes.iter().filter(|n| n.name != node.name).collect();
+            if node.name == "a" {
+                let c = self.node("c")?;
+                writeln!(text, "allowed_peers = [\"{}\"]", c.peer_id)?;
+            }
+            if node.name == "c" {
+                let b = self.node("b")?;
+                writeln!(text, "bootstrap = [\"/ip4/{}/tcp/4001/p2p/{}\"]", b.underlay, b.peer_id)?;
+            }
+            writeln!(
+                text,
+                "[discovery]\nmdns = false\nnegative_cache_ttl = \"1s\"\nrepublish_interval = \"20m\""
+            )?;
+            writeln!(
+                text,
+                "[metrics]\nlisten = \"127.0.0.1:9464\"\n[control]\nsocket = \"{}\"",
+                node.dir.join("control.sock").display()
+            )?;
+            for other in others {
+                if node.name == "a" && other.name == "c" {
+                    continue;
+                }
+                writeln!(
+                    text,
+                    "[[peers]]\npeer_id = \"{}\"\naddresses = [\"{}\", \"{}\"]\nendpoints = [\"/ip4/{}/tcp/4001\"]",
+                    other.peer_id, other.overlay, other.overlay6, other.underlay
+                )?;
+            }
+            fs::write(node.dir.join("vpn-node.toml"), text)?;
+        }
+        Ok(())
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes.iter().find(|n| n.name == name).with_context(|| format!("no node {name}"))
+    }
+
+    /// Starts `vpn-node up` in the node's namespace, logging to its folder.
+    pub fn start(&mut self, name: &str) -> Result<()> {
+        let binary = self.binary.clone();
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name}"))?;
+        let log =
+            fs::OpenOptions::new().create(true).append(true).open(node.dir.join("node.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(&binary)
+            .args(["up", "--config"])
+            .arg(node.dir.join("vpn-node.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start vpn-node")?;
+        node.process = Some(child);
+        Ok(())
+    }
+
+    /// Stops a node with SIGTERM (SIGKILL after 10 s) and waits for it.
+    pub fn stop(&mut self, name: &str) -> Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name}"))?;
+        if let Some(child) = node.process.take() {
+            stop_child(child);
+        }
+        Ok(())
+    }
+
+    /// Waits until the node's TUN interface is up (its node started), or fails.
+    pub fn wait_up(&self, name: &str, within: Duration) -> Result<()> {
+        let node = self.node(name)?;
+        let start = Instant::now();
+        while start.elapsed() < within {
+            let out = Command::new("ip")
+                .args(["-n", &node.netns, "link", "show", &format!("vpn-{name}")])
+                .output()?;
+            if out.status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("node {name} did not come up; its log:\n{}", self.log(name))
+    }
+
+    /// The node's log so far.
+    pub fn log(&self, name: &str) -> String {
+        self.node(name)
+            .map(|n| fs::read_to_string(n.dir.join("node.log")).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Runs a command in a node's namespace.
+    pub fn exec(&self, name: &str, args: &[&str]) -> Result<Output> {
+        let node = self.node(name)?;
+        let mut all = vec!["netns", "exec", node.netns.as_str()];
+        all.extend_from_slice(args);
+        Ok(Command::new("ip").args(&all).output()?)
+    }
+
+    /// Pings `dst` from `from` until a reply comes or `within` passes; returns the round
+    /// trip of the first reply.
+    pub fn ping_until(&self, from: &str, dst: &str, within: Duration) -> Result<String> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            let out = self.exec(from, &["ping", "-c", "1", "-W", "1", dst])?;
+            if out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let rtt = text
+                    .split("time=")
+                    .nth(1)
+                    .and_then(|t| t.split_whitespace().next())
+                    .unwrap_or("?");
+                return Ok(format!("{rtt} ms"));
+            }
+            // A failed ping may return at once (no route yet): do not spin.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("no reply from {dst} to {from} within {within:?}")
+    }
+
+    /// A node's Prometheus counter `line_prefix` (e.g. `vpn_packets_dropped_total{reason="spoofed"}`).
+    pub fn counter(&self, name: &str, metric: &str) -> Result<u64> {
+        let script = "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+        let out = self.exec(name, &["bash", "-c", script])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix(metric).and_then(|v| v.trim().parse().ok()))
+            .with_context(|| format!("no {metric} in the metrics of {name}"))
+    }
+
+    /// The lab's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+fn stop_child(mut child: Child) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.process.take() {
+                stop_child(child);
+            }
+        }
+        for node in &self.nodes {
+            let _ = Command::new("ip").args(["netns", "del", &node.netns]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.switch]).status();
+        if std::env::var_os("VPN_LAB_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}
