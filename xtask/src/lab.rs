@@ -129,7 +129,8 @@ impl Lab {
     }
 
     /// Writes each node's configuration. `a` knows `b` fully and `c` only as an allowed peer
-    /// ID; `b` and `c` know everyone; `c` bootstraps from `b`.
+    /// ID; `b` knows everyone; `c` knows every overlay address but only `b`'s network
+    /// address (its bootstrap peer), so `a` and `c` find each other by peer routing.
     pub fn write_configs(&self) -> Result<()> {
         for node in &self.nodes {
             let mut text = String::new();
@@ -166,10 +167,15 @@ impl Lab {
                 if node.name == "a" && other.name == "c" {
                     continue;
                 }
+                let endpoint = if node.name == "c" && other.name == "a" {
+                    String::new()
+                } else {
+                    format!("\"/ip4/{}/tcp/4001\"", other.underlay)
+                };
                 writeln!(
                     text,
-                    "[[peers]]\npeer_id = \"{}\"\naddresses = [\"{}\", \"{}\"]\nendpoints = [\"/ip4/{}/tcp/4001\"]",
-                    other.peer_id, other.overlay, other.overlay6, other.underlay
+                    "[[peers]]\npeer_id = \"{}\"\naddresses = [\"{}\", \"{}\"]\nendpoints = [{endpoint}]",
+                    other.peer_id, other.overlay, other.overlay6
                 )?;
             }
             fs::write(node.dir.join("vpn-node.toml"), text)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use vpn_api::VpnService;
 use vpn_service::{TunSource, VpnNode, create_identity, load_identity};
@@ -149,12 +149,17 @@ async fn serve_metrics(addr: std::net::SocketAddr, node: Arc<VpnNode>) {
     while let Ok((mut conn, _)) = listener.accept().await {
         let body = node.metrics_registry().render_prometheus();
         tokio::spawn(async move {
+            // Read the request first: closing with it unread would reset the connection
+            // and could lose the answer.
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
             let head = format!(
                 "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             );
             let _ = conn.write_all(head.as_bytes()).await;
             let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
         });
     }
 }
