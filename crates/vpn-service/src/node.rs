@@ -21,7 +21,7 @@ use vpn_stream::{
     InboundEnd, Libp2pStreamService, StreamHealth, StreamPool, accept_streams, serve_inbound,
 };
 use vpn_tun::{Tun, TunConfig};
-use vpn_types::{DropReason, MetricsSnapshot, PeerId, VpnConfig};
+use vpn_types::{DropReason, GsoInfo, MetricsSnapshot, PeerId, VpnConfig};
 use vpn_wire::Frame;
 use vpn_worker::WorkerContext;
 
@@ -333,8 +333,25 @@ async fn write_tun(tun: Arc<dyn TunDevice>, mut queue: mpsc::Receiver<TunPacket>
     }
 }
 
-/// Queues an accepted packet for the TUN.
-fn deliver(to_tun: &mpsc::Sender<TunPacket>, metrics: &dyn MetricsService, packet: Bytes) {
+/// Queues an accepted packet for the TUN; an offload super-packet is first cut into the
+/// segments the sender's kernel would have sent (this node's TUN takes no offload).
+fn deliver(
+    to_tun: &mpsc::Sender<TunPacket>,
+    metrics: &dyn MetricsService,
+    packet: Bytes,
+    gso: Option<GsoInfo>,
+) {
+    let Some(gso) = gso else {
+        return deliver_one(to_tun, metrics, packet);
+    };
+    let mut segments = Vec::new();
+    match vpn_utils::segment(&packet, &gso, &mut segments) {
+        Ok(()) => segments.into_iter().for_each(|s| deliver_one(to_tun, metrics, s)),
+        Err(_) => metrics.record_drop(DropReason::Malformed),
+    }
+}
+
+fn deliver_one(to_tun: &mpsc::Sender<TunPacket>, metrics: &dyn MetricsService, packet: Bytes) {
     let len = packet.len() as u64;
     match to_tun.try_send(TunPacket::new(packet)) {
         Ok(()) => metrics.record_received(1, len),
@@ -354,6 +371,9 @@ async fn serve_peers(
     }
 }
 
+/// A packet waiting for its sender's record: the packet, its source, its offload info.
+type Waiting = (Bytes, std::net::IpAddr, Option<GsoInfo>);
+
 async fn serve_peer(
     stream: Box<dyn VpnStream>,
     check: Arc<InboundCheck>,
@@ -362,31 +382,34 @@ async fn serve_peer(
 ) {
     let peer = stream.peer_id();
     // Packets whose source this node cannot place yet wait here for a lookup, in order.
-    let (unknown, mut waiting) = mpsc::channel::<(Bytes, std::net::IpAddr)>(LOOKUP_QUEUE);
+    let (unknown, mut waiting) = mpsc::channel::<Waiting>(LOOKUP_QUEUE);
     let lookups = {
         let (check, to_tun, metrics) = (check.clone(), to_tun.clone(), metrics.clone());
         tokio::spawn(async move {
-            while let Some((packet, src)) = waiting.recv().await {
+            while let Some((packet, src, gso)) = waiting.recv().await {
                 match check.check_after_lookup(&peer, src).await {
-                    Verdict::Accept => deliver(&to_tun, metrics.as_ref(), packet),
+                    Verdict::Accept => deliver(&to_tun, metrics.as_ref(), packet, gso),
                     Verdict::Drop(reason) => metrics.record_drop(reason),
                     Verdict::LookUp(_) => metrics.record_drop(DropReason::Spoofed),
                 }
             }
         })
     };
-    let end = serve_inbound(stream, |frame| match frame {
-        Frame::Packet(packet) => match check.check(&peer, &packet) {
-            Verdict::Accept => deliver(&to_tun, metrics.as_ref(), packet),
-            Verdict::Drop(reason) => metrics.record_drop(reason),
-            Verdict::LookUp(src) => {
-                if unknown.try_send((packet, src)).is_err() {
-                    metrics.record_drop(DropReason::QueueFull);
-                }
+    let judge = |packet: Bytes, gso: Option<GsoInfo>| match check.check(&peer, &packet) {
+        Verdict::Accept => deliver(&to_tun, metrics.as_ref(), packet, gso),
+        Verdict::Drop(reason) => metrics.record_drop(reason),
+        Verdict::LookUp(src) => {
+            if unknown.try_send((packet, src, gso)).is_err() {
+                metrics.record_drop(DropReason::QueueFull);
             }
+        }
+    };
+    let end = serve_inbound(stream, |frame| match frame {
+        Frame::Packet(packet) => judge(packet, None),
+        Frame::Segmented { header, packet } => match header.to_gso(packet.len()) {
+            Ok(gso) => judge(packet, Some(gso)),
+            Err(_) => metrics.record_drop(DropReason::Malformed),
         },
-        // This node reads no offload super-packets yet; it never asks for them either.
-        Frame::Segmented { .. } => metrics.record_drop(DropReason::Malformed),
         _ => {}
     })
     .await;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use vpn_api::{PeerDiscoveryService, VpnService};
+use vpn_api::{PeerDiscoveryService, TunPacket, VpnService};
 use vpn_p2p::{Keypair, Multiaddr};
 use vpn_service::{TunSource, VpnNode};
 use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
-use vpn_types::DropReason;
+use vpn_types::{DropReason, GsoInfo, GsoType};
 
 struct Member {
     node: VpnNode,
@@ -92,6 +92,38 @@ async fn packets_cross_and_a_dht_only_peer_is_reached() {
 
     crosses(&a, &mut b, ping("100.64.0.1", "100.64.0.2", 1)).await;
     crosses(&b, &mut a, ping("100.64.0.2", "100.64.0.1", 2)).await;
+
+    // An offload super-packet crosses as one SEGMENTED frame and comes out as the segments
+    // the sender's kernel would have made (this receiver's TUN takes no offload).
+    let payload: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+    let tcp = |seq: u32, chunk: &[u8], ident: u32| {
+        PacketBuilder::tcp(
+            "100.64.0.1".parse().unwrap(),
+            "100.64.0.2".parse().unwrap(),
+            40000,
+            5201,
+        )
+        .seq(seq)
+        .payload(chunk)
+        .ident(ident)
+        .build()
+    };
+    let gso = GsoInfo {
+        gso_type: GsoType::TcpV4,
+        needs_csum: true,
+        hdr_len: 40,
+        gso_size: 1000,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    a.os.inject_packet(TunPacket { data: Bytes::from(tcp(1, &payload, 9)), gso: Some(gso) }).await;
+    for (i, chunk) in payload.chunks(1000).enumerate() {
+        let out = tokio::time::timeout(Duration::from_secs(20), b.os.next_written())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.data, tcp(1 + 1000 * i as u32, chunk, 9 + i as u32), "segment {i}");
+    }
 
     // C is in nobody's configuration: A finds it only through C's signed record.
     let discovery = c.node.discovery().await.unwrap();

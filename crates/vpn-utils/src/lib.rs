@@ -21,7 +21,10 @@
 
 mod ipv4;
 mod ipv6;
+mod segment;
 mod transport;
+
+pub use segment::segment;
 
 use vpn_errors::PacketError;
 use vpn_types::PacketInfo;

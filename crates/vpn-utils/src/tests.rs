@@ -227,3 +227,127 @@ proptest! {
         prop_assert_eq!(info.protocol, if tcp { PROTO_TCP } else { PROTO_UDP });
     }
 }
+
+mod segmenting {
+    use bytes::Bytes;
+    use vpn_testutil::PacketBuilder;
+    use vpn_types::{GsoInfo, GsoType};
+
+    use super::v4;
+    use crate::{segment, validate_ip_packet};
+
+    const ACK: u8 = 0x10;
+    const PSH: u8 = 0x08;
+    const FIN: u8 = 0x01;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn gso(gso_type: GsoType, hdr_len: u16, csum_start: u16, csum_offset: u16) -> GsoInfo {
+        GsoInfo { gso_type, needs_csum: true, hdr_len, gso_size: 1000, csum_start, csum_offset }
+    }
+
+    fn cut(packet: &[u8], gso: &GsoInfo) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        segment(packet, gso, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn tcp_over_ipv4_matches_what_the_sender_would_have_sent() {
+        let (src, dst) = (v4("100.64.0.1"), v4("100.64.0.2"));
+        let payload = data(2500);
+        let tcp = |seq, flags, chunk: &[u8], ident| {
+            PacketBuilder::tcp(src, dst, 40000, 443)
+                .seq(seq)
+                .flags(flags)
+                .payload(chunk)
+                .ident(ident)
+                .build()
+        };
+        let whole = tcp(1000, ACK | PSH | FIN, &payload, 7);
+        let got = cut(&whole, &gso(GsoType::TcpV4, 40, 20, 16));
+        let expected = vec![
+            tcp(1000, ACK, &payload[..1000], 7),
+            tcp(2000, ACK, &payload[1000..2000], 8),
+            tcp(3000, ACK | PSH | FIN, &payload[2000..], 9),
+        ];
+        assert_eq!(got.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn tcp_over_ipv6_matches_what_the_sender_would_have_sent() {
+        let (src, dst) = (v4("fd00::1"), v4("fd00::2"));
+        let payload = data(2001);
+        let tcp = |seq, flags, chunk: &[u8]| {
+            PacketBuilder::tcp(src, dst, 1, 2).seq(seq).flags(flags).payload(chunk).build()
+        };
+        let whole = tcp(5, ACK | PSH, &payload);
+        let got = cut(&whole, &gso(GsoType::TcpV6, 60, 40, 16));
+        let expected = vec![
+            tcp(5, ACK, &payload[..1000]),
+            tcp(1005, ACK, &payload[1000..2000]),
+            tcp(2005, ACK | PSH, &payload[2000..]),
+        ];
+        assert_eq!(got.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn udp_segments_are_datagrams_of_their_own() {
+        let (src, dst) = (v4("100.64.0.1"), v4("100.64.0.2"));
+        let payload = data(2400);
+        let udp = |chunk: &[u8], ident| {
+            PacketBuilder::udp(src, dst, 5000, 53).payload(chunk).ident(ident).build()
+        };
+        let got = cut(&udp(&payload, 3), &gso(GsoType::Udp, 28, 20, 6));
+        let expected =
+            vec![udp(&payload[..1000], 3), udp(&payload[1000..2000], 4), udp(&payload[2000..], 5)];
+        assert_eq!(got.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), expected);
+        assert!(got.iter().all(|s| validate_ip_packet(s).is_ok()));
+    }
+
+    #[test]
+    fn headers_that_do_not_fit_are_refused() {
+        let whole = PacketBuilder::tcp(v4("100.64.0.1"), v4("100.64.0.2"), 1, 2)
+            .payload(&data(100))
+            .build();
+        let mut out = Vec::new();
+        assert!(
+            segment(&whole, &gso(GsoType::TcpV4, 400, 20, 16), &mut out).is_err(),
+            "hdr_len past the packet"
+        );
+        assert!(
+            segment(&whole, &gso(GsoType::TcpV6, 40, 20, 16), &mut out).is_err(),
+            "wrong family"
+        );
+        assert!(
+            segment(&whole, &gso(GsoType::TcpV4, 40, 30, 16), &mut out).is_err(),
+            "transport header past hdr_len"
+        );
+        assert!(segment(&whole[..30], &gso(GsoType::TcpV4, 40, 20, 16), &mut out).is_err());
+        assert!(out.is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn segments_carry_the_payload_in_order(len in 1usize..9000, size in 1u16..1500) {
+            let payload = data(len);
+            let whole = PacketBuilder::tcp(v4("100.64.0.1"), v4("100.64.0.2"), 1, 2).payload(&payload).build();
+            let info = GsoInfo { gso_size: size, ..gso(GsoType::TcpV4, 40, 20, 16) };
+            let got = cut(&whole, &info);
+            proptest::prop_assert_eq!(got.len(), len.div_ceil(usize::from(size)));
+            let joined: Vec<u8> = got.iter().flat_map(|s| s[40..].to_vec()).collect();
+            proptest::prop_assert_eq!(joined, payload);
+            for s in &got {
+                proptest::prop_assert!(validate_ip_packet(s).is_ok());
+            }
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), hdr in 0u16..100, start in 0u16..100, size in 0u16..100) {
+            let mut out = Vec::new();
+            let _ = segment(&bytes, &GsoInfo { gso_size: size, ..gso(GsoType::Udp, hdr, start, 6) }, &mut out);
+        }
+    }
+}
