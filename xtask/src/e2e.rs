@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::lab::Lab;
+use crate::lab::{self, Lab};
 
 const PAIRS: [(&str, &str); 6] =
     [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a"), ("b", "c"), ("c", "b")];
@@ -102,6 +102,26 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
         let rtt6 = lab.ping_until(from, &v6, Duration::from_secs(30))?;
         println!("  {from} -> {to}: IPv4 {rtt4}, IPv6 {rtt6}");
     }
+
+    let config = lab.node("a")?.dir.join("vpn-node.toml");
+    let config = config.to_str().context("config path")?;
+    let status = lab::run(
+        lab.binary().to_str().context("binary")?,
+        &["status", "--config", config, "--json"],
+    )?;
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    if !status.contains(&lab.node("a")?.peer_id) {
+        bail!("`vpn-node status` did not name a: {status}");
+    }
+    let peers = lab::run(lab.binary().to_str().context("binary")?, &["peers", "--config", config])?;
+    let peers = String::from_utf8_lossy(&peers.stdout).into_owned();
+    if !peers.contains(&lab.node("b")?.peer_id) || !peers.contains(&lab.node("c")?.peer_id) {
+        bail!("`vpn-node peers` on a does not list b and c:\n{peers}");
+    }
+    println!(
+        "vpn-node status and peers answer on a's control socket ({} peers listed)",
+        peers.matches("peer_id").count()
+    );
 
     let tcp = iperf(lab, "a", "b", &[])?;
     let tcp_bps = json_number(&tcp, "\"sum_received\"", "bits_per_second")

@@ -288,6 +288,11 @@ impl Lab {
             .with_context(|| format!("no {metric} in the metrics of {name}"))
     }
 
+    /// The `vpn-node` binary the lab runs.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// The lab's folder.
     pub fn root(&self) -> &Path {
         &self.root

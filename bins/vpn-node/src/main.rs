@@ -37,6 +37,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Shows the running node's identity, addresses and counters.
+    Status {
+        /// The configuration file naming the control socket.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows the running node's peers and the health of their streams.
+    Peers {
+        /// The configuration file naming the control socket.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints this node's peer ID.
     Id {
         /// The configuration file naming the identity key.
@@ -78,6 +96,8 @@ async fn run() -> Result<()> {
         Command::Init { dir, address } => init(&dir, &address),
         Command::Up { config } => up(&config).await,
         Command::Id { config, identity } => id(config.as_deref(), identity.as_deref()),
+        Command::Status { config, json } => ask(&config, "status", json).await,
+        Command::Peers { config, json } => ask(&config, "peers", json).await,
     }
 }
 
@@ -117,20 +137,86 @@ fn id(config: Option<&Path>, identity: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+async fn ask(config: &Path, request: &str, json: bool) -> Result<()> {
+    let socket = load_config(config)?.control.socket;
+    let reply = vpn_service::query_control(&socket, request).await?;
+    if json {
+        println!("{reply}");
+        return Ok(());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&reply).context("the node's answer is not JSON")?;
+    let mut out = String::new();
+    render(&value, 0, &mut out);
+    print!("{out}");
+    Ok(())
+}
+
+/// Renders a JSON answer as indented `key: value` lines.
+fn render(value: &serde_json::Value, depth: usize, out: &mut String) {
+    use std::fmt::Write as _;
+    let pad = "  ".repeat(depth);
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                if v.is_object() || v.is_array() {
+                    let _ = writeln!(out, "{pad}{key}:");
+                    render(v, depth + 1, out);
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{pad}{key}: {}",
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                    );
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                if item.is_object() {
+                    let _ = writeln!(out, "{pad}-");
+                    render(item, depth + 1, out);
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{pad}- {}",
+                        item.as_str().map_or_else(|| item.to_string(), str::to_owned)
+                    );
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{other}");
+        }
+    }
+}
+
 async fn up(config_path: &Path) -> Result<()> {
     let config = load_config(config_path)?;
     let keypair = load_identity(&config.node.identity_file)?;
     let metrics_listen = config.metrics.listen;
+    let socket = config.control.socket.clone();
     let node = Arc::new(VpnNode::new(config, keypair, TunSource::Kernel));
     node.start().await.context("the node could not start")?;
     if let Some(addr) = metrics_listen {
         tokio::spawn(serve_metrics(addr, node.clone()));
     }
+    let control = match vpn_service::serve_control(&socket, node.clone()).await {
+        Ok(task) => Some(task),
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "no control socket: `status` and `peers` will not answer");
+            None
+        }
+    };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+    if let Some(control) = control {
+        control.abort();
+        let _ = control.await;
     }
     node.stop().await?;
     Ok(())

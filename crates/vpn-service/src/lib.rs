@@ -7,10 +7,12 @@
 //! reader; and last, publishing our IP record (then republishing it). Stop runs the other
 //! way. A part that fails to start is named in the error, and what had started is stopped.
 
+mod control;
 mod identity;
 mod node;
 mod receiver;
 
+pub use control::{peers_json, query_control, serve_control, status_json};
 pub use identity::{create_identity, load_identity};
 pub use node::{TunSource, VpnNode};
 pub use receiver::{InboundCheck, Verdict};

@@ -140,6 +140,36 @@ impl VpnNode {
         self.parts.lock().await.as_ref().and_then(|p| p.discovery.clone())
     }
 
+    /// The peers connected now (empty when not started).
+    pub async fn connected_peers(&self) -> Vec<PeerId> {
+        let handle = self
+            .parts
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|p| p.p2p.as_ref().map(|n| n.handle().clone()));
+        match handle {
+            Some(handle) => handle.connected_peers().await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Health figures of the streams to each peer (empty when not started).
+    pub fn stream_health(&self) -> vpn_types::HealthSnapshot {
+        self.parts
+            .try_lock()
+            .ok()
+            .and_then(|p| {
+                p.as_ref().and_then(|p| p.health.as_ref().map(StreamHealthService::health))
+            })
+            .unwrap_or_default()
+    }
+
+    /// This node's overlay addresses and routed prefixes.
+    pub fn own_addresses(&self) -> Vec<IpNet> {
+        self.own_nets()
+    }
+
     /// This node's overlay addresses (as host prefixes) and routed prefixes.
     fn own_nets(&self) -> Vec<IpNet> {
         let node = &self.config.node;

@@ -148,6 +148,24 @@ async fn packets_cross_and_a_dht_only_peer_is_reached() {
     crosses(&c, &mut a, ping("100.64.0.3", "100.64.0.1", 6)).await;
     assert_eq!(a.node.metrics().dropped(DropReason::Spoofed), spoofs_before + 1);
 
+    // The control socket answers `status` and `peers` for a running node.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("a.sock");
+    let a_node = Arc::new(a.node);
+    let server = vpn_service::serve_control(&socket, a_node.clone()).await.unwrap();
+    let status = vpn_service::query_control(&socket, "status").await.unwrap();
+    assert!(status.contains(&format!("\"peer_id\":\"{}\"", a_node.local_peer_id())), "{status}");
+    assert!(status.contains("\"addresses\":[\"100.64.0.1/32\"]"), "{status}");
+    assert!(status.contains("\"spoofed\":1"), "{status}");
+    let peers = vpn_service::query_control(&socket, "peers").await.unwrap();
+    assert!(peers.contains(&b.node.local_peer_id().to_string()), "{peers}");
+    assert!(peers.contains(&c.node.local_peer_id().to_string()), "{peers}");
+    assert!(vpn_service::query_control(&socket, "nonsense").await.unwrap().contains("error"));
+    server.abort();
+    let _ = server.await;
+    assert!(!socket.exists(), "the socket file goes with the server");
+    let a = Member { node: Arc::into_inner(a_node).unwrap(), os: a.os };
+
     let m = a.node.metrics();
     assert!(m.packets_sent >= 2 && m.packets_received >= 3, "{m:?}");
     for member in [&a, &b, &c] {

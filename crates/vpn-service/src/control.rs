@@ -1,0 +1,171 @@
+//! The local control socket: `vpn-node status` and `vpn-node peers` ask a running node.
+//!
+//! One request per connection: a line `status` or `peers`; the answer is one line of JSON.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+use vpn_api::VpnService;
+use vpn_types::DropReason;
+
+use crate::VpnNode;
+
+/// A JSON string literal.
+fn json_str(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_list(items: impl IntoIterator<Item = String>) -> String {
+    format!("[{}]", items.into_iter().collect::<Vec<_>>().join(","))
+}
+
+/// The answer to `status`.
+pub async fn status_json(node: &VpnNode) -> String {
+    let m = node.metrics();
+    let drops = DropReason::ALL
+        .iter()
+        .map(|r| format!("{}:{}", json_str(r.as_str()), m.dropped(*r)))
+        .collect::<Vec<_>>();
+    format!(
+        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}}}}}}",
+        json_str(&node.local_peer_id().to_string()),
+        json_list(node.own_addresses().iter().map(|a| json_str(&a.to_string()))),
+        json_list(node.listen_addrs().await.iter().map(|a| json_str(&a.to_string()))),
+        m.packets_sent,
+        m.bytes_sent,
+        m.packets_received,
+        m.bytes_received,
+        m.stream_errors,
+        m.active_workers,
+        m.active_streams,
+        drops.join(","),
+    )
+}
+
+/// The answer to `peers`.
+pub async fn peers_json(node: &VpnNode) -> String {
+    let connected = node.connected_peers().await;
+    let health = node.stream_health();
+    let mut peers: Vec<String> = connected
+        .iter()
+        .map(|peer| {
+            let h = health.peers.iter().find(|h| h.peer == *peer);
+            format!(
+                "{{\"peer_id\":{},\"connected\":true,\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":{}}}",
+                json_str(&peer.to_string()),
+                h.map_or(0, |h| h.streams),
+                h.map_or(0, |h| h.healthy_streams),
+                h.and_then(|h| h.last_rtt).map_or_else(|| "null".to_owned(), |r| format!("{:.3}", r.as_secs_f64() * 1e3)),
+            )
+        })
+        .collect();
+    peers.extend(health.peers.iter().filter(|h| !connected.contains(&h.peer)).map(|h| {
+        format!(
+            "{{\"peer_id\":{},\"connected\":false,\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":null}}",
+            json_str(&h.peer.to_string()),
+            h.streams,
+            h.healthy_streams
+        )
+    }));
+    format!("{{\"peers\":{}}}", json_list(peers))
+}
+
+async fn answer(conn: UnixStream, node: Arc<VpnNode>) -> io::Result<()> {
+    let (read, mut write) = conn.into_split();
+    let mut line = String::new();
+    // A request is one short line; nothing longer is read.
+    BufReader::new(read.take(256)).read_line(&mut line).await?;
+    let reply = match line.trim() {
+        "status" => status_json(&node).await,
+        "peers" => peers_json(&node).await,
+        other => format!(
+            "{{\"error\":{}}}",
+            json_str(&format!("unknown request {other:?}; ask `status` or `peers`"))
+        ),
+    };
+    write.write_all(reply.as_bytes()).await?;
+    write.write_all(b"\n").await?;
+    write.shutdown().await
+}
+
+/// Serves the control socket at `path` for `node` until the task is aborted. A stale socket
+/// file left by a node that died is replaced; one a running node answers on is not.
+pub async fn serve_control(path: &Path, node: Arc<VpnNode>) -> io::Result<JoinHandle<()>> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running node", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let path: PathBuf = path.to_owned();
+    Ok(tokio::spawn(async move {
+        let _remove = RemoveOnDrop(path);
+        while let Ok((conn, _)) = listener.accept().await {
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(conn, node).await {
+                    tracing::debug!(error = %e, "control request failed");
+                }
+            });
+        }
+    }))
+}
+
+/// Removes the socket file when the server ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Asks the node serving `path` for `request` (`status` or `peers`); returns its JSON.
+pub async fn query_control(path: &Path, request: &str) -> io::Result<String> {
+    let mut conn = UnixStream::connect(path).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("no node answers on {}: {e} (is `vpn-node up` running?)", path.display()),
+        )
+    })?;
+    conn.write_all(format!("{request}\n").as_bytes()).await?;
+    let mut reply = String::new();
+    BufReader::new(conn).read_line(&mut reply).await?;
+    Ok(reply.trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_str;
+
+    #[test]
+    fn strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}
