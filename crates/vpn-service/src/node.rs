@@ -260,6 +260,7 @@ impl VpnNode {
                     address,
                     address6: config.node.address6,
                     routes,
+                    offload: config.interface.offload,
                 };
                 Arc::new(Tun::create(&tun_config).await.map_err(|e| startup("create TUN", e))?)
             }
@@ -278,7 +279,14 @@ impl VpnNode {
         )
         .map_err(|e| startup("accept streams", e))?;
         let check = Arc::new(InboundCheck::new(discovery.clone(), own, config.firewall.clone()));
-        parts.tasks.push(tokio::spawn(serve_peers(inbound, check, to_tun, metrics.clone())));
+        let offload = tun.offload();
+        parts.tasks.push(tokio::spawn(serve_peers(
+            inbound,
+            check,
+            to_tun,
+            metrics.clone(),
+            offload,
+        )));
         parts.tasks.push(tokio::spawn(read_tun(tun, dispatcher)));
         parts.tasks.push(tokio::spawn(publish(discovery, config.discovery.republish_interval)));
         tracing::info!(peer = %local, "vpn node started");
@@ -363,27 +371,37 @@ async fn write_tun(tun: Arc<dyn TunDevice>, mut queue: mpsc::Receiver<TunPacket>
     }
 }
 
-/// Queues an accepted packet for the TUN; an offload super-packet is first cut into the
-/// segments the sender's kernel would have sent (this node's TUN takes no offload).
-fn deliver(
-    to_tun: &mpsc::Sender<TunPacket>,
-    metrics: &dyn MetricsService,
-    packet: Bytes,
-    gso: Option<GsoInfo>,
-) {
+/// How a receiver hands packets to its TUN.
+#[derive(Clone)]
+struct Delivery {
+    to_tun: mpsc::Sender<TunPacket>,
+    metrics: Arc<dyn MetricsService>,
+    /// The TUN takes offload super-packets whole.
+    offload: bool,
+}
+
+/// Queues an accepted packet for the TUN; an offload super-packet goes whole to a TUN with
+/// offload, and is otherwise cut into the segments the sender's kernel would have sent.
+fn deliver(d: &Delivery, packet: Bytes, gso: Option<GsoInfo>) {
+    let (to_tun, metrics) = (&d.to_tun, d.metrics.as_ref());
     let Some(gso) = gso else {
-        return deliver_one(to_tun, metrics, packet);
+        return deliver_one(to_tun, metrics, TunPacket::new(packet));
     };
+    if d.offload {
+        return deliver_one(to_tun, metrics, TunPacket { data: packet, gso: Some(gso) });
+    }
     let mut segments = Vec::new();
     match vpn_utils::segment(&packet, &gso, &mut segments) {
-        Ok(()) => segments.into_iter().for_each(|s| deliver_one(to_tun, metrics, s)),
+        Ok(()) => {
+            segments.into_iter().for_each(|s| deliver_one(to_tun, metrics, TunPacket::new(s)))
+        }
         Err(_) => metrics.record_drop(DropReason::Malformed),
     }
 }
 
-fn deliver_one(to_tun: &mpsc::Sender<TunPacket>, metrics: &dyn MetricsService, packet: Bytes) {
-    let len = packet.len() as u64;
-    match to_tun.try_send(TunPacket::new(packet)) {
+fn deliver_one(to_tun: &mpsc::Sender<TunPacket>, metrics: &dyn MetricsService, packet: TunPacket) {
+    let len = packet.data.len() as u64;
+    match to_tun.try_send(packet) {
         Ok(()) => metrics.record_received(1, len),
         Err(_) => metrics.record_drop(DropReason::QueueFull),
     }
@@ -395,30 +413,29 @@ async fn serve_peers(
     check: Arc<InboundCheck>,
     to_tun: mpsc::Sender<TunPacket>,
     metrics: Arc<dyn MetricsService>,
+    offload: bool,
 ) {
+    let delivery = Delivery { to_tun, metrics, offload };
     while let Some(stream) = inbound.recv().await {
-        tokio::spawn(serve_peer(stream, check.clone(), to_tun.clone(), metrics.clone()));
+        tokio::spawn(serve_peer(stream, check.clone(), delivery.clone()));
     }
 }
 
 /// A packet waiting for its sender's record: the packet, its source, its offload info.
 type Waiting = (Bytes, std::net::IpAddr, Option<GsoInfo>);
 
-async fn serve_peer(
-    stream: Box<dyn VpnStream>,
-    check: Arc<InboundCheck>,
-    to_tun: mpsc::Sender<TunPacket>,
-    metrics: Arc<dyn MetricsService>,
-) {
+async fn serve_peer(stream: Box<dyn VpnStream>, check: Arc<InboundCheck>, delivery: Delivery) {
     let peer = stream.peer_id();
+    let metrics = delivery.metrics.clone();
     // Packets whose source this node cannot place yet wait here for a lookup, in order.
     let (unknown, mut waiting) = mpsc::channel::<Waiting>(LOOKUP_QUEUE);
     let lookups = {
-        let (check, to_tun, metrics) = (check.clone(), to_tun.clone(), metrics.clone());
+        let (check, delivery) = (check.clone(), delivery.clone());
         tokio::spawn(async move {
+            let metrics = delivery.metrics.clone();
             while let Some((packet, src, gso)) = waiting.recv().await {
                 match check.check_after_lookup(&peer, src).await {
-                    Verdict::Accept => deliver(&to_tun, metrics.as_ref(), packet, gso),
+                    Verdict::Accept => deliver(&delivery, packet, gso),
                     Verdict::Drop(reason) => metrics.record_drop(reason),
                     Verdict::LookUp(_) => metrics.record_drop(DropReason::Spoofed),
                 }
@@ -426,7 +443,7 @@ async fn serve_peer(
         })
     };
     let judge = |packet: Bytes, gso: Option<GsoInfo>| match check.check(&peer, &packet) {
-        Verdict::Accept => deliver(&to_tun, metrics.as_ref(), packet, gso),
+        Verdict::Accept => deliver(&delivery, packet, gso),
         Verdict::Drop(reason) => metrics.record_drop(reason),
         Verdict::LookUp(src) => {
             if unknown.try_send((packet, src, gso)).is_err() {

@@ -1,4 +1,4 @@
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::IpAddr;
 
 use async_trait::async_trait;
@@ -7,6 +7,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 use vpn_api::{TunDevice, TunPacket};
 use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
+
+use crate::vnet;
 
 /// Bytes kept ready for reads: several packets' worth, so reads rarely allocate.
 const READ_BUFFER: usize = 256 * 1024;
@@ -24,6 +26,8 @@ pub struct TunConfig {
     pub address6: Option<Ipv6Net>,
     /// Prefixes routed into the interface besides the overlay's own.
     pub routes: Vec<IpNet>,
+    /// Read and write offload super-packets (TSO/USO) with a virtio-net header.
+    pub offload: bool,
 }
 
 /// The reader's buffers: one packet's scratch space, and the region packets are copied
@@ -34,12 +38,24 @@ struct ReadBuffers {
 }
 
 impl ReadBuffers {
-    fn take(&mut self, len: usize) -> bytes::Bytes {
-        if self.packets.capacity() < len {
+    /// The packet of `len` bytes read into the scratch space, with its offload info when the
+    /// device has offload on; `None` for a read that cannot be used.
+    fn take(&mut self, len: usize, offload: bool) -> Option<TunPacket> {
+        let (start, gso) = if offload {
+            match vnet::on_read(self.scratch.get_mut(..len)?) {
+                vnet::Read::Packet => (vnet::LEN, None),
+                vnet::Read::Super(gso) => (vnet::LEN, Some(gso)),
+                vnet::Read::Unusable => return None,
+            }
+        } else {
+            (0, None)
+        };
+        let packet = self.scratch.get(start..len)?;
+        if self.packets.capacity() < packet.len() {
             self.packets.reserve(READ_BUFFER);
         }
-        self.packets.extend_from_slice(self.scratch.get(..len).unwrap_or_default());
-        self.packets.split().freeze()
+        self.packets.extend_from_slice(packet);
+        Some(TunPacket { data: self.packets.split().freeze(), gso })
     }
 }
 
@@ -48,6 +64,7 @@ pub struct Tun {
     device: AsyncDevice,
     name: String,
     mtu: u16,
+    offload: bool,
     reader: tokio::sync::Mutex<ReadBuffers>,
 }
 
@@ -79,7 +96,11 @@ impl Tun {
             scratch: vec![0; usize::from(u16::MAX)],
             packets: BytesMut::with_capacity(READ_BUFFER),
         };
-        Ok(Self { device, name, mtu: config.mtu, reader: tokio::sync::Mutex::new(reader) })
+        let offload = config.offload && device.tcp_gso();
+        if config.offload && !offload {
+            tracing::warn!(interface = %name, "the kernel offers no TCP offload on this TUN; reading plain packets");
+        }
+        Ok(Self { device, name, mtu: config.mtu, offload, reader: tokio::sync::Mutex::new(reader) })
     }
 }
 
@@ -110,19 +131,27 @@ impl TunDevice for Tun {
     }
 
     fn offload(&self) -> bool {
-        false
+        self.offload
     }
 
     async fn recv_batch(&self, batch: &mut Vec<TunPacket>, max: usize) -> io::Result<usize> {
         let mut reader = self.reader.lock().await;
-        let len = self.device.recv(&mut reader.scratch).await?;
-        batch.push(TunPacket::new(reader.take(len)));
-        let mut read = 1;
+        let mut read = 0;
+        // Wait for the first usable packet, then take whatever else is ready.
+        while read == 0 {
+            let len = self.device.recv(&mut reader.scratch).await?;
+            if let Some(packet) = reader.take(len, self.offload) {
+                batch.push(packet);
+                read += 1;
+            }
+        }
         while read < max {
             match self.device.try_recv(&mut reader.scratch) {
                 Ok(len) => {
-                    batch.push(TunPacket::new(reader.take(len)));
-                    read += 1;
+                    if let Some(packet) = reader.take(len, self.offload) {
+                        batch.push(packet);
+                        read += 1;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -134,7 +163,15 @@ impl TunDevice for Tun {
     async fn send_batch(&self, packets: &[TunPacket]) -> io::Result<usize> {
         let mut written = 0;
         for packet in packets {
-            match self.device.send(&packet.data).await {
+            let sent = if self.offload {
+                let header = vnet::header(packet.gso.as_ref());
+                self.device
+                    .send_vectored(&[IoSlice::new(&header), IoSlice::new(&packet.data)])
+                    .await
+            } else {
+                self.device.send(&packet.data).await
+            };
+            match sent {
                 Ok(_) => written += 1,
                 // The kernel refuses this packet only (bad header, unknown protocol).
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput => {

@@ -39,6 +39,7 @@ fn the_kernel_answers_a_ping_through_the_device() {
                 address: "100.64.250.1/24".parse().unwrap(),
                 address6: None,
                 routes: vec!["100.65.0.0/24".parse().unwrap()],
+                offload: false,
             };
             let tun = Tun::create(&config).await.unwrap();
             assert_eq!((tun.name(), tun.mtu()), ("vpntest0", 1400));
