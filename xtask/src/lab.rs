@@ -139,7 +139,13 @@ impl Lab {
                 "[node]\nidentity_file = \"identity.key\"\naddress = \"{}/10\"\naddress6 = \"{}/64\"",
                 node.overlay, node.overlay6
             )?;
-            writeln!(text, "[interface]\nname = \"vpn-{}\"\nmtu = 1400", node.name)?;
+            // LAB_OFFLOAD=1 runs the lab with TUN offload (super-packets) on.
+            let offload = std::env::var("LAB_OFFLOAD").is_ok_and(|v| v == "1");
+            writeln!(
+                text,
+                "[interface]\nname = \"vpn-{}\"\nmtu = 1400\noffload = {offload}",
+                node.name
+            )?;
             writeln!(
                 text,
                 "[network]\nlisten = [\"/ip4/{u}/tcp/4001\", \"/ip4/{u}/udp/4001/quic-v1\"]",
@@ -324,7 +330,7 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", &node.netns]).status();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.switch]).status();
-        if std::env::var_os("VPN_LAB_KEEP").is_none() {
+        if std::env::var_os("LAB_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.root);
         }
     }

@@ -48,7 +48,10 @@ pub fn load_str(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<VpnConfig, ConfigLoadError> {
-    let env: Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("VPN_")).collect();
+    // Only VPN_<SECTION>__<KEY> overrides: other variables that merely start with VPN_ (an
+    // operator's own, say) are not ours and are left alone.
+    let env: Map<String, String> =
+        env.into_iter().filter(|(k, _)| k.starts_with("VPN_") && k.contains("__")).collect();
     let mut environment = Environment::with_prefix("VPN")
         .prefix_separator("_")
         .separator("__")
@@ -104,7 +107,7 @@ fn describe(err: config::ConfigError, raw: &Config) -> ConfigError {
             };
             ConfigError::new(key, value, rule)
         }
-        other => ConfigError::new("(file)", "", other.to_string()),
+        other => ConfigError::new("(top level)", "-", other.to_string()),
     }
 }
 
@@ -145,6 +148,7 @@ mod tests {
                 ("VPN_DISCOVERY__MDNS", "false"),
                 ("VPN_NETWORK__LISTEN", "/ip4/127.0.0.1/tcp/1,/ip4/127.0.0.1/udp/1/quic-v1"),
                 ("OTHER_WORKER__MAX_WORKERS", "1"),
+                ("VPN_SOMETHING_ELSE", "not ours"),
             ]),
         )
         .unwrap();
