@@ -85,6 +85,7 @@ impl Tun {
         if let Some(v6) = config.address6 {
             builder = builder.ipv6(v6.addr(), v6.prefix_len());
         }
+        builder = builder.offload(config.offload);
         let device = builder.build_async().map_err(|e| startup("create interface", e))?;
         let name = device.name().map_err(|e| startup("read interface name", e))?;
         for route in &config.routes {

@@ -77,3 +77,45 @@ fn the_kernel_answers_a_ping_through_the_device() {
         );
     });
 }
+
+#[test]
+fn offload_is_on_when_asked_for() {
+    in_own_netns(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let config = TunConfig {
+                name: "vpntest1".into(),
+                mtu: 1400,
+                address: "100.64.251.1/24".parse().unwrap(),
+                address6: None,
+                routes: Vec::new(),
+                offload: true,
+            };
+            let tun = Tun::create(&config).await.unwrap();
+            assert!(tun.offload(), "this kernel has TUN offload (TSO) since 2.6");
+            // A plain packet still makes the round trip through the kernel with offload on.
+            let echo = PacketBuilder::icmp_echo(
+                "100.64.251.2".parse().unwrap(),
+                "100.64.251.1".parse().unwrap(),
+                7,
+                1,
+            )
+            .payload(b"offload on")
+            .build();
+            tun.send_batch(&[TunPacket::new(Bytes::from(echo))]).await.unwrap();
+            let reply = loop {
+                let mut batch = Vec::new();
+                tun.recv_batch(&mut batch, 8).await.unwrap();
+                if let Some(p) = batch.into_iter().find(|p| p.data.first() == Some(&0x45)) {
+                    break p;
+                }
+            };
+            assert!(reply.gso.is_none());
+            assert!(reply.data.ends_with(b"offload on"));
+            assert_eq!(
+                extract_ip_and_ports(&reply.data).unwrap().dst_ip.to_string(),
+                "100.64.251.2"
+            );
+        });
+    });
+}
