@@ -121,15 +121,14 @@ impl VpnNode {
         self.metrics.clone()
     }
 
+    /// The swarm's handle, once started.
+    async fn p2p_handle(&self) -> Option<vpn_p2p::P2pHandle> {
+        self.parts.lock().await.as_ref().and_then(|p| p.p2p.as_ref().map(|n| n.handle().clone()))
+    }
+
     /// Where the swarm listens (empty when not started).
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
-        let handle = self
-            .parts
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|p| p.p2p.as_ref().map(|n| n.handle().clone()));
-        match handle {
+        match self.p2p_handle().await {
             Some(handle) => handle.listen_addrs().await.unwrap_or_default(),
             None => Vec::new(),
         }
@@ -142,13 +141,7 @@ impl VpnNode {
 
     /// The peers connected now (empty when not started).
     pub async fn connected_peers(&self) -> Vec<PeerId> {
-        let handle = self
-            .parts
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|p| p.p2p.as_ref().map(|n| n.handle().clone()));
-        match handle {
+        match self.p2p_handle().await {
             Some(handle) => handle.connected_peers().await.unwrap_or_default(),
             None => Vec::new(),
         }
