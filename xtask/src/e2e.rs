@@ -9,6 +9,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::lab::{self, Lab};
 
+/// The longest one iperf3 client run (10 s of traffic) may take.
+const IPERF_LIMIT: Duration = Duration::from_secs(40);
+
 const PAIRS: [(&str, &str); 6] =
     [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a"), ("b", "c"), ("c", "b")];
 
@@ -22,43 +25,49 @@ fn json_number(text: &str, after: &str, key: &str) -> Option<f64> {
     value.get(..end)?.trim().parse().ok()
 }
 
-/// Runs iperf3 from `client` to `server`'s overlay address; returns its JSON report.
+/// Runs iperf3 from `client` to `server`'s overlay address; returns its JSON report. Both
+/// ends are bounded in time, so a stalled tunnel fails the run instead of hanging it.
 fn iperf(lab: &Lab, client: &str, server: &str, extra: &[&str]) -> Result<String> {
     let server_node = lab.node(server)?;
+    let listen = ["iperf3", "-s", "-1", "-B", server_node.overlay.as_str()];
     let mut daemon = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server_node.netns,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            &server_node.overlay,
-        ])
+        .args(lab.bounded(server, &listen, IPERF_LIMIT + Duration::from_secs(30))?)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("start iperf3 server")?;
-    let mut args = vec!["iperf3", "-c", server_node.overlay.as_str(), "-t", "10", "-J"];
+    let mut args = vec!["iperf3", "-c", &server_node.overlay, "-t", "10", "-J"];
+    args.extend_from_slice(&["--connect-timeout", "3000"]);
     args.extend_from_slice(extra);
     // The server needs a moment to listen: try to connect until it does.
     let start = Instant::now();
-    let report = loop {
-        let out = lab.exec(client, &args)?;
+    let outcome = loop {
+        let out = lab.exec_within(client, &args, IPERF_LIMIT)?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
-            break text;
+            break Ok(text);
         }
         if start.elapsed() > Duration::from_secs(20) || !text.contains("Connection refused") {
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-            bail!("iperf3 {} failed: {text}", extra.join(" "));
+            break Err(anyhow::anyhow!(
+                "iperf3 {} failed ({}): {text}",
+                extra.join(" "),
+                out.status
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = daemon.wait();
-    Ok(report)
+    // The server ends after its one test; give it a moment, then make sure it is gone.
+    let waited = Instant::now();
+    while daemon.try_wait().ok().flatten().is_none() {
+        if waited.elapsed() > Duration::from_secs(5) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    outcome
 }
 
 /// Runs the whole end-to-end test with the `vpn-node` binary at `binary`.
@@ -68,6 +77,10 @@ pub fn run(binary: &Path, forger: &Path) -> Result<()> {
     if result.is_err() {
         for node in ["a", "b", "c"] {
             let log = lab.log(node);
+            let metrics = lab.metrics(node);
+            let counters: Vec<&str> =
+                metrics.lines().filter(|l| l.starts_with("vpn_") && !l.ends_with(" 0")).collect();
+            eprintln!("--- non-zero counters of node {node} ---\n{}", counters.join("\n"));
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             eprintln!("--- last lines of node {node}'s log ---");
             for line in tail.into_iter().rev() {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// The longest any one command of the lab may run.
+pub const EXEC_LIMIT: Duration = Duration::from_secs(60);
+
 /// One node of the lab.
 pub struct Node {
     /// Short name: a, b, c.
@@ -255,12 +258,36 @@ impl Lab {
             .unwrap_or_default()
     }
 
-    /// Runs a command in a node's namespace.
+    /// Runs a command in a node's namespace; it is killed after [`EXEC_LIMIT`].
     pub fn exec(&self, name: &str, args: &[&str]) -> Result<Output> {
+        self.exec_within(name, args, EXEC_LIMIT)
+    }
+
+    /// Runs a command in a node's namespace, killing it if it runs longer than `limit`
+    /// (a hung tool fails the run with its output instead of stalling it).
+    pub fn exec_within(&self, name: &str, args: &[&str], limit: Duration) -> Result<Output> {
+        Ok(Command::new("ip").args(self.bounded(name, args, limit)?).output()?)
+    }
+
+    /// The `ip` arguments that run `args` in a node's namespace under coreutils' `timeout`:
+    /// TERM after `limit`, KILL 5 s later.
+    pub fn bounded(&self, name: &str, args: &[&str], limit: Duration) -> Result<Vec<String>> {
         let node = self.node(name)?;
-        let mut all = vec!["netns", "exec", node.netns.as_str()];
-        all.extend_from_slice(args);
-        Ok(Command::new("ip").args(&all).output()?)
+        let mut all: Vec<String> = ["netns", "exec", node.netns.as_str(), "timeout", "-k", "5"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        all.push(format!("{}", limit.as_secs().max(1)));
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        Ok(all)
+    }
+
+    /// A node's metrics in the Prometheus text format (empty when it does not answer).
+    pub fn metrics(&self, name: &str) -> String {
+        let script = "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+        self.exec_within(name, &["bash", "-c", script], Duration::from_secs(5))
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// Pings `dst` from `from` until a reply comes or `within` passes; returns the round
@@ -286,10 +313,8 @@ impl Lab {
 
     /// A node's Prometheus counter `line_prefix` (e.g. `vpn_packets_dropped_total{reason="spoofed"}`).
     pub fn counter(&self, name: &str, metric: &str) -> Result<u64> {
-        let script = "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
-        let out = self.exec(name, &["bash", "-c", script])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
+        self.metrics(name)
+            .lines()
             .find_map(|l| l.strip_prefix(metric).and_then(|v| v.trim().parse().ok()))
             .with_context(|| format!("no {metric} in the metrics of {name}"))
     }

@@ -36,12 +36,14 @@ pub trait TunDevice: Send + Sync {
     /// at most `max`. Returns how many were appended. Packets a device cannot take apart
     /// are not returned; the device counts them.
     ///
-    /// Errors: the device's I/O error; `BrokenPipe` once the device is closed.
+    /// Errors: `BrokenPipe` once the device is closed or gone (the caller should stop);
+    /// any other I/O error is passing and the caller may read again.
     async fn recv_batch(&self, batch: &mut Vec<TunPacket>, max: usize) -> io::Result<usize>;
 
     /// Writes `packets` to the device, in order, and returns how many were written. A
-    /// packet the kernel refuses is skipped (and counted by the device), not an error.
+    /// packet the kernel does not take (refused, no buffer, interface down) is skipped,
+    /// not an error: the caller counts `packets.len()` minus the result as dropped.
     ///
-    /// Errors: the device's I/O error; `BrokenPipe` once the device is closed.
+    /// Errors: `BrokenPipe` once the device is closed or gone; nothing more can be written.
     async fn send_batch(&self, packets: &[TunPacket]) -> io::Result<usize>;
 }

@@ -35,6 +35,8 @@ const TUN_QUEUE: usize = 4096;
 const ACCEPT_BACKLOG: usize = 64;
 /// Packets of one stream waiting for their sender's record to be looked up.
 const LOOKUP_QUEUE: usize = 256;
+/// Pause after a passing TUN read error before reading again.
+const TUN_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// A failed publication is tried again this soon (or at the republish interval if sooner).
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 
@@ -261,7 +263,7 @@ impl VpnNode {
         parts.tun = Some(tun.clone());
 
         let (to_tun, tun_queue) = mpsc::channel(TUN_QUEUE);
-        parts.tasks.push(tokio::spawn(write_tun(tun.clone(), tun_queue)));
+        parts.tasks.push(tokio::spawn(write_tun(tun.clone(), tun_queue, metrics.clone())));
         let mut control = handle.stream_control();
         let allow_registry = registry.clone();
         let inbound = accept_streams(
@@ -326,9 +328,11 @@ impl VpnService for VpnNode {
     }
 }
 
-/// Reads the TUN and hands every packet to the dispatcher.
+/// Reads the TUN and hands every packet to the dispatcher, until the device is gone. A
+/// passing read error is logged and reading goes on after a short pause.
 async fn read_tun(tun: Arc<dyn TunDevice>, dispatcher: Dispatcher) {
     let mut batch = Vec::with_capacity(TUN_BATCH);
+    let mut errors = 0u64;
     loop {
         match tun.recv_batch(&mut batch, TUN_BATCH).await {
             Ok(_) => {
@@ -337,16 +341,28 @@ async fn read_tun(tun: Arc<dyn TunDevice>, dispatcher: Dispatcher) {
                     let _ = dispatcher.dispatch(packet);
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "reading the TUN device failed; the node no longer sends");
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                tracing::error!(error = %e, "the TUN device is gone; the node no longer sends");
                 return;
+            }
+            Err(e) => {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::warn!(error = %e, errors, "reading the TUN device failed; reading on");
+                }
+                tokio::time::sleep(TUN_ERROR_PAUSE).await;
             }
         }
     }
 }
 
-/// Writes accepted packets to the TUN, in batches.
-async fn write_tun(tun: Arc<dyn TunDevice>, mut queue: mpsc::Receiver<TunPacket>) {
+/// Writes accepted packets to the TUN, in batches, until the device is gone. Packets the
+/// kernel does not take are counted as `tun_error` drops.
+async fn write_tun(
+    tun: Arc<dyn TunDevice>,
+    mut queue: mpsc::Receiver<TunPacket>,
+    metrics: Arc<dyn MetricsService>,
+) {
     let mut batch = Vec::with_capacity(TUN_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -356,9 +372,18 @@ async fn write_tun(tun: Arc<dyn TunDevice>, mut queue: mpsc::Receiver<TunPacket>
                 Err(_) => break,
             }
         }
-        if let Err(e) = tun.send_batch(&batch).await {
-            tracing::error!(error = %e, "writing the TUN device failed; the node no longer receives");
-            return;
+        match tun.send_batch(&batch).await {
+            Ok(written) => {
+                let lost = batch.len().saturating_sub(written) as u64;
+                if lost > 0 {
+                    metrics.record_drops(DropReason::TunError, lost);
+                }
+            }
+            Err(e) => {
+                metrics.record_drops(DropReason::TunError, batch.len() as u64);
+                tracing::error!(error = %e, "the TUN device is gone; the node no longer receives");
+                return;
+            }
         }
         batch.clear();
     }
@@ -477,5 +502,43 @@ async fn publish(discovery: Arc<KadDiscovery>, every: Duration) {
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vpn_testutil::mocks::MockTun;
+
+    fn packet(n: u8) -> TunPacket {
+        TunPacket::new(Bytes::from(vec![n; 20]))
+    }
+
+    #[tokio::test]
+    async fn tun_writer_counts_what_the_kernel_did_not_take_and_goes_on() {
+        let mut tun = MockTun::new();
+        let mut sequence = mockall::Sequence::new();
+        // First batch: the kernel takes all but one; second: all; then the device is gone.
+        tun.expect_send_batch().times(1).in_sequence(&mut sequence).returning(|p| Ok(p.len() - 1));
+        tun.expect_send_batch().times(1).in_sequence(&mut sequence).returning(|p| Ok(p.len()));
+        tun.expect_send_batch()
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+        let metrics = Arc::new(AtomicMetrics::new());
+        let (to_tun, queue) = mpsc::channel(16);
+        let writer = tokio::spawn(write_tun(Arc::new(tun), queue, metrics.clone()));
+        for round in 0..3u8 {
+            // One batch per round: the writer takes the queue whole once it wakes.
+            to_tun.send(packet(round)).await.unwrap();
+            to_tun.send(packet(round)).await.unwrap();
+            while to_tun.capacity() < 16 && !writer.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        }
+        // The writer stops once the device is gone, whatever is still queued.
+        writer.await.unwrap();
+        let drops = metrics.snapshot().drops;
+        assert_eq!(drops[DropReason::TunError.index()], 1 + 2);
     }
 }

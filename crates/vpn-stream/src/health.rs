@@ -37,7 +37,9 @@ impl PeerCounters {
 /// Every `interval`, each stream with no write for at least `interval` gets a PING (busy
 /// streams prove themselves by writing, and a PING queued behind a burst would time out for
 /// no fault of the peer). A PONG later than `timeout` counts as missed; after
-/// `max_consecutive_failures` misses in a row the stream is reset and leaves the pool. Any
+/// `max_consecutive_failures` misses in a row the stream is reset and leaves the pool. A
+/// stream whose queue is full while it has written nothing for `interval` is stuck: each
+/// such round counts as a miss too. Any
 /// PONG, even a late one, shows the stream alive and clears the count. Every
 /// `warm_interval`, peers used within `recent_peer_window` are topped up to
 /// `min_streams_per_peer` streams.
@@ -117,6 +119,13 @@ impl Inner {
             if stream.try_ping(nonce) {
                 ping.outstanding = Some((nonce, now));
                 stream.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+            } else if !stream.is_closed() {
+                // The queue is full, yet nothing was written for a whole interval: the
+                // stream's write is stuck. That counts as a missed PONG, or a stuck stream
+                // would hold its flows for ever.
+                ping.missed += 1;
+                stream.counters.pongs_missed.fetch_add(1, Ordering::Relaxed);
+                return ping.missed >= self.settings.max_consecutive_failures;
             }
         }
         false

@@ -34,7 +34,12 @@ fn settings() -> StreamPoolSettings {
 }
 
 fn fixture(settings: StreamPoolSettings) -> Fixture {
-    let (streams, accepted) = MemoryStreams::new(PeerId::random(), 1 << 20);
+    fixture_with_buffer(settings, 1 << 20)
+}
+
+/// A fixture whose in-memory streams buffer `capacity` bytes each way.
+fn fixture_with_buffer(settings: StreamPoolSettings, capacity: usize) -> Fixture {
+    let (streams, accepted) = MemoryStreams::new(PeerId::random(), capacity);
     let streams = Arc::new(streams);
     let metrics = Arc::new(AtomicMetrics::new());
     let pool = StreamPool::new(streams.clone(), metrics.clone(), settings);
@@ -314,6 +319,36 @@ async fn silent_stream_is_reset_after_missed_pongs() {
     assert_eq!((peer.pings_sent, peer.pongs_missed, peer.streams_marked_unhealthy), (3, 3, 1));
     assert_eq!(f.pool.active_streams(), 0);
     f.pool.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stuck_stream_is_reset_although_no_ping_fits() {
+    // The far end never reads: the first write blocks, then the writer's queue fills.
+    let mut f = fixture_with_buffer(settings().with_writer_queue_capacity(2), 64);
+    let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let _far = f.accepted.recv().await.unwrap();
+    let mut queued = 0;
+    while tokio::time::timeout(Duration::from_millis(1), lease.sink.send_frames(batch(10, 1)))
+        .await
+        .is_ok()
+    {
+        queued += 10;
+    }
+    assert!(queued > 0);
+    for round in 1..=3 {
+        assert!(!lease.sink.is_closed(), "round {round}");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        health.check_once();
+    }
+    settle(|| lease.sink.is_closed()).await;
+    let snapshot = health.health();
+    let peer = snapshot.peers.iter().find(|p| p.peer == f.peer).unwrap();
+    assert_eq!((peer.pings_sent, peer.pongs_missed, peer.streams_marked_unhealthy), (0, 3, 1));
+    f.pool.release(lease, false);
+    f.pool.stop().await;
+    assert_eq!(f.metrics.snapshot().packets_sent, 0);
+    assert_eq!(f.streams.live(), 0, "the stuck stream was closed");
 }
 
 #[tokio::test(start_paused = true)]

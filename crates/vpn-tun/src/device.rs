@@ -68,6 +68,18 @@ pub struct Tun {
     reader: tokio::sync::Mutex<ReadBuffers>,
 }
 
+/// Errors that mean the device itself is gone (closed descriptor, interface deleted)
+/// become `BrokenPipe`, as the [`TunDevice`] contract says; others pass unchanged.
+fn gone_as_broken_pipe(e: io::Error) -> io::Error {
+    const EBADF: i32 = 9;
+    const ENODEV: i32 = 19;
+    const EBADFD: i32 = 77;
+    match e.raw_os_error() {
+        Some(EBADF | ENODEV | EBADFD) => io::Error::new(io::ErrorKind::BrokenPipe, e),
+        _ => e,
+    }
+}
+
 fn startup(what: &'static str, e: io::Error) -> VpnError {
     VpnError::Service(ServiceError::new(ServiceErrorKind::Startup, "tun", what).with_source(e))
 }
@@ -140,7 +152,7 @@ impl TunDevice for Tun {
         let mut read = 0;
         // Wait for the first usable packet, then take whatever else is ready.
         while read == 0 {
-            let len = self.device.recv(&mut reader.scratch).await?;
+            let len = self.device.recv(&mut reader.scratch).await.map_err(gone_as_broken_pipe)?;
             if let Some(packet) = reader.take(len, self.offload) {
                 batch.push(packet);
                 read += 1;
@@ -154,8 +166,8 @@ impl TunDevice for Tun {
                         read += 1;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                // Hand over what was read; a lasting error shows again on the next call.
+                Err(_) => break,
             }
         }
         Ok(read)
@@ -172,13 +184,11 @@ impl TunDevice for Tun {
             } else {
                 self.device.send(&packet.data).await
             };
-            match sent {
+            match sent.map_err(gone_as_broken_pipe) {
                 Ok(_) => written += 1,
-                // The kernel refuses this packet only (bad header, unknown protocol).
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                    tracing::debug!(error = %e, "the kernel refused a packet");
-                }
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(e),
+                // This packet only: refused (bad header), no buffer, interface down.
+                Err(e) => tracing::debug!(error = %e, "the kernel did not take a packet"),
             }
         }
         Ok(written)

@@ -28,11 +28,14 @@ pub enum DropReason {
     TooLarge,
     /// The node is shutting down.
     Shutdown,
+    /// The kernel did not take the packet from the TUN device (refused, no buffer space,
+    /// interface down).
+    TunError,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of a reason is its position here).
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::QueueFull,
         DropReason::WorkerLimit,
         DropReason::NoPeer,
@@ -45,6 +48,7 @@ impl DropReason {
         DropReason::Firewall,
         DropReason::TooLarge,
         DropReason::Shutdown,
+        DropReason::TunError,
     ];
 
     /// The number of reasons.
@@ -70,6 +74,7 @@ impl DropReason {
             DropReason::Firewall => "firewall",
             DropReason::TooLarge => "too_large",
             DropReason::Shutdown => "shutdown",
+            DropReason::TunError => "tun_error",
         }
     }
 }
