@@ -77,6 +77,12 @@ impl Lab {
     }
 
     fn build_network(&mut self) -> Result<()> {
+        // A lab of the same name left by a killed run (the same PID in another container)
+        // has no owner any more: remove it first.
+        for stale in ["sw", "a", "b", "c"].map(|n| format!("{}{n}", self.prefix)) {
+            let _ =
+                Command::new("ip").args(["netns", "del", &stale]).stderr(Stdio::null()).status();
+        }
         ip(&["netns", "add", &self.switch])?;
         ip(&["-n", &self.switch, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &self.switch, "link", "set", "br0", "up"])?;
@@ -207,8 +213,9 @@ impl Lab {
             .with_context(|| format!("no node {name}"))?;
         let log =
             fs::OpenOptions::new().create(true).append(true).open(node.dir.join("node.log"))?;
+        // The node dies with the lab's process even when that is killed outright.
         let child = Command::new("ip")
-            .args(["netns", "exec", &node.netns])
+            .args(["netns", "exec", &node.netns, "setpriv", "--pdeathsig", "TERM", "--"])
             .arg(&binary)
             .args(["up", "--config"])
             .arg(node.dir.join("vpn-node.toml"))

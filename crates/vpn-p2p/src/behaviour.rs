@@ -46,7 +46,11 @@ impl Behaviour {
                 IDENTIFY_PROTOCOL.to_owned(),
                 key.public(),
             )),
-            ping: ping::Behaviour::new(ping::Config::new()),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(config.ping_interval)
+                    .with_timeout(config.ping_timeout),
+            ),
             mdns: Toggle::from(mdns),
             stream: libp2p_stream::Behaviour::new(),
         })

@@ -31,6 +31,11 @@ pub struct P2pConfig {
     pub query_timeout: Duration,
     /// Checks records other peers store with us; none stores everything.
     pub record_filter: Option<RecordFilter>,
+    /// How often every connection is pinged.
+    pub ping_interval: Duration,
+    /// A ping unanswered for this long closes its connection: a connection that carries
+    /// nothing any more (a frozen peer, a lost path) is replaced by a fresh dial.
+    pub ping_timeout: Duration,
 }
 
 impl P2pConfig {
@@ -47,6 +52,8 @@ impl P2pConfig {
             idle_connection_timeout: Duration::from_secs(120),
             query_timeout: Duration::from_secs(5),
             record_filter: None,
+            ping_interval: Duration::from_secs(15),
+            ping_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -7,7 +7,7 @@ use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, Recor
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -263,6 +263,15 @@ impl EventLoop {
                     tracing::debug!(%peer, %addr, "found on the local link");
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            })) if !matches!(error, ping::Failure::Unsupported) => {
+                // The connection carries nothing any more; the next stream dials anew.
+                tracing::warn!(%peer, %error, "connection stopped answering pings; closing it");
+                self.swarm.close_connection(connection);
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(peer = %peer_id, "connected");

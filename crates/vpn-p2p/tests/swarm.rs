@@ -108,3 +108,52 @@ async fn a_bad_listen_address_is_a_startup_error() {
         P2pNode::start(config).await.err().expect("cannot listen on an address this host lacks");
     assert!(err.to_string().contains("listen"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_a_frozen_peer_is_closed() {
+    let fast_pings = |mut config: P2pConfig| {
+        config.ping_interval = Duration::from_millis(200);
+        config.ping_timeout = Duration::from_millis(500);
+        config
+    };
+    let a = P2pNode::start(fast_pings(P2pConfig::new(Keypair::generate_ed25519(), loopback())))
+        .await
+        .unwrap();
+    let a_addr = addr_of(&a).await;
+    let a_id = a.handle().local_peer_id();
+    // B runs on a runtime of its own, on a thread the test can freeze whole.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (freeze_tx, freeze_rx) = std::sync::mpsc::channel::<()>();
+    let (thaw_tx, thaw_rx) = std::sync::mpsc::channel::<()>();
+    let b_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let mut config = fast_pings(P2pConfig::new(Keypair::generate_ed25519(), loopback()));
+            config.bootstrap = vec![a_addr];
+            let b = P2pNode::start(config).await.unwrap();
+            b.handle().dial(a_id, Vec::new()).await.unwrap();
+            ready_tx.send(b.handle().local_peer_id()).unwrap();
+            // Let the runtime run until told to freeze, then block it: nothing of B runs.
+            while freeze_rx.try_recv().is_err() {
+                tokio::task::yield_now().await;
+            }
+            thaw_rx.recv().unwrap();
+            b.stop().await;
+        });
+    });
+    let b_id = ready_rx.recv().unwrap();
+    assert!(a.handle().connected_peers().await.unwrap().contains(&b_id));
+    freeze_tx.send(()).unwrap();
+    // A's pings go unanswered: A closes the connection. (The first failed ping is let
+    // pass by libp2p, and the next one waits out a stream negotiation; the idle timeout,
+    // 120 s, is far beyond the bound here.)
+    let mut checks = 0;
+    while a.handle().connected_peers().await.unwrap().contains(&b_id) {
+        checks += 1;
+        assert!(checks < 1800, "A kept the connection to the frozen peer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    thaw_tx.send(()).unwrap();
+    b_thread.join().unwrap();
+    a.stop().await;
+}
