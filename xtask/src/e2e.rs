@@ -2,73 +2,14 @@
 //! devices. See `run` for what it proves.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::lab::{self, Lab};
-
-/// The longest one iperf3 client run (10 s of traffic) may take.
-const IPERF_LIMIT: Duration = Duration::from_secs(40);
+use crate::lab::{self, Lab, json_number};
 
 const PAIRS: [(&str, &str); 6] =
     [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a"), ("b", "c"), ("c", "b")];
-
-/// The number after `"key":` at its first occurrence after `after` in a JSON text.
-fn json_number(text: &str, after: &str, key: &str) -> Option<f64> {
-    let from = text.find(after)?;
-    let rest = text.get(from..)?;
-    let at = rest.find(&format!("\"{key}\":"))?;
-    let value = rest.get(at + key.len() + 3..)?.trim_start();
-    let end = value.find([',', '}', '\n']).unwrap_or(value.len());
-    value.get(..end)?.trim().parse().ok()
-}
-
-/// Runs iperf3 from `client` to `server`'s overlay address; returns its JSON report. Both
-/// ends are bounded in time, so a stalled tunnel fails the run instead of hanging it.
-fn iperf(lab: &Lab, client: &str, server: &str, extra: &[&str]) -> Result<String> {
-    let server_node = lab.node(server)?;
-    let listen = ["iperf3", "-s", "-1", "-B", server_node.overlay.as_str()];
-    let mut daemon = Command::new("ip")
-        .args(lab.bounded(server, &listen, IPERF_LIMIT + Duration::from_secs(30))?)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start iperf3 server")?;
-    let mut args = vec!["iperf3", "-c", &server_node.overlay, "-t", "10", "-J"];
-    args.extend_from_slice(&["--connect-timeout", "3000"]);
-    args.extend_from_slice(extra);
-    // The server needs a moment to listen: try to connect until it does.
-    let start = Instant::now();
-    let outcome = loop {
-        let out = lab.exec_within(client, &args, IPERF_LIMIT)?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            break Ok(text);
-        }
-        if start.elapsed() > Duration::from_secs(20) || !text.contains("Connection refused") {
-            break Err(anyhow::anyhow!(
-                "iperf3 {} failed ({}): {text}",
-                extra.join(" "),
-                out.status
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    // The server ends after its one test; give it a moment, then make sure it is gone.
-    let waited = Instant::now();
-    while daemon.try_wait().ok().flatten().is_none() {
-        if waited.elapsed() > Duration::from_secs(5) {
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    outcome
-}
 
 /// Runs the whole end-to-end test with the `vpn-node` binary at `binary`.
 pub fn run(binary: &Path, forger: &Path) -> Result<()> {
@@ -136,11 +77,12 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
         peers.matches("peer_id").count()
     );
 
-    let tcp = iperf(lab, "a", "b", &[])?;
+    let target = lab.node("b")?.overlay.clone();
+    let tcp = lab.iperf("a", "b", &target, &[])?;
     let tcp_bps = json_number(&tcp, "\"sum_received\"", "bits_per_second")
         .context("TCP rate in the iperf3 report")?;
     println!("iperf3 TCP a -> b, 10 s: {:.2} Gbit/s", tcp_bps / 1e9);
-    let udp = iperf(lab, "a", "b", &["-u", "-b", "200M"])?;
+    let udp = lab.iperf("a", "b", &target, &["-u", "-b", "200M"])?;
     let udp_bps =
         json_number(&udp, "\"sum\"", "bits_per_second").context("UDP rate in the iperf3 report")?;
     let lost = json_number(&udp, "\"sum\"", "lost_percent").unwrap_or(f64::NAN);

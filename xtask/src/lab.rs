@@ -12,6 +12,18 @@ use anyhow::{Context, Result, bail};
 
 /// The longest any one command of the lab may run.
 pub const EXEC_LIMIT: Duration = Duration::from_secs(60);
+/// The longest one iperf3 client run (10 s of traffic) may take.
+const IPERF_LIMIT: Duration = Duration::from_secs(40);
+
+/// The number after `"key":` at its first occurrence after `after` in a JSON text.
+pub fn json_number(text: &str, after: &str, key: &str) -> Option<f64> {
+    let from = text.find(after)?;
+    let rest = text.get(from..)?;
+    let at = rest.find(&format!("\"{key}\":"))?;
+    let value = rest.get(at + key.len() + 3..)?.trim_start();
+    let end = value.find([',', '}', '\n']).unwrap_or(value.len());
+    value.get(..end)?.trim().parse().ok()
+}
 
 /// One node of the lab.
 pub struct Node {
@@ -30,6 +42,25 @@ pub struct Node {
     /// Its folder (key, config, log).
     pub dir: PathBuf,
     process: Option<Child>,
+}
+
+/// How the lab's nodes are configured.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Overlay MTU.
+    pub mtu: u16,
+    /// TUN offload (super-packets).
+    pub offload: bool,
+    /// Peers dial each other over QUIC instead of TCP.
+    pub quic: bool,
+    /// Only `a` and `b` know each other (benchmarks); otherwise the end-to-end scenario.
+    pub pair_only: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self { mtu: 1400, offload: false, quic: false, pair_only: false }
+    }
 }
 
 /// The whole lab.
@@ -137,10 +168,17 @@ impl Lab {
         Ok(())
     }
 
-    /// Writes each node's configuration. `a` knows `b` fully and `c` only as an allowed peer
-    /// ID; `b` knows everyone; `c` knows every overlay address but only `b`'s network
-    /// address (its bootstrap peer), so `a` and `c` find each other by peer routing.
+    /// Writes each node's configuration for the end-to-end scenario. `a` knows `b` fully
+    /// and `c` only as an allowed peer ID; `b` knows everyone; `c` knows every overlay
+    /// address but only `b`'s network address (its bootstrap peer), so `a` and `c` find each
+    /// other by peer routing. `LAB_OFFLOAD=1` turns TUN offload on.
     pub fn write_configs(&self) -> Result<()> {
+        let offload = std::env::var("LAB_OFFLOAD").is_ok_and(|v| v == "1");
+        self.write_configs_with(&Setup { offload, ..Setup::default() })
+    }
+
+    /// Writes each node's configuration as `setup` says.
+    pub fn write_configs_with(&self, setup: &Setup) -> Result<()> {
         for node in &self.nodes {
             let mut text = String::new();
             writeln!(
@@ -148,12 +186,10 @@ impl Lab {
                 "[node]\nidentity_file = \"identity.key\"\naddress = \"{}/10\"\naddress6 = \"{}/64\"",
                 node.overlay, node.overlay6
             )?;
-            // LAB_OFFLOAD=1 runs the lab with TUN offload (super-packets) on.
-            let offload = std::env::var("LAB_OFFLOAD").is_ok_and(|v| v == "1");
             writeln!(
                 text,
-                "[interface]\nname = \"vpn-{}\"\nmtu = 1400\noffload = {offload}",
-                node.name
+                "[interface]\nname = \"vpn-{}\"\nmtu = {}\noffload = {}",
+                node.name, setup.mtu, setup.offload
             )?;
             writeln!(
                 text,
@@ -161,11 +197,12 @@ impl Lab {
                 u = node.underlay
             )?;
             let others: Vec<&Node> = self.nodes.iter().filter(|n| n.name != node.name).collect();
-            if node.name == "a" {
+            let pair_only = setup.pair_only;
+            if node.name == "a" && !pair_only {
                 let c = self.node("c")?;
                 writeln!(text, "allowed_peers = [\"{}\"]", c.peer_id)?;
             }
-            if node.name == "c" {
+            if node.name == "c" && !pair_only {
                 let b = self.node("b")?;
                 writeln!(text, "bootstrap = [\"/ip4/{}/tcp/4001/p2p/{}\"]", b.underlay, b.peer_id)?;
             }
@@ -179,11 +216,14 @@ impl Lab {
                 node.dir.join("control.sock").display()
             )?;
             for other in others {
-                if node.name == "a" && other.name == "c" {
+                let pair = [node.name.as_str(), other.name.as_str()];
+                if (!pair_only && pair == ["a", "c"]) || (pair_only && pair.contains(&"c")) {
                     continue;
                 }
-                let endpoint = if node.name == "c" && other.name == "a" {
+                let endpoint = if !pair_only && pair == ["c", "a"] {
                     String::new()
+                } else if setup.quic {
+                    format!("\"/ip4/{}/udp/4001/quic-v1\"", other.underlay)
                 } else {
                     format!("\"/ip4/{}/tcp/4001\"", other.underlay)
                 };
@@ -206,27 +246,42 @@ impl Lab {
     /// Starts `vpn-node up` in the node's namespace, logging to its folder.
     pub fn start(&mut self, name: &str) -> Result<()> {
         let binary = self.binary.clone();
+        let config = self.node(name)?.dir.join("vpn-node.toml");
+        let config = config.to_str().context("config path")?.to_owned();
+        let child = self
+            .spawn(name, &binary, &["up", "--config", &config], &[("RUST_LOG", "info")])
+            .context("start vpn-node")?;
         let node = self
             .nodes
             .iter_mut()
             .find(|n| n.name == name)
             .with_context(|| format!("no node {name}"))?;
+        node.process = Some(child);
+        Ok(())
+    }
+
+    /// Starts `program` in the node's namespace, appending its output to the node's log.
+    /// It dies with this process, even when this process is killed outright.
+    pub fn spawn(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Child> {
+        let node = self.node(name)?;
         let log =
             fs::OpenOptions::new().create(true).append(true).open(node.dir.join("node.log"))?;
-        // The node dies with the lab's process even when that is killed outright.
         let child = Command::new("ip")
             .args(["netns", "exec", &node.netns, "setpriv", "--pdeathsig", "TERM", "--"])
-            .arg(&binary)
-            .args(["up", "--config"])
-            .arg(node.dir.join("vpn-node.toml"))
-            .env("RUST_LOG", "info")
+            .arg(program)
+            .args(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()
-            .context("start vpn-node")?;
-        node.process = Some(child);
-        Ok(())
+            .spawn()?;
+        Ok(child)
     }
 
     /// Stops a node with SIGTERM (SIGKILL after 10 s) and waits for it.
@@ -289,6 +344,49 @@ impl Lab {
         Ok(all)
     }
 
+    /// Runs iperf3 from `client` to a server on `server` bound to `target`; returns the
+    /// client's JSON report. Both ends are bounded in time, so a stalled tunnel fails the
+    /// run instead of hanging it.
+    pub fn iperf(
+        &self,
+        client: &str,
+        server: &str,
+        target: &str,
+        extra: &[&str],
+    ) -> Result<String> {
+        let listen = ["iperf3", "-s", "-1", "-B", target];
+        let mut daemon = Command::new("ip")
+            .args(self.bounded(server, &listen, IPERF_LIMIT + Duration::from_secs(30))?)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start iperf3 server")?;
+        let mut args = vec!["iperf3", "-c", target, "-t", "10", "-J"];
+        args.extend_from_slice(&["--connect-timeout", "3000"]);
+        args.extend_from_slice(extra);
+        // The server needs a moment to listen: try to connect until it does.
+        let start = Instant::now();
+        let outcome = loop {
+            let out = self.exec_within(client, &args, IPERF_LIMIT)?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() {
+                break Ok(text);
+            }
+            if start.elapsed() > Duration::from_secs(20) || !text.contains("Connection refused") {
+                break Err(anyhow::anyhow!(
+                    "iperf3 {} failed ({}): {text}",
+                    extra.join(" "),
+                    out.status
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        // The server ends after its one test; give it a moment, then make sure it is gone.
+        end_child(&mut daemon, false, Duration::from_secs(5));
+        outcome
+    }
+
     /// A node's metrics in the Prometheus text format (empty when it does not answer).
     pub fn metrics(&self, name: &str) -> String {
         let script = "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
@@ -326,6 +424,11 @@ impl Lab {
             .with_context(|| format!("no {metric} in the metrics of {name}"))
     }
 
+    /// The PID of a running node.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.node(name).ok()?.process.as_ref().map(Child::id)
+    }
+
     /// The `vpn-node` binary the lab runs.
     pub fn binary(&self) -> &Path {
         &self.binary
@@ -338,17 +441,23 @@ impl Lab {
 }
 
 fn stop_child(mut child: Child) {
-    let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    end_child(&mut child, true, Duration::from_secs(10));
+}
+
+/// Ends a child: SIGTERM first when `term`, then waits up to `grace` before killing it.
+pub fn end_child(child: &mut Child, term: bool, grace: Duration) {
+    if term {
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    }
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(_)) = child.try_wait() {
+    while child.try_wait().ok().flatten().is_none() {
+        if start.elapsed() > grace {
+            let _ = child.kill();
+            let _ = child.wait();
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 impl Drop for Lab {

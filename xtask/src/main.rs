@@ -6,7 +6,12 @@
 //! - `cargo xtask e2e`: only the end-to-end test.
 //! - `cargo xtask ci`: formatting, lints, docs, then `test` — what `.ci/run` runs.
 //! - `cargo xtask demo`: three nodes in network namespaces on this machine, until Ctrl-C.
+//! - `cargo xtask bench`: vpn-node (release build, over TCP and over QUIC) beside raw veth,
+//!   wireguard-go, boringtun and nebula in network namespaces, without and with underlay
+//!   loss (root; installs what it needs); prints the tables and writes
+//!   `target/bench/bench.json`.
 
+mod bench;
 mod e2e;
 mod forge;
 mod lab;
@@ -29,9 +34,10 @@ fn main() -> ExitCode {
         "e2e" => e2e(),
         "ci" => ci(),
         "demo" => demo(),
+        "bench" => bench(),
         "forge" => forge::run(args.get(1..).unwrap_or_default()),
         _ => {
-            eprintln!("usage: cargo xtask <test|e2e|ci|demo>");
+            eprintln!("usage: cargo xtask <test|e2e|ci|demo|bench>");
             return ExitCode::from(2);
         }
     };
@@ -90,6 +96,22 @@ fn e2e() -> Result<()> {
     let binary = node_binary()?;
     let me = env::current_exe().context("the xtask binary's path")?;
     e2e::run(&binary, &me)
+}
+
+/// The benchmark; `BENCH_BINARY` names a `vpn-node` to measure instead of a fresh release
+/// build (for trying the harness itself).
+fn bench() -> Result<()> {
+    needs_root("the benchmark")?;
+    let target =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let binary = match env::var_os("BENCH_BINARY") {
+        Some(binary) => PathBuf::from(binary),
+        None => {
+            cargo(&["build", "--release", "--locked", "-p", "vpn-node"], &[])?;
+            target.join("release").join("vpn-node")
+        }
+    };
+    bench::run(&binary, &target.join("bench-tools"), &target.join("bench").join("bench.json"))
 }
 
 fn ci() -> Result<()> {

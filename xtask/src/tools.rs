@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 const TOOLS: [(&str, &str); 4] =
     [("ip", "iproute2"), ("ping", "iputils-ping"), ("iperf3", "iperf3"), ("nft", "nftables")];
 
-fn have(program: &str) -> bool {
+/// Whether `program` is on the PATH.
+pub fn have(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
@@ -23,10 +24,15 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// Makes sure every tool is there: installs the missing ones with apt-get when root, and
-/// otherwise fails naming exactly what is missing.
+/// Makes sure every tool the network tests need is there: installs the missing ones with
+/// apt-get when root, and otherwise fails naming exactly what is missing.
 pub fn ensure() -> Result<()> {
-    let missing: Vec<&str> = TOOLS.iter().filter(|(p, _)| !have(p)).map(|(_, pkg)| *pkg).collect();
+    ensure_these(&TOOLS)
+}
+
+/// Makes sure every program of `tools` (program, Debian package) is there, as [`ensure`].
+pub fn ensure_these(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools.iter().filter(|(p, _)| !have(p)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
