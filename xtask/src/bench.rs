@@ -97,6 +97,8 @@ pub fn run(binary: &Path, tools_dir: &Path, out: &Path) -> Result<()> {
     let work = lab.root().join("bench");
     fs::create_dir_all(&work)?;
     let ticks = clock_ticks()?;
+    let raw_dir = out.with_file_name("raw");
+    fs::create_dir_all(&raw_dir)?;
     let mut rows = Vec::new();
     for loss in LOSSES {
         set_loss(&lab, loss)?;
@@ -104,7 +106,12 @@ pub fn run(binary: &Path, tools_dir: &Path, out: &Path) -> Result<()> {
             eprintln!("bench: {system}, {loss}% loss");
             let row = match up(&mut lab, system, &boringtun, &work) {
                 Ok(tunnel) => {
-                    let measured = measure(&lab, &tunnel, ticks);
+                    let slug: String = system
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                        .collect();
+                    let raw = raw_dir.join(format!("{slug}-loss{loss}"));
+                    let measured = measure(&lab, &tunnel, ticks, &raw);
                     tunnel.down(&mut lab);
                     match measured {
                         Ok(mut row) => {
@@ -427,8 +434,14 @@ fn memory_mib(pids: &[u32], field: &str) -> Option<f64> {
 
 /// Measures a tunnel that is up: TCP with one and four flows, UDP packets per second, ping,
 /// and the daemons' CPU time per GB and memory.
-fn measure(lab: &Lab, tunnel: &Tunnel, ticks: f64) -> Result<Row> {
+fn measure(lab: &Lab, tunnel: &Tunnel, ticks: f64, raw: &Path) -> Result<Row> {
     let target = tunnel.target.as_str();
+    // Every iperf3 report is kept beside the table, named by its test.
+    let iperf = |test: &str, extra: &[&str]| -> Result<String> {
+        let report = lab.iperf("a", "b", target, extra)?;
+        fs::write(raw.with_file_name(format!("{}-{test}.json", file_name(raw))), &report)?;
+        Ok(report)
+    };
     let mut row = Row::default();
     let daemons = !tunnel.pids.is_empty();
     if daemons {
@@ -436,19 +449,19 @@ fn measure(lab: &Lab, tunnel: &Tunnel, ticks: f64) -> Result<Row> {
     }
     row.ping_ms = ping_avg(lab, target).ok();
     let before = cpu_ticks(&tunnel.pids);
-    let tcp1 = lab.iperf("a", "b", target, &[])?;
+    let tcp1 = iperf("tcp1", &[])?;
     let after = cpu_ticks(&tunnel.pids);
-    row.tcp1_gbps = json_number(&tcp1, "\"sum_received\"", "bits_per_second").map(|b| b / 1e9);
-    let bytes = json_number(&tcp1, "\"sum_received\"", "bytes").unwrap_or(0.0);
+    row.tcp1_gbps = json_number(&tcp1, "/end/sum_received/bits_per_second").map(|b| b / 1e9);
+    let bytes = json_number(&tcp1, "/end/sum_received/bytes").unwrap_or(0.0);
     if daemons && bytes > 0.0 {
         row.cpu_s_per_gb = Some((after.saturating_sub(before)) as f64 / ticks / (bytes / 1e9));
     }
-    let tcp4 = lab.iperf("a", "b", target, &["-P", "4"])?;
-    row.tcp4_gbps = json_number(&tcp4, "\"sum_received\"", "bits_per_second").map(|b| b / 1e9);
-    let udp = lab.iperf("a", "b", target, &["-u", "-b", "0", "-l", "1200"])?;
-    let packets = json_number(&udp, "\"sum\"", "packets");
-    let lost = json_number(&udp, "\"sum\"", "lost_packets");
-    let seconds = json_number(&udp, "\"sum\"", "seconds");
+    let tcp4 = iperf("tcp4", &["-P", "4"])?;
+    row.tcp4_gbps = json_number(&tcp4, "/end/sum_received/bits_per_second").map(|b| b / 1e9);
+    let udp = iperf("udp", &["-u", "-b", "0", "-l", "1200"])?;
+    let packets = json_number(&udp, "/end/sum/packets");
+    let lost = json_number(&udp, "/end/sum/lost_packets");
+    let seconds = json_number(&udp, "/end/sum/seconds");
     if let (Some(p), Some(l), Some(s)) = (packets, lost, seconds)
         && s > 0.0
     {
@@ -458,6 +471,10 @@ fn measure(lab: &Lab, tunnel: &Tunnel, ticks: f64) -> Result<Row> {
         row.peak_rss_mib = memory_mib(&tunnel.pids, "VmHWM:");
     }
     Ok(row)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// The average round trip of 50 pings 20 ms apart, in ms.

@@ -79,13 +79,13 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
 
     let target = lab.node("b")?.overlay.clone();
     let tcp = lab.iperf("a", "b", &target, &[])?;
-    let tcp_bps = json_number(&tcp, "\"sum_received\"", "bits_per_second")
+    let tcp_bps = json_number(&tcp, "/end/sum_received/bits_per_second")
         .context("TCP rate in the iperf3 report")?;
     println!("iperf3 TCP a -> b, 10 s: {:.2} Gbit/s", tcp_bps / 1e9);
     let udp = lab.iperf("a", "b", &target, &["-u", "-b", "200M"])?;
     let udp_bps =
-        json_number(&udp, "\"sum\"", "bits_per_second").context("UDP rate in the iperf3 report")?;
-    let lost = json_number(&udp, "\"sum\"", "lost_percent").unwrap_or(f64::NAN);
+        json_number(&udp, "/end/sum/bits_per_second").context("UDP rate in the iperf3 report")?;
+    let lost = json_number(&udp, "/end/sum/lost_percent").unwrap_or(f64::NAN);
     println!(
         "iperf3 UDP a -> b, 10 s at 200 Mbit/s: {:.0} Mbit/s received, {lost:.2}% lost",
         udp_bps / 1e6
@@ -134,8 +134,13 @@ mod tests {
 
     #[test]
     fn reads_numbers_from_iperf_json() {
-        let text = r#"{"end": {"sum_sent": {"bits_per_second": 1.0}, "sum_received": {"bytes": 5, "bits_per_second": 2.5e9, "x": 1}}}"#;
-        assert_eq!(json_number(text, "\"sum_received\"", "bits_per_second"), Some(2.5e9));
-        assert_eq!(json_number(text, "\"nothing\"", "bits_per_second"), None);
+        // The per-interval sums come first; the totals are under "end".
+        let text = r#"{"intervals": [{"sum": {"packets": 7}}],
+            "end": {"sum": {"packets": 100, "lost_packets": 3},
+                    "sum_received": {"bytes": 5, "bits_per_second": 2.5e9}}}"#;
+        assert_eq!(json_number(text, "/end/sum_received/bits_per_second"), Some(2.5e9));
+        assert_eq!(json_number(text, "/end/sum/packets"), Some(100.0));
+        assert_eq!(json_number(text, "/end/nothing/packets"), None);
+        assert_eq!(json_number("not json", "/end"), None);
     }
 }

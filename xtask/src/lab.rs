@@ -15,14 +15,9 @@ pub const EXEC_LIMIT: Duration = Duration::from_secs(60);
 /// The longest one iperf3 client run (10 s of traffic) may take.
 const IPERF_LIMIT: Duration = Duration::from_secs(40);
 
-/// The number after `"key":` at its first occurrence after `after` in a JSON text.
-pub fn json_number(text: &str, after: &str, key: &str) -> Option<f64> {
-    let from = text.find(after)?;
-    let rest = text.get(from..)?;
-    let at = rest.find(&format!("\"{key}\":"))?;
-    let value = rest.get(at + key.len() + 3..)?.trim_start();
-    let end = value.find([',', '}', '\n']).unwrap_or(value.len());
-    value.get(..end)?.trim().parse().ok()
+/// The number at `pointer` (e.g. `/end/sum_received/bits_per_second`) in a JSON text.
+pub fn json_number(text: &str, pointer: &str) -> Option<f64> {
+    serde_json::from_str::<serde_json::Value>(text).ok()?.pointer(pointer)?.as_f64()
 }
 
 /// One node of the lab.
