@@ -365,7 +365,11 @@ impl Lab {
         let outcome = loop {
             let out = self.exec_within(client, &args, IPERF_LIMIT)?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if out.status.success() {
+            // iperf3 may exit 0 with an "error" in its report (a refused connect, say).
+            let error = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|report| report.get("error").map(ToString::to_string));
+            if out.status.success() && error.is_none() {
                 break Ok(text);
             }
             if start.elapsed() > Duration::from_secs(20) || !text.contains("Connection refused") {
