@@ -142,7 +142,13 @@ async fn a_connection_to_a_frozen_peer_is_closed() {
         });
     });
     let b_id = ready_rx.recv().unwrap();
-    assert!(a.handle().connected_peers().await.unwrap().contains(&b_id));
+    // B's dial is done; A learns of the connection on its own event loop a moment later.
+    let mut checks = 0;
+    while !a.handle().connected_peers().await.unwrap().contains(&b_id) {
+        checks += 1;
+        assert!(checks < 1800, "A never saw B's connection");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     freeze_tx.send(()).unwrap();
     // A's pings go unanswered: A closes the connection. (The first failed ping is let
     // pass by libp2p, and the next one waits out a stream negotiation; the idle timeout,
