@@ -76,16 +76,56 @@ impl Tunnel {
     }
 }
 
-/// The systems compared, in table order.
+/// The systems compared, in table order. vpn-node runs with its defaults (TCP, TUN
+/// offload, MTU 1400) unless its name says otherwise.
 const SYSTEMS: [&str; 7] = [
     "raw veth",
     "vpn-node (TCP)",
-    "vpn-node (TCP, offload)",
     "vpn-node (QUIC)",
+    "vpn-node (TCP, no offload)",
     "wireguard-go",
     "boringtun",
     "nebula",
 ];
+
+/// The systems and loss rates to run: all, or those named in `BENCH_SYSTEMS` and
+/// `BENCH_LOSSES` (comma-separated). Other vpn-node settings can be named there too, e.g.
+/// `vpn-node (TCP, no offload, MTU 9000)`, to evaluate a change.
+fn selection() -> Result<(Vec<String>, Vec<u32>)> {
+    let systems = match std::env::var("BENCH_SYSTEMS") {
+        Ok(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
+        Err(_) => SYSTEMS.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let losses = match std::env::var("BENCH_LOSSES") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().parse().with_context(|| format!("BENCH_LOSSES: {s}")))
+            .collect::<Result<_>>()?,
+        Err(_) => LOSSES.to_vec(),
+    };
+    Ok((systems, losses))
+}
+
+/// The lab setup a vpn-node system name asks for: `vpn-node (TCP|QUIC[, no offload][, MTU n])`.
+fn vpn_setup(system: &str) -> Result<Setup> {
+    let inner = system
+        .strip_prefix("vpn-node (")
+        .and_then(|s| s.strip_suffix(')'))
+        .with_context(|| format!("unknown system {system}"))?;
+    let mut setup = Setup { pair_only: true, ..Setup::default() };
+    for part in inner.split(',').map(str::trim) {
+        match part {
+            "TCP" => setup.quic = false,
+            "QUIC" => setup.quic = true,
+            "no offload" => setup.offload = false,
+            _ => match part.strip_prefix("MTU ") {
+                Some(mtu) => setup.mtu = mtu.parse().with_context(|| format!("MTU in {system}"))?,
+                None => bail!("unknown setting `{part}` in {system}"),
+            },
+        }
+    }
+    Ok(setup)
+}
 
 /// Runs the whole comparison with the release `vpn-node` at `binary`; extra tools are
 /// installed under `tools_dir`. Writes the JSON to `out`.
@@ -99,10 +139,11 @@ pub fn run(binary: &Path, tools_dir: &Path, out: &Path) -> Result<()> {
     let ticks = clock_ticks()?;
     let raw_dir = out.with_file_name("raw");
     fs::create_dir_all(&raw_dir)?;
+    let (systems, losses) = selection()?;
     let mut rows = Vec::new();
-    for loss in LOSSES {
+    for loss in losses {
         set_loss(&lab, loss)?;
-        for system in SYSTEMS {
+        for system in systems.iter().map(String::as_str) {
             eprintln!("bench: {system}, {loss}% loss");
             let row = match up(&mut lab, system, &boringtun, &work) {
                 Ok(tunnel) => {
@@ -207,13 +248,6 @@ fn set_loss(lab: &Lab, loss: u32) -> Result<()> {
 fn up(lab: &mut Lab, system: &str, boringtun: &Path, work: &Path) -> Result<Tunnel> {
     match system {
         "raw veth" => Ok(Tunnel::plain(lab.node("b")?.underlay.clone())),
-        "vpn-node (TCP)" => vpn_node(lab, &Setup { pair_only: true, ..Setup::default() }),
-        "vpn-node (TCP, offload)" => {
-            vpn_node(lab, &Setup { pair_only: true, offload: true, ..Setup::default() })
-        }
-        "vpn-node (QUIC)" => {
-            vpn_node(lab, &Setup { pair_only: true, quic: true, ..Setup::default() })
-        }
         "wireguard-go" => wireguard(lab, Path::new("wireguard-go"), &["-f"], "wg", work),
         // Privileges cannot be dropped without a login terminal; one thread per core.
         "boringtun" => wireguard(
@@ -224,7 +258,7 @@ fn up(lab: &mut Lab, system: &str, boringtun: &Path, work: &Path) -> Result<Tunn
             work,
         ),
         "nebula" => nebula(lab, work),
-        other => bail!("unknown system {other}"),
+        other => vpn_node(lab, &vpn_setup(other)?),
     }
 }
 
@@ -542,4 +576,22 @@ fn json(rows: &[Row]) -> Result<String> {
         })
         .collect();
     Ok(serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vpn_setup;
+
+    #[test]
+    fn vpn_node_system_names_set_up_the_lab() {
+        let default = vpn_setup("vpn-node (TCP)").unwrap();
+        assert!(!default.quic && default.offload && default.pair_only);
+        assert_eq!(default.mtu, 1400);
+        let variant = vpn_setup("vpn-node (QUIC, no offload, MTU 9000)").unwrap();
+        assert!(variant.quic && !variant.offload);
+        assert_eq!(variant.mtu, 9000);
+        assert!(vpn_setup("vpn-node (TCP, fast)").is_err());
+        assert!(vpn_setup("vpn-node (TCP, MTU big)").is_err());
+        assert!(vpn_setup("tinc").is_err());
+    }
 }

@@ -82,6 +82,15 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
     let tcp_bps = json_number(&tcp, "/end/sum_received/bits_per_second")
         .context("TCP rate in the iperf3 report")?;
     println!("iperf3 TCP a -> b, 10 s: {:.2} Gbit/s", tcp_bps / 1e9);
+    // c's TUN has no offload: a's super-packets are cut into packets on arrival.
+    let plain_target = lab.node("c")?.overlay.clone();
+    let plain = lab.iperf("a", "c", &plain_target, &[])?;
+    let plain_bps = json_number(&plain, "/end/sum_received/bits_per_second")
+        .context("TCP rate in the iperf3 report")?;
+    if json_number(&plain, "/end/sum_received/bytes").unwrap_or(0.0) <= 0.0 {
+        bail!("no bytes reached c over TCP");
+    }
+    println!("iperf3 TCP a -> c (c without TUN offload), 10 s: {:.2} Gbit/s", plain_bps / 1e9);
     let udp = lab.iperf("a", "b", &target, &["-u", "-b", "200M"])?;
     let udp_bps =
         json_number(&udp, "/end/sum/bits_per_second").context("UDP rate in the iperf3 report")?;

@@ -46,6 +46,8 @@ pub struct Setup {
     pub mtu: u16,
     /// TUN offload (super-packets).
     pub offload: bool,
+    /// Nodes whose TUN has offload off whatever `offload` says.
+    pub plain: &'static [&'static str],
     /// Peers dial each other over QUIC instead of TCP.
     pub quic: bool,
     /// Only `a` and `b` know each other (benchmarks); otherwise the end-to-end scenario.
@@ -54,7 +56,7 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { mtu: 1400, offload: false, quic: false, pair_only: false }
+        Self { mtu: 1400, offload: true, plain: &[], quic: false, pair_only: false }
     }
 }
 
@@ -166,10 +168,12 @@ impl Lab {
     /// Writes each node's configuration for the end-to-end scenario. `a` knows `b` fully
     /// and `c` only as an allowed peer ID; `b` knows everyone; `c` knows every overlay
     /// address but only `b`'s network address (its bootstrap peer), so `a` and `c` find each
-    /// other by peer routing. `LAB_OFFLOAD=1` turns TUN offload on.
+    /// other by peer routing. `a` and `b` have TUN offload (the default), `c` has not, so
+    /// super-packets from `a` are cut into packets at `c`. `LAB_OFFLOAD=0` turns offload off
+    /// everywhere.
     pub fn write_configs(&self) -> Result<()> {
-        let offload = std::env::var("LAB_OFFLOAD").is_ok_and(|v| v == "1");
-        self.write_configs_with(&Setup { offload, ..Setup::default() })
+        let offload = std::env::var("LAB_OFFLOAD").map_or(true, |v| v != "0");
+        self.write_configs_with(&Setup { offload, plain: &["c"], ..Setup::default() })
     }
 
     /// Writes each node's configuration as `setup` says.
@@ -184,7 +188,9 @@ impl Lab {
             writeln!(
                 text,
                 "[interface]\nname = \"vpn-{}\"\nmtu = {}\noffload = {}",
-                node.name, setup.mtu, setup.offload
+                node.name,
+                setup.mtu,
+                setup.offload && !setup.plain.contains(&node.name.as_str())
             )?;
             writeln!(
                 text,

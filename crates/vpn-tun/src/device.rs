@@ -89,16 +89,19 @@ impl Tun {
     ///
     /// Errors: a `Startup` service error naming the step that failed.
     pub async fn create(config: &TunConfig) -> Result<Self, VpnError> {
-        let mut builder = DeviceBuilder::new().name(config.name.clone()).mtu(config.mtu).ipv4(
-            config.address.addr(),
-            config.address.prefix_len(),
-            None,
-        );
-        if let Some(v6) = config.address6 {
-            builder = builder.ipv6(v6.addr(), v6.prefix_len());
-        }
-        builder = builder.offload(config.offload);
-        let device = builder.build_async().map_err(|e| startup("create interface", e))?;
+        let open = |offload: bool| {
+            let mut builder = DeviceBuilder::new()
+                .name(config.name.clone())
+                .mtu(config.mtu)
+                .ipv4(config.address.addr(), config.address.prefix_len(), None)
+                .offload(offload);
+            if let Some(v6) = config.address6 {
+                builder = builder.ipv6(v6.addr(), v6.prefix_len());
+            }
+            builder.build_async()
+        };
+        let (device, offload) =
+            open_with_fallback(config.offload, open).map_err(|e| startup("create interface", e))?;
         let name = device.name().map_err(|e| startup("read interface name", e))?;
         for route in &config.routes {
             add_route(&name, route).await.map_err(|e| startup("add route", e))?;
@@ -109,12 +112,31 @@ impl Tun {
             scratch: vec![0; usize::from(u16::MAX)],
             packets: BytesMut::with_capacity(READ_BUFFER),
         };
-        let offload = config.offload && device.tcp_gso();
+        let offload = offload && device.tcp_gso();
         if config.offload && !offload {
-            tracing::warn!(interface = %name, "the kernel offers no TCP offload on this TUN; reading plain packets");
+            tracing::warn!(interface = %name, "TUN offload is off: the kernel does not offer it here");
         }
         Ok(Self { device, name, mtu: config.mtu, offload, reader: tokio::sync::Mutex::new(reader) })
     }
+}
+
+/// Opens the device with `open`, asking for offload when `offload` is set. A kernel that
+/// refuses offload (an old kernel, a device that cannot take the virtio-net header) gets a
+/// plain device instead of a node that does not start. Returns the device and whether it
+/// was opened with offload; the error of the plain attempt when both fail.
+fn open_with_fallback<T>(
+    offload: bool,
+    mut open: impl FnMut(bool) -> io::Result<T>,
+) -> io::Result<(T, bool)> {
+    if offload {
+        match open(true) {
+            Ok(device) => return Ok((device, true)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the kernel refused TUN offload; opening a plain TUN")
+            }
+        }
+    }
+    open(false).map(|device| (device, false))
 }
 
 /// Adds `route` via the interface with iproute2.
@@ -192,5 +214,62 @@ impl TunDevice for Tun {
             }
         }
         Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens that fail when asked for offload (if `refuse`), recording each request.
+    fn opener(
+        refuse: bool,
+        asked: &mut Vec<bool>,
+    ) -> impl FnMut(bool) -> io::Result<&'static str> + '_ {
+        move |offload| {
+            asked.push(offload);
+            if offload && refuse {
+                Err(io::Error::from_raw_os_error(22))
+            } else if offload {
+                Ok("offload")
+            } else {
+                Ok("plain")
+            }
+        }
+    }
+
+    #[test]
+    fn offload_refused_by_the_kernel_falls_back_to_a_plain_device() {
+        let mut asked = Vec::new();
+        let opened = open_with_fallback(true, opener(true, &mut asked)).unwrap();
+        assert_eq!(opened, ("plain", false));
+        assert_eq!(asked, [true, false]);
+    }
+
+    #[test]
+    fn offload_granted_opens_once() {
+        let mut asked = Vec::new();
+        let opened = open_with_fallback(true, opener(false, &mut asked)).unwrap();
+        assert_eq!(opened, ("offload", true));
+        assert_eq!(asked, [true]);
+    }
+
+    #[test]
+    fn offload_not_wanted_is_never_asked_for() {
+        let mut asked = Vec::new();
+        let opened = open_with_fallback(false, opener(false, &mut asked)).unwrap();
+        assert_eq!(opened, ("plain", false));
+        assert_eq!(asked, [false]);
+    }
+
+    #[test]
+    fn when_both_opens_fail_the_plain_error_is_returned() {
+        let mut asked = Vec::new();
+        let failed = open_with_fallback(true, |offload| -> io::Result<()> {
+            asked.push(offload);
+            Err(io::Error::from_raw_os_error(if offload { 22 } else { 1 }))
+        });
+        assert_eq!(failed.unwrap_err().raw_os_error(), Some(1));
+        assert_eq!(asked, [true, false]);
     }
 }

@@ -59,8 +59,9 @@ settings! {
         name: String = "vpn0".to_owned(), with_name;
         /// Interface MTU.
         mtu: u16 = 1400, with_mtu;
-        /// Use TUN offload (TSO/GSO super-packets) where the kernel offers it.
-        offload: bool = false, with_offload;
+        /// Use TUN offload (TSO/GSO super-packets) where the kernel offers it; a kernel that
+        /// refuses it gets a plain TUN.
+        offload: bool = true, with_offload;
     }
 }
 
