@@ -89,11 +89,11 @@ const SYSTEMS: [&str; 7] = [
 ];
 
 /// The systems and loss rates to run: all, or those named in `BENCH_SYSTEMS` and
-/// `BENCH_LOSSES` (comma-separated). Other vpn-node settings can be named there too, e.g.
-/// `vpn-node (TCP, no offload, MTU 9000)`, to evaluate a change.
+/// `BENCH_LOSSES` (separated by `;` and `,`). Other vpn-node settings can be named there
+/// too, e.g. `vpn-node (TCP, no offload, MTU 9000)`, to evaluate a change.
 fn selection() -> Result<(Vec<String>, Vec<u32>)> {
     let systems = match std::env::var("BENCH_SYSTEMS") {
-        Ok(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
+        Ok(list) => list.split(';').map(|s| s.trim().to_owned()).collect(),
         Err(_) => SYSTEMS.iter().map(|s| (*s).to_owned()).collect(),
     };
     let losses = match std::env::var("BENCH_LOSSES") {
