@@ -2,13 +2,17 @@
 
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vpn_api::VpnStream;
 use vpn_wire::{Frame, FrameDecoder, FrameError};
 
-/// Most bytes read from a stream at once.
+/// Bytes of buffer kept ready for reads.
 const READ_CHUNK: usize = 256 * 1024;
+/// Most bytes asked for in one read. A read zeroes the buffer space it offers before
+/// filling it, so offering all of `READ_CHUNK` would zero far more than a read returns;
+/// one largest frame's worth keeps that waste small.
+const READ_MOST: usize = 64 * 1024;
 
 /// How an inbound stream ended.
 #[derive(Debug)]
@@ -36,7 +40,7 @@ where
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        let read = match stream.read_buf(&mut buf).await {
+        let read = match stream.read_buf(&mut (&mut buf).limit(READ_MOST)).await {
             Ok(n) => n,
             Err(e) => return InboundEnd::Io(e),
         };
