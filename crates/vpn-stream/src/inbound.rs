@@ -9,10 +9,18 @@ use vpn_wire::{Frame, FrameDecoder, FrameError};
 
 /// Bytes of buffer kept ready for reads.
 const READ_CHUNK: usize = 256 * 1024;
-/// Most bytes asked for in one read. A read zeroes the buffer space it offers before
-/// filling it, so offering all of `READ_CHUNK` would zero far more than a read returns;
-/// one largest frame's worth keeps that waste small.
+/// Most bytes asked for in one read: one largest frame's worth.
 const READ_MOST: usize = 64 * 1024;
+/// Fewest bytes asked for in one read.
+const READ_LEAST: usize = 4 * 1024;
+
+/// How much the next read asks for after one that returned `read` bytes. A read zeroes the
+/// space it offers before filling it, so the offer follows what reads return: twice the
+/// last one, within `READ_LEAST..=READ_MOST`. A ping's packet then costs a 4 KiB offer, not
+/// 64 KiB, and a busy stream soon reads 64 KiB at a time.
+fn next_offer(read: usize) -> usize {
+    read.saturating_mul(2).clamp(READ_LEAST, READ_MOST)
+}
 
 /// How an inbound stream ended.
 #[derive(Debug)]
@@ -36,14 +44,16 @@ where
     let mut decoder = FrameDecoder::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut reply = BytesMut::new();
+    let mut offer = READ_LEAST;
     loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        let read = match stream.read_buf(&mut (&mut buf).limit(READ_MOST)).await {
+        let read = match stream.read_buf(&mut (&mut buf).limit(offer)).await {
             Ok(n) => n,
             Err(e) => return InboundEnd::Io(e),
         };
+        offer = next_offer(read);
         let decoded =
             if read == 0 { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
         let mut next = decoded;
@@ -72,5 +82,20 @@ where
         if read == 0 {
             return InboundEnd::Closed;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_offers_follow_what_reads_return() {
+        assert_eq!(next_offer(0), READ_LEAST);
+        assert_eq!(next_offer(100), READ_LEAST);
+        assert_eq!(next_offer(READ_LEAST), 2 * READ_LEAST);
+        assert_eq!(next_offer(20_000), 40_000);
+        assert_eq!(next_offer(READ_MOST), READ_MOST);
+        assert_eq!(next_offer(usize::MAX), READ_MOST);
     }
 }
