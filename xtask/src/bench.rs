@@ -525,10 +525,16 @@ fn cell(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
 }
 
-/// The tables, one per loss rate, in the columns of TESTING.md.
+/// The tables, one per loss rate measured, in the columns of TESTING.md.
 fn render(rows: &[Row]) -> String {
     let mut out = String::new();
-    for loss in LOSSES {
+    let mut losses: Vec<u32> = Vec::new();
+    for row in rows {
+        if !losses.contains(&row.loss) {
+            losses.push(row.loss);
+        }
+    }
+    for loss in losses {
         let _ = writeln!(out, "\nunderlay loss {loss}%\n");
         let _ = writeln!(
             out,
@@ -580,7 +586,17 @@ fn json(rows: &[Row]) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::vpn_setup;
+    use super::{Row, render, vpn_setup};
+
+    #[test]
+    fn tables_are_drawn_for_the_loss_rates_measured_only() {
+        let row = |system: &str, loss| Row { system: system.into(), loss, ..Row::default() };
+        let text = render(&[row("a", 5), row("b", 0), row("c", 5)]);
+        let headings: Vec<&str> = text.lines().filter(|l| l.starts_with("underlay")).collect();
+        assert_eq!(headings, ["underlay loss 5%", "underlay loss 0%"]);
+        let five = text.split("underlay loss 0%").next().unwrap_or_default();
+        assert!(five.contains("| a |") && five.contains("| c |") && !five.contains("| b |"));
+    }
 
     #[test]
     fn vpn_node_system_names_set_up_the_lab() {

@@ -121,9 +121,14 @@ fn ci() -> Result<()> {
     test()
 }
 
+/// The demo; `DEMO_BINARY` names a `vpn-node` to run instead of a fresh debug build (a
+/// release build, say).
 fn demo() -> Result<()> {
     needs_root("the demo")?;
-    let binary = node_binary()?;
+    let binary = match env::var_os("DEMO_BINARY") {
+        Some(binary) => PathBuf::from(binary),
+        None => node_binary()?,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())?;
