@@ -225,7 +225,8 @@ impl StreamTask {
 
     /// Writes `first` and whatever else is queued, up to [`COALESCE_BYTES`], in one write,
     /// and counts the packets as sent or dropped. A `cancellable` write gives up when the
-    /// stream is told to stop.
+    /// stream is told to reset; told to close, it gets [`SHUTDOWN_LIMIT`] to finish, so
+    /// that the stream does not end inside a frame.
     async fn write(
         &mut self,
         first: FrameBatch,
@@ -246,14 +247,25 @@ impl StreamTask {
                 }
                 out.split().freeze()
             };
-        let write = async {
-            self.stream.write_all(&data).await?;
-            self.stream.flush().await
-        };
-        let stop = self.shared.stop.clone();
-        let result = tokio::select! {
-            result = write => result,
-            () = stop.cancelled(), if cancellable => Err(io::Error::from(io::ErrorKind::Interrupted)),
+        let shared = self.shared.clone();
+        let result = {
+            let write = async {
+                self.stream.write_all(&data).await?;
+                self.stream.flush().await
+            };
+            tokio::pin!(write);
+            tokio::select! {
+                result = &mut write => result,
+                () = shared.stop.cancelled(), if cancellable => {
+                    if shared.reset_on_stop.load(Ordering::Acquire) {
+                        Err(io::Error::from(io::ErrorKind::Interrupted))
+                    } else {
+                        tokio::time::timeout(SHUTDOWN_LIMIT, &mut write)
+                            .await
+                            .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+                    }
+                }
+            }
         };
         match result {
             Ok(()) => {
@@ -304,7 +316,9 @@ impl StreamTask {
             }
             _ => {}
         }
-        let ending = if reset { Ending::Reset } else { Ending::Graceful };
+        // A failed stream may have stopped inside a frame: only a reset tells the peer so.
+        let ending =
+            if reset || matches!(end, End::Failed(_)) { Ending::Reset } else { Ending::Graceful };
         if ending == Ending::Graceful && matches!(end, End::Stopped) {
             // Write what was queued before the stop, as far as the stream takes it in time.
             let mut out = BytesMut::new();

@@ -196,9 +196,11 @@ async fn failed_write_counts_lost_packets_and_closes_the_sink() {
     lease.sink.send_frames(batch(2, 1)).await.unwrap();
     assert_eq!(read_frames(&mut far.stream, 2).await.len(), 2);
     lease.sink.send_frames(batch(5, 2)).await.unwrap();
-    // The write fails; the stream task closes the stream, and the far end sees its end.
+    // The write fails; the stream task resets the stream (it may have stopped inside a
+    // frame), and the far end sees the reset.
     let mut rest = Vec::new();
-    far.stream.read_to_end(&mut rest).await.unwrap();
+    let end = far.stream.read_to_end(&mut rest).await.unwrap_err();
+    assert_eq!(end.kind(), std::io::ErrorKind::ConnectionReset);
     assert!(rest.is_empty());
     let refused = lease.sink.send_frames(batch(1, 3)).await.unwrap_err();
     assert_eq!(refused.network_kind(), Some(NetworkErrorKind::StreamClosed));
@@ -216,6 +218,36 @@ async fn failed_write_counts_lost_packets_and_closes_the_sink() {
         vec![Frame::Packet(Bytes::from_static(&[4; 10]))]
     );
     f.pool.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_stop_finishes_the_write_under_way() {
+    // 50 frames of 15 bytes into a stream that buffers 64: the write waits for the far end.
+    let mut f = fixture_with_buffer(settings(), 64);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    lease.sink.send_frames(batch(50, 9)).await.unwrap();
+    let mut far = f.accepted.recv().await.unwrap();
+    let mut first = [0; 16];
+    far.stream.read_exact(&mut first).await.unwrap();
+    f.pool.release(lease, true);
+    let stopping = tokio::spawn({
+        let pool = f.pool.clone();
+        async move { pool.stop().await }
+    });
+    let mut bytes = BytesMut::from(&first[..]);
+    far.stream.read_buf(&mut bytes).await.unwrap();
+    let mut rest = Vec::new();
+    far.stream.read_to_end(&mut rest).await.unwrap();
+    bytes.extend_from_slice(&rest);
+    stopping.await.unwrap();
+    let mut decoder = FrameDecoder::new();
+    let mut frames = Vec::new();
+    while let Some(frame) = decoder.decode_eof(&mut bytes).unwrap() {
+        frames.push(frame);
+    }
+    assert_eq!(frames, vec![Frame::Packet(Bytes::from_static(&[9; 10])); 50]);
+    let s = f.metrics.snapshot();
+    assert_eq!((s.packets_sent, s.dropped(DropReason::StreamError)), (50, 0));
 }
 
 #[tokio::test]
