@@ -257,7 +257,8 @@ impl VpnNode {
                     routes,
                     offload: config.interface.offload,
                 };
-                Arc::new(Tun::create(&tun_config).await.map_err(|e| startup("create TUN", e))?)
+                let tun = Tun::create(&tun_config).await.map_err(|e| startup("create TUN", e))?;
+                Arc::new(tun.with_metrics(metrics.clone()))
             }
         };
         parts.tun = Some(tun.clone());

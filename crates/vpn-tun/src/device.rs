@@ -1,17 +1,22 @@
 use std::io::{self, IoSlice};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tun_rs::{AsyncDevice, DeviceBuilder};
-use vpn_api::{TunDevice, TunPacket};
+use vpn_api::{MetricsService, TunDevice, TunPacket};
 use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
+use vpn_types::DropReason;
 
 use crate::vnet;
 
 /// Bytes kept ready for reads: several packets' worth, so reads rarely allocate.
 const READ_BUFFER: usize = 256 * 1024;
+/// The largest read: the virtio-net header and the largest IP packet (an IPv6 header and
+/// a payload of 65 535 bytes).
+const LARGEST_READ: usize = vnet::LEN + 40 + 65_535;
 
 /// What the interface looks like.
 #[derive(Debug, Clone)]
@@ -66,6 +71,8 @@ pub struct Tun {
     mtu: u16,
     offload: bool,
     reader: tokio::sync::Mutex<ReadBuffers>,
+    /// Where reads that cannot be used are counted (as `malformed` drops).
+    metrics: Option<Arc<dyn MetricsService>>,
 }
 
 /// Errors that mean the device itself is gone (closed descriptor, interface deleted)
@@ -108,15 +115,29 @@ impl Tun {
         }
         tracing::info!(interface = %name, address = %config.address, mtu = config.mtu, "TUN device up");
         let reader = ReadBuffers {
-            // A packet through a TUN is at most 64 KiB.
-            scratch: vec![0; usize::from(u16::MAX)],
+            scratch: vec![0; LARGEST_READ],
             packets: BytesMut::with_capacity(READ_BUFFER),
         };
         let offload = offload && device.tcp_gso();
         if config.offload && !offload {
             tracing::warn!(interface = %name, "TUN offload is off: the kernel does not offer it here");
         }
-        Ok(Self { device, name, mtu: config.mtu, offload, reader: tokio::sync::Mutex::new(reader) })
+        let reader = tokio::sync::Mutex::new(reader);
+        Ok(Self { device, name, mtu: config.mtu, offload, reader, metrics: None })
+    }
+
+    /// Counts reads that cannot be used (a header it cannot take apart, a cut-off read) in
+    /// `metrics`, as `malformed` drops.
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsService>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn unusable(&self, len: usize) {
+        tracing::debug!(interface = %self.name, len, "dropped a TUN read that cannot be used");
+        if let Some(metrics) = &self.metrics {
+            metrics.record_drop(DropReason::Malformed);
+        }
     }
 }
 
@@ -132,7 +153,7 @@ fn open_with_fallback<T>(
         match open(true) {
             Ok(device) => return Ok((device, true)),
             Err(e) => {
-                tracing::warn!(error = %e, "the kernel refused TUN offload; opening a plain TUN")
+                tracing::warn!(error = %e, "opening the TUN with offload failed; trying a plain TUN")
             }
         }
     }
@@ -175,19 +196,23 @@ impl TunDevice for Tun {
         // Wait for the first usable packet, then take whatever else is ready.
         while read == 0 {
             let len = self.device.recv(&mut reader.scratch).await.map_err(gone_as_broken_pipe)?;
-            if let Some(packet) = reader.take(len, self.offload) {
-                batch.push(packet);
-                read += 1;
+            match reader.take(len, self.offload) {
+                Some(packet) => {
+                    batch.push(packet);
+                    read += 1;
+                }
+                None => self.unusable(len),
             }
         }
         while read < max {
             match self.device.try_recv(&mut reader.scratch) {
-                Ok(len) => {
-                    if let Some(packet) = reader.take(len, self.offload) {
+                Ok(len) => match reader.take(len, self.offload) {
+                    Some(packet) => {
                         batch.push(packet);
                         read += 1;
                     }
-                }
+                    None => self.unusable(len),
+                },
                 // Hand over what was read; a lasting error shows again on the next call.
                 Err(_) => break,
             }
