@@ -92,10 +92,16 @@ const SYSTEMS: [&str; 7] = [
 /// `BENCH_LOSSES` (separated by `;` and `,`). Other vpn-node settings can be named there
 /// too, e.g. `vpn-node (TCP, no offload, MTU 9000)`, to evaluate a change.
 fn selection() -> Result<(Vec<String>, Vec<u32>)> {
-    let systems = match std::env::var("BENCH_SYSTEMS") {
+    let systems: Vec<String> = match std::env::var("BENCH_SYSTEMS") {
         Ok(list) => list.split(';').map(|s| s.trim().to_owned()).collect(),
         Err(_) => SYSTEMS.iter().map(|s| (*s).to_owned()).collect(),
     };
+    // A misspelt name fails here, before anything is installed or measured.
+    for system in &systems {
+        if !SYSTEMS.contains(&system.as_str()) {
+            vpn_setup(system).with_context(|| format!("BENCH_SYSTEMS: {system:?}"))?;
+        }
+    }
     let losses = match std::env::var("BENCH_LOSSES") {
         Ok(list) => list
             .split(',')
@@ -130,6 +136,7 @@ fn vpn_setup(system: &str) -> Result<Setup> {
 /// Runs the whole comparison with the release `vpn-node` at `binary`; extra tools are
 /// installed under `tools_dir`. Writes the JSON to `out`.
 pub fn run(binary: &Path, tools_dir: &Path, out: &Path) -> Result<()> {
+    let (systems, losses) = selection()?;
     tools::ensure()?;
     tools::ensure_these(&TOOLS)?;
     let boringtun = boringtun(tools_dir)?;
@@ -139,7 +146,6 @@ pub fn run(binary: &Path, tools_dir: &Path, out: &Path) -> Result<()> {
     let ticks = clock_ticks()?;
     let raw_dir = out.with_file_name("raw");
     fs::create_dir_all(&raw_dir)?;
-    let (systems, losses) = selection()?;
     let mut rows = Vec::new();
     for loss in losses {
         set_loss(&lab, loss)?;

@@ -82,13 +82,28 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
     let tcp_bps = json_number(&tcp, "/end/sum_received/bits_per_second")
         .context("TCP rate in the iperf3 report")?;
     println!("iperf3 TCP a -> b, 10 s: {:.2} Gbit/s", tcp_bps / 1e9);
-    // c's TUN has no offload: a's super-packets are cut into packets on arrival.
+    // c's TUN has no offload: a's super-packets are cut into packets on arrival, and every
+    // packet must reach c's kernel whole, with good checksums.
+    if lab.log("a").contains("plain TUN") || lab.log("a").contains("TUN offload is off") {
+        bail!("a runs without TUN offload, so cutting super-packets is not exercised");
+    }
+    let malformed = "vpn_packets_dropped_total{reason=\"malformed\"}";
+    let (malformed_before, csum_before) =
+        (lab.counter("c", malformed)?, tcp_csum_errors(lab, "c")?);
     let plain_target = lab.node("c")?.overlay.clone();
     let plain = lab.iperf("a", "c", &plain_target, &[])?;
     let plain_bps = json_number(&plain, "/end/sum_received/bits_per_second")
         .context("TCP rate in the iperf3 report")?;
     if json_number(&plain, "/end/sum_received/bytes").unwrap_or(0.0) <= 0.0 {
         bail!("no bytes reached c over TCP");
+    }
+    let malformed_after = lab.counter("c", malformed)?;
+    let csum_after = tcp_csum_errors(lab, "c")?;
+    if malformed_after != malformed_before || csum_after != csum_before {
+        bail!(
+            "packets cut at c were damaged: malformed drops {malformed_before} -> \
+             {malformed_after}, TCP checksum errors {csum_before} -> {csum_after}"
+        );
     }
     println!("iperf3 TCP a -> c (c without TUN offload), 10 s: {:.2} Gbit/s", plain_bps / 1e9);
     let udp = lab.iperf("a", "b", &target, &["-u", "-b", "200M"])?;
@@ -137,9 +152,33 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The TCP checksum errors the kernel of `node`'s namespace has counted.
+fn tcp_csum_errors(lab: &Lab, node: &str) -> Result<u64> {
+    let snmp = lab.exec(node, &["cat", "/proc/net/snmp"])?;
+    csum_errors(&String::from_utf8_lossy(&snmp.stdout)).context("no InCsumErrors in /proc/net/snmp")
+}
+
+/// `InCsumErrors` of the `Tcp:` lines of `/proc/net/snmp` (a line of names, then values).
+fn csum_errors(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|n| n == "InCsumErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::json_number;
+    use super::{csum_errors, json_number};
+
+    #[test]
+    fn reads_tcp_checksum_errors_from_snmp() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm InSegs InErrs InCsumErrors\nTcp: 1 900 2 7\n\
+                    Udp: InDatagrams InCsumErrors\nUdp: 5 3\n";
+        assert_eq!(csum_errors(snmp), Some(7));
+        assert_eq!(csum_errors("Tcp: InSegs\nTcp: 9\n"), None);
+        assert_eq!(csum_errors(""), None);
+    }
 
     #[test]
     fn reads_numbers_from_iperf_json() {
