@@ -477,3 +477,42 @@ async fn inbound_answers_pings_delivers_packets_and_resets_on_garbage() {
     let mut buf = [0u8; 1];
     assert_eq!(ours.read(&mut buf).await.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
 }
+
+#[tokio::test]
+async fn inbound_reads_the_largest_frames_between_small_ones() {
+    let (streams, mut accepted) = MemoryStreams::new(PeerId::random(), 1 << 16);
+    let mut ours = streams.open_stream(PeerId::random()).await.unwrap();
+    let far = accepted.recv().await.unwrap();
+    let (tx, mut delivered) = mpsc::unbounded_channel();
+    tokio::spawn(serve_inbound(Box::new(far.stream), move |frame| tx.send(frame).unwrap()));
+    let gso = vpn_types::GsoInfo {
+        gso_type: vpn_types::GsoType::TcpV4,
+        needs_csum: true,
+        hdr_len: 40,
+        gso_size: 1400,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    // The length field counts the kind byte: a PACKET body of MAX_FRAME - 1 bytes, a
+    // SEGMENTED one of that less its 10-byte header.
+    let largest = vpn_wire::MAX_FRAME - 1;
+    let mut wire = BytesMut::new();
+    vpn_wire::encode_packet(&mut wire, &[1; 20]).unwrap();
+    vpn_wire::encode_packet(&mut wire, &vec![2; largest]).unwrap();
+    vpn_wire::encode_packet(&mut wire, &[3; 20]).unwrap();
+    vpn_wire::encode_segmented(&mut wire, &gso, &vec![4; largest - 10]).unwrap();
+    vpn_wire::encode_packet(&mut wire, &[5; 20]).unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut ours, &wire).await.unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        bodies.push(match delivered.recv().await.unwrap() {
+            Frame::Packet(packet) | Frame::Segmented { packet, .. } => packet,
+            other => panic!("unexpected frame {other:?}"),
+        });
+    }
+    let expected = [(1, 20), (2, largest), (3, 20), (4, largest - 10), (5, 20)];
+    for (body, (tag, len)) in bodies.iter().zip(expected) {
+        assert_eq!(body.len(), len);
+        assert!(body.iter().all(|b| *b == tag));
+    }
+}
