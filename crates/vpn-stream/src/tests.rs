@@ -451,14 +451,23 @@ async fn checker_and_warmer_start_once() {
     health.stop_health_checker().await;
 }
 
-#[tokio::test]
-async fn inbound_answers_pings_delivers_packets_and_resets_on_garbage() {
+/// An in-memory stream served by [`serve_inbound`]: our end, the frames it delivers, and
+/// the server's task.
+async fn inbound_server()
+-> (Box<dyn VpnStream>, mpsc::UnboundedReceiver<Frame>, tokio::task::JoinHandle<crate::InboundEnd>)
+{
     let (streams, mut accepted) = MemoryStreams::new(PeerId::random(), 1 << 16);
-    let mut ours = streams.open_stream(PeerId::random()).await.unwrap();
+    let ours = streams.open_stream(PeerId::random()).await.unwrap();
     let far = accepted.recv().await.unwrap();
-    let (tx, mut delivered) = mpsc::unbounded_channel();
+    let (tx, delivered) = mpsc::unbounded_channel();
     let server =
         tokio::spawn(serve_inbound(Box::new(far.stream), move |frame| tx.send(frame).unwrap()));
+    (ours, delivered, server)
+}
+
+#[tokio::test]
+async fn inbound_answers_pings_delivers_packets_and_resets_on_garbage() {
+    let (mut ours, mut delivered, server) = inbound_server().await;
     let mut wire = BytesMut::new();
     vpn_wire::encode_packet(&mut wire, b"one").unwrap();
     vpn_wire::encode_ping(&mut wire, [9; 8]);
@@ -480,11 +489,7 @@ async fn inbound_answers_pings_delivers_packets_and_resets_on_garbage() {
 
 #[tokio::test]
 async fn inbound_reads_the_largest_frames_between_small_ones() {
-    let (streams, mut accepted) = MemoryStreams::new(PeerId::random(), 1 << 16);
-    let mut ours = streams.open_stream(PeerId::random()).await.unwrap();
-    let far = accepted.recv().await.unwrap();
-    let (tx, mut delivered) = mpsc::unbounded_channel();
-    tokio::spawn(serve_inbound(Box::new(far.stream), move |frame| tx.send(frame).unwrap()));
+    let (mut ours, mut delivered, _server) = inbound_server().await;
     let gso = vpn_types::GsoInfo {
         gso_type: vpn_types::GsoType::TcpV4,
         needs_csum: true,
