@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,8 @@ use vpn_metrics::AtomicMetrics;
 use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode};
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
 use vpn_stream::{
-    InboundEnd, Libp2pStreamService, StreamHealth, StreamPool, accept_streams, serve_inbound,
+    InboundEnd, InboundSink, Libp2pStreamService, StreamHealth, StreamPool, accept_streams,
+    serve_inbound,
 };
 use vpn_tun::{Tun, TunConfig};
 use vpn_types::{DropReason, GsoInfo, MetricsSnapshot, PeerId, VpnConfig};
@@ -29,8 +31,6 @@ use crate::{InboundCheck, Verdict};
 
 /// Packets read from or written to the TUN at once.
 const TUN_BATCH: usize = 64;
-/// Packets waiting to be written to the TUN.
-const TUN_QUEUE: usize = 4096;
 /// Inbound streams waiting to be served.
 const ACCEPT_BACKLOG: usize = 64;
 /// Packets of one stream waiting for their sender's record to be looked up.
@@ -263,8 +263,6 @@ impl VpnNode {
         };
         parts.tun = Some(tun.clone());
 
-        let (to_tun, tun_queue) = mpsc::channel(TUN_QUEUE);
-        parts.tasks.push(tokio::spawn(write_tun(tun.clone(), tun_queue, metrics.clone())));
         let mut control = handle.stream_control();
         let allow_registry = registry.clone();
         let inbound = accept_streams(
@@ -275,14 +273,9 @@ impl VpnNode {
         )
         .map_err(|e| startup("accept streams", e))?;
         let check = Arc::new(InboundCheck::new(discovery.clone(), own, config.firewall.clone()));
-        let offload = tun.offload();
-        parts.tasks.push(tokio::spawn(serve_peers(
-            inbound,
-            check,
-            to_tun,
-            metrics.clone(),
-            offload,
-        )));
+        let delivery =
+            Delivery { offload: tun.offload(), tun: tun.clone(), metrics: metrics.clone() };
+        parts.tasks.push(tokio::spawn(serve_peers(inbound, check, delivery)));
         parts.tasks.push(tokio::spawn(read_tun(tun, dispatcher)));
         parts.tasks.push(tokio::spawn(publish(discovery, config.discovery.republish_interval)));
         tracing::info!(peer = %local, "vpn node started");
@@ -357,72 +350,59 @@ async fn read_tun(tun: Arc<dyn TunDevice>, dispatcher: Dispatcher) {
     }
 }
 
-/// Writes accepted packets to the TUN, in batches, until the device is gone. Packets the
-/// kernel does not take are counted as `tun_error` drops.
-async fn write_tun(
-    tun: Arc<dyn TunDevice>,
-    mut queue: mpsc::Receiver<TunPacket>,
-    metrics: Arc<dyn MetricsService>,
-) {
-    let mut batch = Vec::with_capacity(TUN_BATCH);
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < TUN_BATCH {
-            match queue.try_recv() {
-                Ok(packet) => batch.push(packet),
-                Err(_) => break,
-            }
-        }
-        match tun.send_batch(&batch).await {
-            Ok(written) => {
-                let lost = batch.len().saturating_sub(written) as u64;
-                if lost > 0 {
-                    metrics.record_drops(DropReason::TunError, lost);
-                }
-            }
-            Err(e) => {
-                metrics.record_drops(DropReason::TunError, batch.len() as u64);
-                tracing::error!(error = %e, "the TUN device is gone; the node no longer receives");
-                return;
-            }
-        }
-        batch.clear();
-    }
-}
-
-/// How a receiver hands packets to its TUN.
+/// How a receiver hands packets to its TUN: each inbound stream's reader writes what one
+/// read brought, in one batch, before it reads again. There is no queue between the streams
+/// and the TUN: while the kernel takes a batch, the stream waits, and the sender's flow
+/// control holds its packets back instead of a queue dropping them.
 #[derive(Clone)]
 struct Delivery {
-    to_tun: mpsc::Sender<TunPacket>,
+    tun: Arc<dyn TunDevice>,
     metrics: Arc<dyn MetricsService>,
     /// The TUN takes offload super-packets whole.
     offload: bool,
 }
 
-/// Queues an accepted packet for the TUN; an offload super-packet goes whole to a TUN with
-/// offload, and is otherwise cut into the segments the sender's kernel would have sent.
-fn deliver(d: &Delivery, packet: Bytes, gso: Option<GsoInfo>) {
-    let (to_tun, metrics) = (&d.to_tun, d.metrics.as_ref());
-    let Some(gso) = gso else {
-        return deliver_one(to_tun, metrics, TunPacket::new(packet));
-    };
-    if d.offload {
-        return deliver_one(to_tun, metrics, TunPacket { data: packet, gso: Some(gso) });
-    }
-    let mut segments = Vec::new();
-    match vpn_utils::segment(&packet, &gso, &mut segments) {
-        Ok(()) => {
-            segments.into_iter().for_each(|s| deliver_one(to_tun, metrics, TunPacket::new(s)))
+impl Delivery {
+    /// Adds an accepted packet to `batch`: an offload super-packet goes whole to a TUN with
+    /// offload, and is otherwise cut into the segments the sender's kernel would have sent.
+    fn accept(&self, batch: &mut Vec<TunPacket>, packet: Bytes, gso: Option<GsoInfo>) {
+        let Some(gso) = gso else {
+            return batch.push(TunPacket::new(packet));
+        };
+        if self.offload {
+            return batch.push(TunPacket { data: packet, gso: Some(gso) });
         }
-        Err(_) => metrics.record_drop(DropReason::Malformed),
+        let mut segments = Vec::new();
+        match vpn_utils::segment(&packet, &gso, &mut segments) {
+            Ok(()) => batch.extend(segments.into_iter().map(TunPacket::new)),
+            Err(_) => self.metrics.record_drop(DropReason::Malformed),
+        }
     }
-}
 
-fn deliver_one(to_tun: &mpsc::Sender<TunPacket>, metrics: &dyn MetricsService, packet: TunPacket) {
-    let len = packet.data.len() as u64;
-    match to_tun.try_send(packet) {
-        Ok(()) => metrics.record_received(1, len),
-        Err(_) => metrics.record_drop(DropReason::QueueFull),
+    /// Writes `batch` to the TUN and empties it. Every packet counts as received; those the
+    /// kernel does not take count as `tun_error` drops. Errors: the device is gone.
+    async fn write(&self, batch: &mut Vec<TunPacket>) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let count = batch.len() as u64;
+        let bytes = batch.iter().map(|p| p.data.len() as u64).sum();
+        self.metrics.record_received(count, bytes);
+        let written = self.tun.send_batch(batch).await;
+        batch.clear();
+        match written {
+            Ok(written) => {
+                let lost = count.saturating_sub(written as u64);
+                if lost > 0 {
+                    self.metrics.record_drops(DropReason::TunError, lost);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.record_drops(DropReason::TunError, count);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -430,11 +410,8 @@ fn deliver_one(to_tun: &mpsc::Sender<TunPacket>, metrics: &dyn MetricsService, p
 async fn serve_peers(
     mut inbound: mpsc::Receiver<Box<dyn VpnStream>>,
     check: Arc<InboundCheck>,
-    to_tun: mpsc::Sender<TunPacket>,
-    metrics: Arc<dyn MetricsService>,
-    offload: bool,
+    delivery: Delivery,
 ) {
-    let delivery = Delivery { to_tun, metrics, offload };
     while let Some(stream) = inbound.recv().await {
         tokio::spawn(serve_peer(stream, check.clone(), delivery.clone()));
     }
@@ -442,6 +419,47 @@ async fn serve_peers(
 
 /// A packet waiting for its sender's record: the packet, its source, its offload info.
 type Waiting = (Bytes, std::net::IpAddr, Option<GsoInfo>);
+
+/// The receiver checks of one inbound stream, in front of its TUN batch.
+struct PeerSink<'a> {
+    peer: PeerId,
+    check: &'a InboundCheck,
+    delivery: &'a Delivery,
+    /// Packets whose source this node cannot place yet, to be looked up.
+    unknown: &'a mpsc::Sender<Waiting>,
+    batch: Vec<TunPacket>,
+}
+
+impl PeerSink<'_> {
+    fn judge(&mut self, packet: Bytes, gso: Option<GsoInfo>) {
+        match self.check.check(&self.peer, &packet) {
+            Verdict::Accept => self.delivery.accept(&mut self.batch, packet, gso),
+            Verdict::Drop(reason) => self.delivery.metrics.record_drop(reason),
+            Verdict::LookUp(src) => {
+                if self.unknown.try_send((packet, src, gso)).is_err() {
+                    self.delivery.metrics.record_drop(DropReason::QueueFull);
+                }
+            }
+        }
+    }
+}
+
+impl InboundSink for PeerSink<'_> {
+    fn frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Packet(packet) => self.judge(packet, None),
+            Frame::Segmented { header, packet } => match header.to_gso(packet.len()) {
+                Ok(gso) => self.judge(packet, Some(gso)),
+                Err(_) => self.delivery.metrics.record_drop(DropReason::Malformed),
+            },
+            _ => {}
+        }
+    }
+
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        self.delivery.write(&mut self.batch)
+    }
+}
 
 async fn serve_peer(stream: Box<dyn VpnStream>, check: Arc<InboundCheck>, delivery: Delivery) {
     let peer = stream.peer_id();
@@ -451,34 +469,22 @@ async fn serve_peer(stream: Box<dyn VpnStream>, check: Arc<InboundCheck>, delive
     let lookups = {
         let (check, delivery) = (check.clone(), delivery.clone());
         tokio::spawn(async move {
-            let metrics = delivery.metrics.clone();
+            let mut batch = Vec::new();
             while let Some((packet, src, gso)) = waiting.recv().await {
                 match check.check_after_lookup(&peer, src).await {
-                    Verdict::Accept => deliver(&delivery, packet, gso),
-                    Verdict::Drop(reason) => metrics.record_drop(reason),
-                    Verdict::LookUp(_) => metrics.record_drop(DropReason::Spoofed),
+                    Verdict::Accept => delivery.accept(&mut batch, packet, gso),
+                    Verdict::Drop(reason) => delivery.metrics.record_drop(reason),
+                    Verdict::LookUp(_) => delivery.metrics.record_drop(DropReason::Spoofed),
+                }
+                if delivery.write(&mut batch).await.is_err() {
+                    return;
                 }
             }
         })
     };
-    let judge = |packet: Bytes, gso: Option<GsoInfo>| match check.check(&peer, &packet) {
-        Verdict::Accept => deliver(&delivery, packet, gso),
-        Verdict::Drop(reason) => metrics.record_drop(reason),
-        Verdict::LookUp(src) => {
-            if unknown.try_send((packet, src, gso)).is_err() {
-                metrics.record_drop(DropReason::QueueFull);
-            }
-        }
-    };
-    let end = serve_inbound(stream, |frame| match frame {
-        Frame::Packet(packet) => judge(packet, None),
-        Frame::Segmented { header, packet } => match header.to_gso(packet.len()) {
-            Ok(gso) => judge(packet, Some(gso)),
-            Err(_) => metrics.record_drop(DropReason::Malformed),
-        },
-        _ => {}
-    })
-    .await;
+    let sink =
+        PeerSink { peer, check: &check, delivery: &delivery, unknown: &unknown, batch: Vec::new() };
+    let end = serve_inbound(stream, sink).await;
     drop(unknown);
     let _ = lookups.await;
     match end {
@@ -486,6 +492,9 @@ async fn serve_peer(stream: Box<dyn VpnStream>, check: Arc<InboundCheck>, delive
         InboundEnd::Protocol(e) => {
             metrics.record_stream_error();
             tracing::warn!(%peer, error = %e, "peer broke the wire protocol; stream reset");
+        }
+        InboundEnd::Sink(e) => {
+            tracing::error!(%peer, error = %e, "the TUN device is gone; the node no longer receives");
         }
         InboundEnd::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         InboundEnd::Io(e) => tracing::debug!(%peer, error = %e, "inbound stream ended"),
@@ -516,7 +525,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tun_writer_counts_what_the_kernel_did_not_take_and_goes_on() {
+    async fn tun_writes_count_what_the_kernel_did_not_take_and_stop_when_it_is_gone() {
         let mut tun = MockTun::new();
         let mut sequence = mockall::Sequence::new();
         // First batch: the kernel takes all but one; second: all; then the device is gone.
@@ -527,19 +536,19 @@ mod tests {
             .in_sequence(&mut sequence)
             .returning(|_| Err(io::Error::from(io::ErrorKind::BrokenPipe)));
         let metrics = Arc::new(AtomicMetrics::new());
-        let (to_tun, queue) = mpsc::channel(16);
-        let writer = tokio::spawn(write_tun(Arc::new(tun), queue, metrics.clone()));
+        let delivery = Delivery { tun: Arc::new(tun), metrics: metrics.clone(), offload: false };
+        let mut batch = Vec::new();
+        // An empty batch does not reach the device.
+        delivery.write(&mut batch).await.unwrap();
         for round in 0..3u8 {
-            // One batch per round: the writer takes the queue whole once it wakes.
-            to_tun.send(packet(round)).await.unwrap();
-            to_tun.send(packet(round)).await.unwrap();
-            while to_tun.capacity() < 16 && !writer.is_finished() {
-                tokio::task::yield_now().await;
-            }
+            batch.push(packet(round));
+            batch.push(packet(round));
+            let written = delivery.write(&mut batch).await;
+            assert!(batch.is_empty());
+            assert_eq!(written.is_err(), round == 2);
         }
-        // The writer stops once the device is gone, whatever is still queued.
-        writer.await.unwrap();
-        let drops = metrics.snapshot().drops;
-        assert_eq!(drops[DropReason::TunError.index()], 1 + 2);
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.drops[DropReason::TunError.index()], 1 + 2);
+        assert_eq!(snapshot.packets_received, 6);
     }
 }

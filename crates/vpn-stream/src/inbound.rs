@@ -1,5 +1,6 @@
 //! The acceptor's side of a stream: decode frames, answer PINGs, hand packets on.
 
+use std::future::Future;
 use std::io;
 
 use bytes::{BufMut, BytesMut};
@@ -31,16 +32,41 @@ pub enum InboundEnd {
     Protocol(FrameError),
     /// Reading or answering failed.
     Io(io::Error),
+    /// The sink could not take what was read (the TUN device is gone); the stream was reset.
+    Sink(io::Error),
+}
+
+/// Where [`serve_inbound`] hands the frames it decodes.
+///
+/// `frame` takes each PACKET and SEGMENTED frame, in order; `flush` runs once all the frames
+/// of one read have been handed over, before the next read, so a sink that writes them out
+/// there holds back the stream (and through its flow control the sender) while it writes.
+/// Any `FnMut(Frame)` is a sink whose `flush` does nothing.
+pub trait InboundSink: Send {
+    /// Takes one decoded frame.
+    fn frame(&mut self, frame: Frame);
+
+    /// Every frame of one read has been handed over. An error ends the stream.
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl<F: FnMut(Frame) + Send> InboundSink for F {
+    fn frame(&mut self, frame: Frame) {
+        self(frame)
+    }
 }
 
 /// Serves one stream a peer opened to us until it ends: decodes its frames in order,
-/// answers each PING with a PONG, and hands every PACKET and SEGMENTED frame to `deliver`
-/// (which applies the receiver checks). Extension frames are skipped; a stray PONG is
-/// ignored. A protocol error resets the stream; other streams are not affected.
-pub async fn serve_inbound<F>(mut stream: Box<dyn VpnStream>, mut deliver: F) -> InboundEnd
-where
-    F: FnMut(Frame) + Send,
-{
+/// answers each PING with a PONG, and hands every PACKET and SEGMENTED frame to `sink`
+/// (which applies the receiver checks), flushing it after each read. Extension frames are
+/// skipped; a stray PONG is ignored. A protocol error resets the stream; other streams are
+/// not affected.
+pub async fn serve_inbound(
+    mut stream: Box<dyn VpnStream>,
+    mut sink: impl InboundSink,
+) -> InboundEnd {
     let mut decoder = FrameDecoder::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut reply = BytesMut::new();
@@ -61,14 +87,20 @@ where
             match next {
                 Ok(Some(Frame::Ping(nonce))) => vpn_wire::encode_pong(&mut reply, nonce),
                 Ok(Some(Frame::Pong(_))) => {}
-                Ok(Some(frame)) => deliver(frame),
+                Ok(Some(frame)) => sink.frame(frame),
                 Ok(None) => break,
                 Err(e) => {
+                    // What came before the error is still delivered.
+                    let _ = sink.flush().await;
                     stream.reset();
                     return InboundEnd::Protocol(e);
                 }
             }
             next = if read == 0 { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
+        }
+        if let Err(e) = sink.flush().await {
+            stream.reset();
+            return InboundEnd::Sink(e);
         }
         if !reply.is_empty() {
             let answer = reply.split();

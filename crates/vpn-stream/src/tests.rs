@@ -16,7 +16,7 @@ use vpn_testutil::{Accepted, Faults, MemoryStreams};
 use vpn_types::{DropReason, FlowKey, HealthCheckSettings, PeerId, StreamPoolSettings};
 use vpn_wire::{Frame, FrameDecoder};
 
-use crate::{StreamHealth, StreamPool, serve_inbound};
+use crate::{InboundSink, StreamHealth, StreamPool, serve_inbound};
 
 struct Fixture {
     pool: StreamPool,
@@ -451,18 +451,106 @@ async fn checker_and_warmer_start_once() {
     health.stop_health_checker().await;
 }
 
+/// An in-memory stream served by [`serve_inbound`] into `sink`: our end and the server's
+/// task.
+async fn inbound_server_with(
+    sink: impl InboundSink + 'static,
+) -> (Box<dyn VpnStream>, tokio::task::JoinHandle<crate::InboundEnd>) {
+    let (streams, mut accepted) = MemoryStreams::new(PeerId::random(), 1 << 16);
+    let ours = streams.open_stream(PeerId::random()).await.unwrap();
+    let far = accepted.recv().await.unwrap();
+    (ours, tokio::spawn(serve_inbound(Box::new(far.stream), sink)))
+}
+
 /// An in-memory stream served by [`serve_inbound`]: our end, the frames it delivers, and
 /// the server's task.
 async fn inbound_server()
 -> (Box<dyn VpnStream>, mpsc::UnboundedReceiver<Frame>, tokio::task::JoinHandle<crate::InboundEnd>)
 {
-    let (streams, mut accepted) = MemoryStreams::new(PeerId::random(), 1 << 16);
-    let ours = streams.open_stream(PeerId::random()).await.unwrap();
-    let far = accepted.recv().await.unwrap();
     let (tx, delivered) = mpsc::unbounded_channel();
-    let server =
-        tokio::spawn(serve_inbound(Box::new(far.stream), move |frame| tx.send(frame).unwrap()));
+    let (ours, server) = inbound_server_with(move |frame| tx.send(frame).unwrap()).await;
     (ours, delivered, server)
+}
+
+/// A sink that hands over the frames of each read at its flush, and fails its flushes
+/// when `fail` is set.
+struct Flushing {
+    pending: Vec<Frame>,
+    flushed: mpsc::UnboundedSender<Vec<Frame>>,
+    fail: bool,
+}
+
+impl InboundSink for Flushing {
+    fn frame(&mut self, frame: Frame) {
+        self.pending.push(frame);
+    }
+
+    fn flush(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        let frames = std::mem::take(&mut self.pending);
+        if !frames.is_empty() {
+            self.flushed.send(frames).unwrap();
+        }
+        let fail = self.fail;
+        async move {
+            match fail {
+                true => Err(std::io::ErrorKind::BrokenPipe.into()),
+                false => Ok(()),
+            }
+        }
+    }
+}
+
+fn packet_frame(body: &'static [u8]) -> Frame {
+    Frame::Packet(Bytes::from_static(body))
+}
+
+/// A stream served into a [`Flushing`] sink: our end, the frames of each flush, the task.
+async fn flushing_server(
+    fail: bool,
+) -> (
+    Box<dyn VpnStream>,
+    mpsc::UnboundedReceiver<Vec<Frame>>,
+    tokio::task::JoinHandle<crate::InboundEnd>,
+) {
+    let (flushed, rx) = mpsc::unbounded_channel();
+    let (ours, server) = inbound_server_with(Flushing { pending: Vec::new(), flushed, fail }).await;
+    (ours, rx, server)
+}
+
+/// Writes PACKET frames with these bodies in one write.
+async fn write_packets(stream: &mut Box<dyn VpnStream>, bodies: &[&[u8]]) {
+    let mut wire = BytesMut::new();
+    for body in bodies {
+        vpn_wire::encode_packet(&mut wire, body).unwrap();
+    }
+    tokio::io::AsyncWriteExt::write_all(stream, &wire).await.unwrap();
+}
+
+#[tokio::test]
+async fn inbound_flushes_every_read_before_the_next() {
+    let (mut ours, mut flushed, _server) = flushing_server(false).await;
+    write_packets(&mut ours, &[b"one"]).await;
+    // Nothing more is written: the frame must be flushed without another read.
+    assert_eq!(flushed.recv().await.unwrap(), vec![packet_frame(b"one")]);
+    write_packets(&mut ours, &[b"two", b"three", b"four"]).await;
+    let mut frames = Vec::new();
+    while frames.len() < 3 {
+        frames.extend(flushed.recv().await.unwrap());
+    }
+    assert_eq!(frames, [packet_frame(b"two"), packet_frame(b"three"), packet_frame(b"four")]);
+}
+
+#[tokio::test]
+async fn inbound_stream_ends_and_resets_when_its_sink_fails() {
+    let (mut ours, mut flushed, server) = flushing_server(true).await;
+    write_packets(&mut ours, &[b"one"]).await;
+    assert_eq!(flushed.recv().await.unwrap(), vec![packet_frame(b"one")]);
+    match server.await.unwrap() {
+        crate::InboundEnd::Sink(e) => assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe),
+        other => panic!("expected the sink's error, got {other:?}"),
+    }
+    let mut buf = [0u8; 1];
+    assert_eq!(ours.read(&mut buf).await.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
 }
 
 #[tokio::test]
