@@ -517,9 +517,10 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The average round trip of 50 pings 20 ms apart, in ms.
+/// The average round trip of 200 pings 20 ms apart, in ms (fewer let the noise between runs
+/// decide comparisons of a few percent).
 fn ping_avg(lab: &Lab, target: &str) -> Result<f64> {
-    let out = lab.exec("a", &["ping", "-c", "50", "-i", "0.02", "-q", target])?;
+    let out = lab.exec("a", &["ping", "-c", "200", "-i", "0.02", "-q", target])?;
     let text = String::from_utf8_lossy(&out.stdout);
     // rtt min/avg/max/mdev = 0.051/0.062/0.090/0.008 ms
     let stats = text.lines().find(|l| l.contains("min/avg/max")).context("no ping summary")?;
