@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use vpn_errors::VpnError;
-use vpn_types::{FlowKey, PeerId};
+use vpn_types::{BudgetPermit, FlowKey, PeerId};
 
 /// One byte stream to a peer, speaking `/vpn-node/packet/1`.
 ///
@@ -34,7 +34,7 @@ pub trait StreamService: Send + Sync {
 
 /// Whole encoded frames for one stream, with the packets they carry counted, so that the
 /// writer can count them as sent once written, or as dropped if the stream fails first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct FrameBatch {
     /// One or more whole frames.
     pub frames: Bytes,
@@ -42,6 +42,9 @@ pub struct FrameBatch {
     pub packets: u64,
     /// Bytes of those packets, without frame headers.
     pub packet_bytes: u64,
+    /// The packets' share of the outbound byte budget, given back once the frames are
+    /// written (or dropped).
+    pub permit: Option<BudgetPermit>,
 }
 
 /// Where a stream lease's frames go: the single writer task of one pooled stream, which

@@ -90,6 +90,9 @@ fn node(c: &mut Checks, config: &VpnConfig) {
 fn worker(c: &mut Checks, w: &settings::WorkerSettings) {
     c.at_least("worker.queue_capacity", w.queue_capacity as u64, 1);
     c.at_least("worker.max_workers", w.max_workers as u64, 1);
+    // At least one largest frame (PROTOCOL.md: 65 600 bytes), or a super-packet could never
+    // be sent.
+    c.at_least("worker.max_queued_bytes", w.max_queued_bytes as u64, 65_600);
     c.require(
         w.queue_capacity == 0 || (w.batch_max >= 1 && w.batch_max <= w.queue_capacity),
         "worker.batch_max",
@@ -281,6 +284,7 @@ mod tests {
             ("[worker]\nqueue_capacity = 0\nbatch_max = 1\n", "worker.queue_capacity"),
             ("[worker]\nbatch_max = 5000\n", "worker.batch_max"),
             ("[worker]\nidle_timeout = \"0s\"\n", "worker.idle_timeout"),
+            ("[worker]\nmax_queued_bytes = 65599\n", "worker.max_queued_bytes"),
             (
                 "[stream_pool]\nmin_streams_per_peer = 5\nmax_streams_per_peer = 4\n",
                 "stream_pool.min_streams_per_peer",

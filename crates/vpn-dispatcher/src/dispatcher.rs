@@ -104,8 +104,17 @@ impl Dispatcher {
             Err(_) => return drop_with(DropReason::Malformed, done),
         };
         let key = FlowKey::from(&info);
-        let mut queued =
-            QueuedPacket { data: packet.data, dst: info.dst_ip, gso: packet.gso, done };
+        // The packet's share of the outbound byte budget, held until its frame is written.
+        let Some(permit) = self.inner.ctx.budget().try_take(packet.data.len()) else {
+            return drop_with(DropReason::QueueFull, done);
+        };
+        let mut queued = QueuedPacket {
+            data: packet.data,
+            dst: info.dst_ip,
+            gso: packet.gso,
+            done,
+            permit: Some(permit),
+        };
         let mut workers = self.workers();
         // Two tries: the second after replacing a worker that had ended.
         for _ in 0..2 {

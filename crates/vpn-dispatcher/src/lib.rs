@@ -5,6 +5,10 @@
 //!   [`vpn_worker::Worker`], so its packets are sent in the order they were read.
 //! - A worker's queue holds `queue_capacity` packets; a packet for a full queue is dropped
 //!   and counted as `queue_full`. A packet that cannot be parsed is dropped as `malformed`.
+//! - Every queued packet holds its bytes of the outbound budget (`max_queued_bytes`, all
+//!   flows together) until its frame is written to a stream; a packet that finds no room is
+//!   dropped as `queue_full`, so a slow peer or a burst of 64 KiB super-packets cannot take
+//!   memory without bound.
 //! - At most `max_workers` workers run. At the cap, a packet of a flow that has no worker is
 //!   dropped and counted as `worker_limit`; flows that have a worker go on as before, and
 //!   room is made as idle workers are stopped.

@@ -155,3 +155,45 @@ async fn figures_per_worker() {
     assert_eq!(figures[0].1.errors, 1);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn the_byte_budget_spans_all_flows_until_frames_are_written() {
+    let peer = vpn_types::PeerId::random();
+    let mut discovery = MockPeerDiscovery::new();
+    discovery.expect_peer_for_ip().returning(move |_| Ok(peer));
+    // The stream's writer holds every batch it is given until the test lets it go.
+    let queued: Arc<std::sync::Mutex<Vec<vpn_api::FrameBatch>>> = Arc::default();
+    let sink = Arc::new({
+        let queued = queued.clone();
+        let mut sink = vpn_testutil::mocks::MockSink::new();
+        sink.expect_is_closed().return_const(false);
+        sink.expect_send_frames().returning(move |batch| {
+            queued.lock().unwrap().push(batch);
+            Ok(())
+        });
+        sink
+    });
+    let mut pool = MockStreamPool::new();
+    pool.expect_get_stream().returning(move |p, _| {
+        Ok(vpn_api::StreamLease { peer: p, stream_id: 1, sink: sink.clone() })
+    });
+    pool.expect_release().return_const(());
+    let size = udp(1).data.len();
+    // Room for two packets, whatever their flows.
+    let settings = WorkerSettings::default().with_max_queued_bytes(2 * size + size / 2);
+    let (d, metrics) = dispatcher(discovery, pool, settings);
+    let sent = |port| {
+        let (tx, rx) = oneshot::channel();
+        d.dispatch_with_callback(udp(port), tx);
+        rx
+    };
+    let (first, second) = (sent(1), sent(2));
+    assert_eq!(d.dispatch(udp(3)), Err(DropReason::QueueFull), "a third flow finds no room");
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (Ok(()), Ok(())));
+    // Handed to the stream but not yet written: still held.
+    assert_eq!(d.dispatch(udp(4)), Err(DropReason::QueueFull));
+    queued.lock().unwrap().clear();
+    assert_eq!(sent(5).await.unwrap(), Ok(()), "written frames give their bytes back");
+    assert_eq!(metrics.snapshot().dropped(DropReason::QueueFull), 2);
+    d.stop().await;
+}

@@ -55,6 +55,8 @@ struct Engine {
     metrics: Arc<AtomicMetrics>,
     /// Packets the far side received, in the order each stream delivered them.
     received: mpsc::UnboundedReceiver<Bytes>,
+    /// The workers' context, with the outbound byte budget.
+    ctx: Arc<vpn_worker::WorkerContext>,
 }
 
 fn engine(faults: Vec<Faults>) -> Engine {
@@ -74,7 +76,8 @@ fn engine(faults: Vec<Faults>) -> Engine {
         metrics.clone(),
         settings,
     );
-    let dispatcher = Dispatcher::new(Arc::new(ctx));
+    let ctx = Arc::new(ctx);
+    let dispatcher = Dispatcher::new(ctx.clone());
     dispatcher.start();
     pool.start();
     let (tx, received) = mpsc::unbounded_channel();
@@ -88,7 +91,7 @@ fn engine(faults: Vec<Faults>) -> Engine {
             }));
         }
     });
-    Engine { dispatcher, pool, streams, metrics, received }
+    Engine { dispatcher, pool, streams, metrics, received, ctx }
 }
 
 /// A UDP packet of flow `flow` (destination port) carrying its sequence number.
@@ -139,6 +142,7 @@ async fn a_hundred_thousand_packets_of_a_thousand_flows_arrive_once_and_in_order
     assert_eq!(s.dropped_total(), 0);
     assert!(e.streams.opened() <= 4, "streams stay within the pool's maximum");
     assert_eq!(e.streams.live(), 0, "every stream was closed");
+    assert_eq!(e.ctx.budget().held(), 0, "every packet gave its bytes back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,4 +188,5 @@ async fn a_flow_outlives_a_failed_stream_and_its_losses_are_counted() {
     e.dispatcher.stop().await;
     e.pool.stop().await;
     assert_eq!(e.streams.live(), 0);
+    assert_eq!(e.ctx.budget().held(), 0, "sent and lost packets gave their bytes back");
 }

@@ -142,7 +142,7 @@ impl PooledStream {
     pub(crate) fn try_ping(&self, nonce: [u8; 8]) -> bool {
         let mut frames = BytesMut::with_capacity(Frame::Ping(nonce).encoded_len());
         vpn_wire::encode_ping(&mut frames, nonce);
-        let batch = FrameBatch { frames: frames.freeze(), packets: 0, packet_bytes: 0 };
+        let batch = FrameBatch { frames: frames.freeze(), ..FrameBatch::default() };
         self.tx.try_send(batch).is_ok()
     }
 

@@ -56,7 +56,7 @@ fn batch(n: u64, tag: u8) -> FrameBatch {
     for _ in 0..n {
         vpn_wire::encode_packet(&mut frames, &[tag; 10]).unwrap();
     }
-    FrameBatch { frames: frames.freeze(), packets: n, packet_bytes: n * 10 }
+    FrameBatch { frames: frames.freeze(), packets: n, packet_bytes: n * 10, permit: None }
 }
 
 /// Reads `n` frames from an accepted stream.

@@ -20,6 +20,7 @@
 //! assert_eq!(key.to_string(), "100.64.0.2:443");
 //! ```
 
+mod budget;
 mod drop;
 mod offload;
 mod packet;
@@ -27,6 +28,7 @@ mod queued;
 pub mod settings;
 mod snapshot;
 
+pub use budget::{BudgetPermit, ByteBudget};
 pub use drop::DropReason;
 pub use ipnet::IpNet;
 pub use libp2p_identity::PeerId;

@@ -3,7 +3,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::{DropReason, GsoInfo};
+use crate::{BudgetPermit, DropReason, GsoInfo};
 
 /// What became of a packet: sent, or dropped for a reason.
 pub type SendResult = Result<(), DropReason>;
@@ -19,12 +19,14 @@ pub struct QueuedPacket {
     pub gso: Option<GsoInfo>,
     /// Told what became of the packet, when the caller asked to know.
     pub done: Option<oneshot::Sender<SendResult>>,
+    /// The packet's share of the outbound byte budget, held until its frame is written.
+    pub permit: Option<BudgetPermit>,
 }
 
 impl QueuedPacket {
     /// A plain packet with no completion channel.
     pub fn new(data: Bytes, dst: IpAddr) -> Self {
-        Self { data, dst, gso: None, done: None }
+        Self { data, dst, gso: None, done: None, permit: None }
     }
 
     /// The same packet, reporting its fate on `done`.

@@ -9,7 +9,7 @@ use vpn_api::{
 };
 use vpn_errors::VpnError;
 use vpn_resilience::{BreakerLayer, RetryLayer, TimeoutLayer};
-use vpn_types::{FlowKey, PeerId, WorkerSettings};
+use vpn_types::{ByteBudget, FlowKey, PeerId, WorkerSettings};
 
 /// The service that opens a lease: `(peer, flow) -> StreamLease` through the breaker,
 /// the time limit and retry.
@@ -23,6 +23,7 @@ pub struct WorkerContext {
     pub(crate) settings: WorkerSettings,
     pub(crate) opener: LeaseOpener,
     pub(crate) epoch: Instant,
+    budget: Arc<ByteBudget>,
 }
 
 impl WorkerContext {
@@ -46,6 +47,7 @@ impl WorkerContext {
             .layer(TimeoutLayer::new(settings.send_timeout))
             .layer(RetryLayer::new(retry))
             .service(open);
+        let budget = ByteBudget::new(settings.max_queued_bytes);
         Self {
             discovery,
             pool,
@@ -53,12 +55,18 @@ impl WorkerContext {
             settings,
             opener: BoxCloneSyncService::new(opener),
             epoch: Instant::now(),
+            budget,
         }
     }
 
     /// The workers' settings.
     pub fn settings(&self) -> &WorkerSettings {
         &self.settings
+    }
+
+    /// The outbound byte budget: every packet takes its share before it is queued.
+    pub fn budget(&self) -> &Arc<ByteBudget> {
+        &self.budget
     }
 
     /// The metrics every worker counts in.

@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use vpn_api::{FrameBatch, StreamLease};
 use vpn_errors::{NetworkErrorKind, ServiceErrorKind, VpnError};
-use vpn_types::{DropReason, FlowKey, QueuedPacket};
+use vpn_types::{BudgetPermit, DropReason, FlowKey, QueuedPacket};
 use vpn_wire::{FRAME_HEADER_LEN, MAX_FRAME, SEGMENT_HEADER_LEN};
 
 use crate::WorkerContext;
@@ -180,7 +180,7 @@ impl Worker {
     }
 
     /// Resolves the peer, makes sure of a lease, and hands the batch's frames to its stream.
-    async fn send(&mut self, batch: &[QueuedPacket]) -> Result<(u64, u64), DropReason> {
+    async fn send(&mut self, batch: &mut [QueuedPacket]) -> Result<(u64, u64), DropReason> {
         let peer =
             self.ctx.discovery.peer_for_ip(self.key.dst_ip).await.map_err(|e| reason_of(&e))?;
         if let Some(lease) = self.lease.take_if(|l| l.peer != peer || l.sink.is_closed()) {
@@ -208,13 +208,21 @@ impl Worker {
         Ok((packets, bytes))
     }
 
-    /// Encodes the batch into one buffer of frames (every packet fits: checked before).
-    fn encode(&mut self, batch: &[QueuedPacket]) -> FrameBatch {
+    /// Encodes the batch into one buffer of frames (every packet fits: checked before); the
+    /// packets' budget permits go with it.
+    fn encode(&mut self, batch: &mut [QueuedPacket]) -> FrameBatch {
         let total: usize =
             batch.iter().map(|p| FRAME_HEADER_LEN + SEGMENT_HEADER_LEN + p.data.len()).sum();
         self.buf.reserve(total);
         let mut packet_bytes = 0;
-        for packet in batch {
+        let mut permit: Option<BudgetPermit> = None;
+        for packet in batch.iter_mut() {
+            if let Some(one) = packet.permit.take() {
+                match permit.as_mut() {
+                    Some(all) => all.absorb(one),
+                    None => permit = Some(one),
+                }
+            }
             let encoded = match &packet.gso {
                 Some(gso) => vpn_wire::encode_segmented(&mut self.buf, gso, &packet.data),
                 None => vpn_wire::encode_packet(&mut self.buf, &packet.data),
@@ -222,6 +230,7 @@ impl Worker {
             debug_assert!(encoded.is_ok(), "sizes were checked");
             packet_bytes += packet.data.len() as u64;
         }
-        FrameBatch { frames: self.buf.split().freeze(), packets: batch.len() as u64, packet_bytes }
+        let frames = self.buf.split().freeze();
+        FrameBatch { frames, packets: batch.len() as u64, packet_bytes, permit }
     }
 }

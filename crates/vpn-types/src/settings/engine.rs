@@ -20,6 +20,10 @@ settings! {
         /// A packet not sent within this bound is dropped as `timeout`.
         @serde(with = "humantime_serde")
         send_timeout: Duration = Duration::from_millis(1000), with_send_timeout;
+        /// Bytes of outbound packets held at once, all flows together, from the TUN read
+        /// until their frames are written to a stream; a packet beyond it is dropped as
+        /// `queue_full`.
+        max_queued_bytes: usize = 16 * 1024 * 1024, with_max_queued_bytes;
     }
 }
 
