@@ -53,6 +53,8 @@ fn engine() -> (Dispatcher, Arc<AtomicMetrics>) {
         metrics.clone(),
         WorkerSettings::default()
             .with_queue_capacity(BATCH)
+            // Room for a whole batch in flight: the bench measures sends, not drops.
+            .with_max_queued_bytes(2 * BATCH * 1500)
             .with_send_timeout(Duration::from_secs(60)),
     );
     tokio::spawn(async move {
