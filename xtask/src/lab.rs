@@ -5,15 +5,15 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 /// The longest any one command of the lab may run.
 pub const EXEC_LIMIT: Duration = Duration::from_secs(60);
-/// The longest one iperf3 client run (10 s of traffic) may take.
-const IPERF_LIMIT: Duration = Duration::from_secs(40);
+/// How much longer than its traffic one iperf3 client run may take.
+const IPERF_LIMIT: Duration = Duration::from_secs(30);
 
 /// The number at `pointer` (e.g. `/end/sum_received/bits_per_second`) in a JSON text.
 pub fn json_number(text: &str, pointer: &str) -> Option<f64> {
@@ -52,11 +52,21 @@ pub struct Setup {
     pub quic: bool,
     /// Only `a` and `b` know each other (benchmarks); otherwise the end-to-end scenario.
     pub pair_only: bool,
+    /// Nodes listen on every address (`0.0.0.0`), following their addresses as they come
+    /// and go, instead of on their underlay address alone.
+    pub wildcard: bool,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { mtu: 1400, offload: true, plain: &[], quic: false, pair_only: false }
+        Self {
+            mtu: 1400,
+            offload: true,
+            plain: &[],
+            quic: false,
+            pair_only: false,
+            wildcard: false,
+        }
     }
 }
 
@@ -192,10 +202,10 @@ impl Lab {
                 setup.mtu,
                 setup.offload && !setup.plain.contains(&node.name.as_str())
             )?;
+            let listen = if setup.wildcard { "0.0.0.0" } else { node.underlay.as_str() };
             writeln!(
                 text,
-                "[network]\nlisten = [\"/ip4/{u}/tcp/4001\", \"/ip4/{u}/udp/4001/quic-v1\"]",
-                u = node.underlay
+                "[network]\nlisten = [\"/ip4/{listen}/tcp/4001\", \"/ip4/{listen}/udp/4001/quic-v1\"]"
             )?;
             let others: Vec<&Node> = self.nodes.iter().filter(|n| n.name != node.name).collect();
             let pair_only = setup.pair_only;
@@ -252,12 +262,7 @@ impl Lab {
         let child = self
             .spawn(name, &binary, &["up", "--config", &config], &[("RUST_LOG", "info")])
             .context("start vpn-node")?;
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.name == name)
-            .with_context(|| format!("no node {name}"))?;
-        node.process = Some(child);
+        self.node_mut(name)?.process = Some(child);
         Ok(())
     }
 
@@ -287,15 +292,48 @@ impl Lab {
 
     /// Stops a node with SIGTERM (SIGKILL after 10 s) and waits for it.
     pub fn stop(&mut self, name: &str) -> Result<()> {
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.name == name)
-            .with_context(|| format!("no node {name}"))?;
-        if let Some(child) = node.process.take() {
+        if let Some(child) = self.node_mut(name)?.process.take() {
             stop_child(child);
         }
         Ok(())
+    }
+
+    /// Kills a node with SIGKILL, as a crash or the OOM killer would, and waits for it.
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let node = self.node_mut(name)?;
+        if let Some(mut child) = node.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Waits up to `within` for a node to exit by itself; returns its exit status, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&mut self, name: &str, within: Duration) -> Result<Option<ExitStatus>> {
+        let node = self.node_mut(name)?;
+        let Some(child) = node.process.as_mut() else { bail!("node {name} is not running") };
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = child.try_wait()? {
+                node.process = None;
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(None)
+    }
+
+    /// Changes a node's configuration file with `edit` (before it is started).
+    pub fn edit_config(&self, name: &str, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let path = self.node(name)?.dir.join("vpn-node.toml");
+        let text = fs::read_to_string(&path)?;
+        fs::write(&path, edit(text))?;
+        Ok(())
+    }
+
+    fn node_mut(&mut self, name: &str) -> Result<&mut Node> {
+        self.nodes.iter_mut().find(|n| n.name == name).with_context(|| format!("no node {name}"))
     }
 
     /// Waits until the node's TUN interface is up (its node started), or fails.
@@ -355,21 +393,35 @@ impl Lab {
         target: &str,
         extra: &[&str],
     ) -> Result<String> {
+        self.iperf_for(client, server, target, extra, Duration::from_secs(10))
+    }
+
+    /// [`Lab::iperf`] with `length` seconds of traffic.
+    pub fn iperf_for(
+        &self,
+        client: &str,
+        server: &str,
+        target: &str,
+        extra: &[&str],
+        length: Duration,
+    ) -> Result<String> {
+        let limit = IPERF_LIMIT + length;
         let listen = ["iperf3", "-s", "-1", "-B", target];
         let mut daemon = Command::new("ip")
-            .args(self.bounded(server, &listen, IPERF_LIMIT + Duration::from_secs(30))?)
+            .args(self.bounded(server, &listen, limit + Duration::from_secs(30))?)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("start iperf3 server")?;
-        let mut args = vec!["iperf3", "-c", target, "-t", "10", "-J"];
+        let seconds = length.as_secs().max(1).to_string();
+        let mut args = vec!["iperf3", "-c", target, "-t", &seconds, "-J"];
         args.extend_from_slice(&["--connect-timeout", "3000"]);
         args.extend_from_slice(extra);
         // The server needs a moment to listen: try to connect until it does.
         let start = Instant::now();
         let outcome = loop {
-            let out = self.exec_within(client, &args, IPERF_LIMIT)?;
+            let out = self.exec_within(client, &args, limit)?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             // iperf3 may exit 0 with an "error" in its report (a refused connect, say).
             let error = serde_json::from_str::<serde_json::Value>(&text)

@@ -4,6 +4,9 @@
 //!   tests, then the end-to-end test (root; installs iproute2, iputils-ping, iperf3 and
 //!   nftables from Debian's packages when missing).
 //! - `cargo xtask e2e`: only the end-to-end test.
+//! - `cargo xtask faults [--soak]`: black holes, cuts, crashes, restarts, roaming, a
+//!   deleted TUN, a start before the network, bad listen addresses (and with `--soak` ten
+//!   minutes of 5% loss): each a check that prints how long the path took to recover.
 //! - `cargo xtask ci`: formatting, lints, docs, then `test` — what `.ci/run` runs.
 //! - `cargo xtask demo`: three nodes in network namespaces on this machine, until Ctrl-C.
 //! - `cargo xtask bench`: vpn-node (release build, over TCP and over QUIC) beside raw veth,
@@ -13,6 +16,7 @@
 
 mod bench;
 mod e2e;
+mod faults;
 mod forge;
 mod lab;
 mod tools;
@@ -32,12 +36,13 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "test" => test(),
         "e2e" => e2e(),
+        "faults" => faults(args.iter().any(|a| a == "--soak")),
         "ci" => ci(),
         "demo" => demo(),
         "bench" => bench(),
         "forge" => forge::run(args.get(1..).unwrap_or_default()),
         _ => {
-            eprintln!("usage: cargo xtask <test|e2e|ci|demo|bench>");
+            eprintln!("usage: cargo xtask <test|e2e|faults [--soak]|ci|demo|bench>");
             return ExitCode::from(2);
         }
     };
@@ -73,7 +78,8 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
 fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--all-targets", "--locked"], &[])?;
     cargo(&["test", "--workspace", "--doc", "--locked"], &[])?;
-    e2e()
+    e2e()?;
+    faults(false)
 }
 
 /// Builds the node and returns its path.
@@ -96,6 +102,12 @@ fn e2e() -> Result<()> {
     let binary = node_binary()?;
     let me = env::current_exe().context("the xtask binary's path")?;
     e2e::run(&binary, &me)
+}
+
+fn faults(soak: bool) -> Result<()> {
+    needs_root("the fault checks")?;
+    let binary = node_binary()?;
+    faults::run(&binary, soak)
 }
 
 /// The benchmark; `BENCH_BINARY` names a `vpn-node` to measure instead of a fresh release

@@ -210,16 +210,21 @@ async fn up(config_path: &Path) -> Result<()> {
     };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-    }
+    let fault = tokio::select! {
+        _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); None }
+        _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); None }
+        fault = node.fatal_fault() => Some(fault),
+    };
     if let Some(control) = control {
         control.abort();
         let _ = control.await;
     }
     node.stop().await?;
-    Ok(())
+    match fault {
+        // Exiting lets a supervisor (systemd, say) start the node afresh.
+        Some(fault) => Err(anyhow::anyhow!("{fault}: stopped")),
+        None => Ok(()),
+    }
 }
 
 /// Serves the Prometheus text exposition to every connection on `addr`.
@@ -233,7 +238,11 @@ async fn serve_metrics(addr: std::net::SocketAddr, node: Arc<VpnNode>) {
     };
     tracing::info!(%addr, "serving metrics");
     while let Ok((mut conn, _)) = listener.accept().await {
-        let body = node.metrics_registry().render_prometheus();
+        let mut body = node.metrics_registry().render_prometheus();
+        let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        body.push_str(&format!(
+            "# HELP vpn_runtime_tasks Tasks alive in the node's runtime.\n# TYPE vpn_runtime_tasks gauge\nvpn_runtime_tasks {tasks}\n"
+        ));
         tokio::spawn(async move {
             // Read the request first: closing with it unread would reset the connection
             // and could lose the answer.

@@ -40,6 +40,7 @@ pub fn validate(config: &VpnConfig) -> Vec<ConfigError> {
     breaker(&mut c, &config.circuit_breaker);
     health(&mut c, &config.health_check);
     retry(&mut c, &config.retry);
+    timeouts(&mut c, config);
     network(&mut c, config);
     discovery(&mut c, &config.discovery);
     peers(&mut c, config);
@@ -162,6 +163,24 @@ fn retry(c: &mut Checks, r: &settings::RetrySettings) {
         "must be at least 1",
     );
     c.require((0.0..=1.0).contains(&r.jitter), "retry.jitter", r.jitter, "must be between 0 and 1");
+}
+
+/// Timeouts that can cut one another short. Stream opens, dials and DHT lookups run
+/// detached under their own limits (`stream_pool.open_timeout`, `network.dial_timeout`,
+/// `discovery.lookup_timeout`), so none of them is cut by `worker.send_timeout`, which
+/// bounds only how long one packet waits; the one pair left is retry inside the send
+/// timeout.
+fn timeouts(c: &mut Checks, config: &VpnConfig) {
+    let (w, r) = (&config.worker, &config.retry);
+    c.require(
+        r.max_attempts <= 1 || r.initial_interval < w.send_timeout,
+        "retry.initial_interval",
+        fmt_duration(r.initial_interval),
+        format!(
+            "must be shorter than worker.send_timeout ({}), or no retry could ever run",
+            fmt_duration(w.send_timeout)
+        ),
+    );
 }
 
 fn network(c: &mut Checks, config: &VpnConfig) {
@@ -292,8 +311,15 @@ mod tests {
             ("[circuit_breaker]\nfailure_threshold = 0\n", "circuit_breaker.failure_threshold"),
             ("[circuit_breaker]\nreset_timeout = \"1h\"\n", "circuit_breaker.idle_eviction"),
             ("[health_check]\ntimeout = \"20s\"\n", "health_check.timeout"),
-            ("[retry]\ninitial_interval = \"5s\"\n", "retry.max_interval"),
+            (
+                "[retry]\ninitial_interval = \"500ms\"\nmax_interval = \"100ms\"\n",
+                "retry.max_interval",
+            ),
             ("[retry]\nmultiplier = 0.5\n", "retry.multiplier"),
+            (
+                "[retry]\ninitial_interval = \"2s\"\nmax_interval = \"2s\"\n",
+                "retry.initial_interval",
+            ),
             ("[interface]\nmtu = 100\n", "interface.mtu"),
             ("[interface]\nname = \"a-name-far-too-long\"\n", "interface.name"),
             ("[network]\nlisten = []\n", "network.listen"),

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use libp2p_identity::Keypair;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 use vpn_api::{DhtRecords, IpRegistry, PeerDiscoveryService};
 use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
@@ -28,6 +30,11 @@ fn unix_now_ms() -> u64 {
 struct Cached {
     peer: Option<PeerId>,
     until: Instant,
+    /// When a positive answer is looked up again in the background (before `until`).
+    refresh_at: Instant,
+    /// When the record behind a positive answer expires: a refresh that fails keeps the
+    /// answer up to here, never past it.
+    record_until: Instant,
 }
 
 fn no_peer(ip: IpAddr) -> VpnError {
@@ -41,85 +48,99 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The node's [`PeerDiscoveryService`] over the Kademlia DHT. See the crate docs.
-pub struct KadDiscovery {
+/// What a lookup needs, shared with the detached tasks that run lookups.
+struct Resolver {
     dht: Arc<dyn DhtRecords>,
     registry: Arc<dyn IpRegistry>,
-    keypair: Keypair,
-    own: Vec<IpNet>,
-    /// Configured claims, most specific first.
-    configured: Vec<(IpNet, PeerId)>,
     settings: DiscoverySettings,
     cache: Mutex<HashMap<IpAddr, Cached>>,
-    lookups: Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Lookups under way, each with the callers waiting for it.
+    in_flight: Mutex<HashMap<IpAddr, Arc<Notify>>>,
     known: Mutex<HashMap<PeerId, Vec<IpNet>>>,
-    last_seq: AtomicU64,
     conflicts: AtomicU64,
 }
 
-impl KadDiscovery {
-    /// Discovery for the node with `keypair`, publishing `own` (its addresses and routes),
-    /// resolving `configured` claims first and the DHT after, checking records against
-    /// `registry`.
-    pub fn new(
-        dht: Arc<dyn DhtRecords>,
-        registry: Arc<dyn IpRegistry>,
-        keypair: Keypair,
-        own: Vec<IpNet>,
-        mut configured: Vec<(IpNet, PeerId)>,
-        settings: DiscoverySettings,
-    ) -> Self {
-        configured.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-        Self {
-            dht,
-            registry,
-            keypair,
-            own,
-            configured,
-            settings,
-            cache: Mutex::new(HashMap::new()),
-            lookups: Mutex::new(HashMap::new()),
-            known: Mutex::new(HashMap::new()),
-            last_seq: AtomicU64::new(0),
-            conflicts: AtomicU64::new(0),
+/// One lookup under way: when it ends (also when its task is dropped) the address leaves
+/// `in_flight` and the callers waiting for it wake and read the cache.
+struct Flight {
+    resolver: Arc<Resolver>,
+    ip: IpAddr,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Some(done) = lock(&self.resolver.in_flight).remove(&self.ip) {
+            done.notify_waiters();
         }
     }
+}
 
-    /// Whether `peer` holds `ip` as far as this node knows now, without waiting:
-    /// `Some(true)` when a configured claim or a checked record of the peer covers it,
-    /// `Some(false)` when it is known to be someone else's, `None` when nothing is known.
-    pub fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
-        if let Some((_, owner)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
-            return Some(owner == peer);
+impl Resolver {
+    fn cached(&self, ip: IpAddr) -> Option<Cached> {
+        lock(&self.cache).get(&ip).copied().filter(|entry| Instant::now() < entry.until)
+    }
+
+    fn remember_miss(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let until = now + self.settings.negative_cache_ttl;
+        lock(&self.cache)
+            .insert(ip, Cached { peer: None, until, refresh_at: until, record_until: until });
+    }
+
+    /// The DHT could not answer: a positive answer of a record still valid is kept (its
+    /// peer may still be there, and a running flow should not stop because the DHT is
+    /// unreachable); anything else becomes a short miss.
+    fn remember_failure(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut cache = lock(&self.cache);
+        if let Some(entry) = cache.get_mut(&ip)
+            && entry.peer.is_some()
+            && now < entry.record_until
+        {
+            let ttl = self.settings.cache_ttl;
+            entry.until = (now + ttl).min(entry.record_until);
+            entry.refresh_at = now + self.settings.negative_cache_ttl.min(ttl / 2);
+            return;
         }
-        if lock(&self.known).get(peer).is_some_and(|nets| nets.iter().any(|n| n.contains(&ip))) {
-            return Some(true);
+        drop(cache);
+        self.remember_miss(ip);
+    }
+
+    fn remember_owner(&self, ip: IpAddr, peer: PeerId, record_left: Duration) {
+        let now = Instant::now();
+        let ttl = self.settings.cache_ttl.min(record_left);
+        let entry = Cached {
+            peer: Some(peer),
+            until: now + ttl,
+            refresh_at: now + ttl / 2,
+            record_until: now + record_left,
+        };
+        lock(&self.cache).insert(ip, entry);
+    }
+
+    /// Starts a lookup of `ip` unless one is under way; returns a wake-up for its end,
+    /// registered before the lookup can end. `None` when the cache answers after all.
+    fn join_or_start(self: &Arc<Self>, ip: IpAddr) -> Option<OwnedNotified> {
+        let mut flights = lock(&self.in_flight);
+        if let Some(done) = flights.get(&ip) {
+            return Some(done.clone().notified_owned());
         }
-        let cached = lock(&self.cache).get(&ip).copied()?;
-        (Instant::now() < cached.until).then(|| cached.peer.as_ref() == Some(peer))
-    }
-
-    /// Conflicting claims seen so far (two valid owners of one address).
-    pub fn conflicts(&self) -> u64 {
-        self.conflicts.load(Ordering::Relaxed)
-    }
-
-    /// Forgets every cached answer (e.g. after a peer came back with a new record).
-    pub fn clear_cache(&self) {
-        lock(&self.cache).clear();
-    }
-
-    fn cached(&self, ip: IpAddr) -> Option<Result<PeerId, VpnError>> {
-        let entry = lock(&self.cache).get(&ip).copied()?;
-        (Instant::now() < entry.until).then(|| entry.peer.ok_or_else(|| no_peer(ip)))
-    }
-
-    fn remember(&self, ip: IpAddr, peer: Option<PeerId>, ttl: Duration) {
-        lock(&self.cache).insert(ip, Cached { peer, until: Instant::now() + ttl });
+        let done = Arc::new(Notify::new());
+        let notified = done.clone().notified_owned();
+        flights.insert(ip, done);
+        drop(flights);
+        let flight = Flight { resolver: self.clone(), ip };
+        // Detached: a caller that gives up does not cancel the lookup, which fills the
+        // cache for the next one; `lookup_timeout` bounds it.
+        tokio::spawn(async move {
+            flight.resolver.lookup(ip).await;
+            drop(flight);
+        });
+        Some(notified)
     }
 
     /// Asks the DHT who owns `ip` and caches the answer.
-    async fn lookup(&self, ip: IpAddr) -> Result<PeerId, VpnError> {
+    async fn lookup(&self, ip: IpAddr) {
         let found = tokio::time::timeout(
             self.settings.lookup_timeout,
             self.dht.get_records(record_key(ip)),
@@ -128,14 +149,12 @@ impl KadDiscovery {
         let values = match found {
             Ok(Ok(values)) => values,
             Ok(Err(e)) => {
-                self.remember(ip, None, self.settings.negative_cache_ttl);
-                return Err(e);
+                tracing::debug!(%ip, error = %e, "DHT lookup failed");
+                return self.remember_failure(ip);
             }
             Err(_) => {
-                self.remember(ip, None, self.settings.negative_cache_ttl);
-                return Err(VpnError::Network(
-                    NetworkError::new(NetworkErrorKind::Timeout, "DHT lookup").with_addr(ip),
-                ));
+                tracing::debug!(%ip, "DHT lookup timed out");
+                return self.remember_failure(ip);
             }
         };
         let now = unix_now();
@@ -151,21 +170,95 @@ impl KadDiscovery {
         match select_record(valid) {
             Selection::Owner(record) => {
                 let left = Duration::from_secs(record.expires_unix.saturating_sub(now));
-                self.remember(ip, Some(record.peer_id), left.min(self.settings.cache_ttl));
+                self.remember_owner(ip, record.peer_id, left);
                 lock(&self.known).insert(record.peer_id, record.addresses.clone());
-                Ok(record.peer_id)
             }
             Selection::Conflict { owners } => {
                 self.conflicts.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%ip, ?owners, "conflict: several peers hold valid records for this address; using none");
-                self.remember(ip, None, self.settings.negative_cache_ttl);
-                Err(no_peer(ip))
+                self.remember_miss(ip);
             }
-            Selection::None => {
-                self.remember(ip, None, self.settings.negative_cache_ttl);
-                Err(no_peer(ip))
-            }
+            Selection::None => self.remember_miss(ip),
         }
+    }
+}
+
+/// The node's [`PeerDiscoveryService`] over the Kademlia DHT. See the crate docs.
+///
+/// Lookups run detached from their callers, one per address at a time, under
+/// `lookup_timeout`: a caller that gives up (a worker's send timeout) leaves nothing
+/// behind, and the lookup's answer serves the next caller from the cache. A positive
+/// answer is looked up again in the background once half its time is over, and kept while
+/// the DHT cannot be reached (up to its record's expiry), so a running flow does not stop
+/// for a DHT outage.
+pub struct KadDiscovery {
+    resolver: Arc<Resolver>,
+    keypair: Keypair,
+    own: Vec<IpNet>,
+    /// Configured claims, most specific first.
+    configured: Vec<(IpNet, PeerId)>,
+    last_seq: AtomicU64,
+}
+
+impl KadDiscovery {
+    /// Discovery for the node with `keypair`, publishing `own` (its addresses and routes),
+    /// resolving `configured` claims first and the DHT after, checking records against
+    /// `registry`.
+    pub fn new(
+        dht: Arc<dyn DhtRecords>,
+        registry: Arc<dyn IpRegistry>,
+        keypair: Keypair,
+        own: Vec<IpNet>,
+        mut configured: Vec<(IpNet, PeerId)>,
+        settings: DiscoverySettings,
+    ) -> Self {
+        configured.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        let resolver = Resolver {
+            dht,
+            registry,
+            settings,
+            cache: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+            conflicts: AtomicU64::new(0),
+        };
+        Self { resolver: Arc::new(resolver), keypair, own, configured, last_seq: AtomicU64::new(0) }
+    }
+
+    /// Whether `peer` holds `ip` as far as this node knows now, without waiting:
+    /// `Some(true)` when a configured claim or a checked record of the peer covers it,
+    /// `Some(false)` when it is known to be someone else's, `None` when nothing is known.
+    pub fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
+        if let Some((_, owner)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
+            return Some(owner == peer);
+        }
+        let known = &self.resolver.known;
+        if lock(known).get(peer).is_some_and(|nets| nets.iter().any(|n| n.contains(&ip))) {
+            return Some(true);
+        }
+        let cached = self.resolver.cached(ip)?;
+        Some(cached.peer.as_ref() == Some(peer))
+    }
+
+    /// Conflicting claims seen so far (two valid owners of one address).
+    pub fn conflicts(&self) -> u64 {
+        self.resolver.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Forgets every cached answer (e.g. after a peer came back with a new record).
+    pub fn clear_cache(&self) {
+        lock(&self.resolver.cache).clear();
+    }
+
+    /// The cached answer for `ip`, if any; a positive one due for refreshing starts a
+    /// lookup in the background and is answered meanwhile.
+    fn answer_from_cache(&self, ip: IpAddr) -> Option<Result<PeerId, VpnError>> {
+        let entry = self.resolver.cached(ip)?;
+        let Some(peer) = entry.peer else { return Some(Err(no_peer(ip))) };
+        if self.resolver.settings.dht && Instant::now() >= entry.refresh_at {
+            let _ = self.resolver.join_or_start(ip);
+        }
+        Some(Ok(peer))
     }
 }
 
@@ -175,21 +268,20 @@ impl PeerDiscoveryService for KadDiscovery {
         if let Some((_, peer)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
             return Ok(*peer);
         }
-        if let Some(answer) = self.cached(ip) {
+        if let Some(answer) = self.answer_from_cache(ip) {
             return answer;
         }
-        if !self.settings.dht {
+        if !self.resolver.settings.dht {
             return Err(no_peer(ip));
         }
-        // One lookup per address at a time; the others wait for it and read the cache.
-        let gate = lock(&self.lookups).entry(ip).or_default().clone();
-        let _turn = gate.lock().await;
-        if let Some(answer) = self.cached(ip) {
-            return answer;
+        if let Some(done) = self.resolver.join_or_start(ip) {
+            // The lookup is bounded by `lookup_timeout`; this bound only guards the wait.
+            let _ = tokio::time::timeout(self.resolver.settings.lookup_timeout * 2, done).await;
         }
-        let answer = self.lookup(ip).await;
-        lock(&self.lookups).remove(&ip);
-        answer
+        match self.resolver.cached(ip) {
+            Some(Cached { peer: Some(peer), .. }) => Ok(peer),
+            _ => Err(no_peer(ip)),
+        }
     }
 
     async fn sync_to_dht(&self) -> Result<(), VpnError> {
@@ -200,7 +292,7 @@ impl PeerDiscoveryService for KadDiscovery {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(now_ms.max(last + 1)))
             .unwrap_or_else(|last| last);
         let seq = now_ms.max(previous + 1);
-        let ttl = self.settings.record_ttl;
+        let ttl = self.resolver.settings.record_ttl;
         let record = IpRecord::new(
             self.keypair.public().to_peer_id(),
             self.own.clone(),
@@ -213,7 +305,8 @@ impl PeerDiscoveryService for KadDiscovery {
         let mut stored = 0;
         let mut last_error = None;
         for net in &self.own {
-            match self.dht.put_record(record_key(net.network()), bytes.clone(), ttl).await {
+            match self.resolver.dht.put_record(record_key(net.network()), bytes.clone(), ttl).await
+            {
                 Ok(()) => stored += 1,
                 Err(e) => last_error = Some(e),
             }
@@ -230,7 +323,7 @@ impl PeerDiscoveryService for KadDiscovery {
         if !configured.is_empty() {
             return Ok(configured);
         }
-        lock(&self.known).get(peer).cloned().ok_or_else(|| {
+        lock(&self.resolver.known).get(peer).cloned().ok_or_else(|| {
             VpnError::Network(
                 NetworkError::new(NetworkErrorKind::NoPeer, "addresses of a peer").with_peer(*peer),
             )

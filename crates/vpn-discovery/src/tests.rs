@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libp2p_identity::Keypair;
 use vpn_api::{IpRegistry, PeerDiscoveryService};
-use vpn_errors::NetworkErrorKind;
+use vpn_errors::{NetworkErrorKind, VpnError};
 use vpn_testutil::mocks::MockDht;
 use vpn_types::{DiscoverySettings, IpNet, PeerId};
 use vpn_wire::{IpRecord, record_key};
@@ -172,4 +172,148 @@ async fn the_store_filter_checks_every_put() {
     assert!(!filter(&record_key(ip("100.64.0.8")), &c1, None), "the key's address must be covered");
     assert!(!filter(b"/other/key", &c1, None));
     assert!(!filter(&key, b"garbage", None));
+}
+
+/// A DHT whose lookups wait at a gate (a black-holed path) or fail (an unreachable DHT),
+/// counting every lookup it was asked for.
+struct GatedDht {
+    gate: tokio::sync::Semaphore,
+    failing: std::sync::atomic::AtomicBool,
+    asked: std::sync::atomic::AtomicUsize,
+    values: Vec<Vec<u8>>,
+}
+
+impl GatedDht {
+    fn new(values: Vec<Vec<u8>>) -> Arc<Self> {
+        Arc::new(Self {
+            gate: tokio::sync::Semaphore::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
+            asked: std::sync::atomic::AtomicUsize::new(0),
+            values,
+        })
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl vpn_api::DhtRecords for GatedDht {
+    async fn put_record(&self, _: Vec<u8>, _: Vec<u8>, _: Duration) -> Result<(), VpnError> {
+        Ok(())
+    }
+
+    async fn get_records(&self, _key: Vec<u8>) -> Result<Vec<Vec<u8>>, VpnError> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let err = vpn_errors::NetworkError::new(NetworkErrorKind::Unreachable, "get records");
+            return Err(VpnError::Network(err));
+        }
+        let _through = self.gate.acquire().await.map_err(|_| {
+            VpnError::Network(vpn_errors::NetworkError::new(NetworkErrorKind::Io, "gate"))
+        })?;
+        Ok(self.values.clone())
+    }
+}
+
+fn gated_discovery(w: &World, dht: Arc<GatedDht>) -> KadDiscovery {
+    KadDiscovery::new(
+        dht,
+        w.registry.clone(),
+        w.me.clone(),
+        vec![net("100.64.0.1/32")],
+        Vec::new(),
+        DiscoverySettings::default()
+            .with_cache_ttl(Duration::from_secs(60))
+            .with_lookup_timeout(Duration::from_secs(5)),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lookup_its_caller_gave_up_on_answers_the_next_caller() {
+    let w = world();
+    let dht = GatedDht::new(vec![record(&w.c, "100.64.0.3/32", 1)]);
+    let d = gated_discovery(&w, dht.clone());
+    let c = w.c.public().to_peer_id();
+    // The caller gives up mid-lookup, as a worker's send timeout (1 s) does.
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), d.peer_for_ip(ip("100.64.0.3")));
+    assert!(gave_up.await.is_err());
+    // The DHT answers while nobody waits; the answer is kept for the next caller.
+    dht.gate.add_permits(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let next = tokio::time::timeout(Duration::from_millis(1), d.peer_for_ip(ip("100.64.0.3")));
+    assert_eq!(next.await.expect("answered without waiting").unwrap(), c);
+    assert_eq!(dht.asked(), 1, "one lookup served both callers");
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_join_the_lookup_under_way() {
+    let w = world();
+    let dht = GatedDht::new(vec![record(&w.c, "100.64.0.3/32", 1)]);
+    let d = gated_discovery(&w, dht.clone());
+    let first = tokio::time::timeout(Duration::from_secs(1), d.peer_for_ip(ip("100.64.0.3")));
+    assert!(first.await.is_err());
+    let (second, ()) = tokio::join!(d.peer_for_ip(ip("100.64.0.3")), async {
+        dht.gate.add_permits(1);
+    });
+    assert_eq!(second.unwrap(), w.c.public().to_peer_id());
+    assert_eq!(dht.asked(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lookup_that_timed_out_leaves_nothing_behind() {
+    let w = world();
+    let dht = GatedDht::new(vec![record(&w.c, "100.64.0.3/32", 1)]);
+    let d = gated_discovery(&w, dht.clone());
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), d.peer_for_ip(ip("100.64.0.3")));
+    assert!(gave_up.await.is_err());
+    // Longer than lookup_timeout and the short miss it leaves.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    dht.gate.add_permits(1);
+    let next = tokio::time::timeout(Duration::from_millis(1), d.peer_for_ip(ip("100.64.0.3")));
+    assert_eq!(next.await.expect("a fresh lookup").unwrap(), w.c.public().to_peer_id());
+    assert_eq!(dht.asked(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_peer_stays_resolved_while_the_dht_is_unreachable() {
+    let w = world();
+    let dht = GatedDht::new(vec![record(&w.c, "100.64.0.3/32", 1)]);
+    dht.gate.add_permits(100);
+    let d = gated_discovery(&w, dht.clone());
+    let c = w.c.public().to_peer_id();
+    assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
+    dht.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A running flow asks every second for five cache lifetimes (the record lives 600 s).
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
+    }
+    assert!(dht.asked() > 1, "the answer was looked up again in the background");
+    assert!(dht.asked() < 100, "background refreshes are paced, not one per packet");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_answer_ends_with_its_record() {
+    let w = world();
+    let value =
+        IpRecord::new(w.c.public().to_peer_id(), vec![net("100.64.0.3/32")], 1, unix_now() + 90)
+            .sign(&w.c)
+            .unwrap();
+    let dht = GatedDht::new(vec![value]);
+    dht.gate.add_permits(100);
+    let d = gated_discovery(&w, dht.clone());
+    assert!(d.peer_for_ip(ip("100.64.0.3")).await.is_ok());
+    dht.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut resolved_for = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if d.peer_for_ip(ip("100.64.0.3")).await.is_err() {
+            break;
+        }
+        resolved_for += 1;
+    }
+    assert!(resolved_for < 95, "the answer outlived its record ({resolved_for} s)");
+    assert!(resolved_for >= 60, "the answer was not kept through the outage ({resolved_for} s)");
 }

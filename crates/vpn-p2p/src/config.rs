@@ -31,6 +31,8 @@ pub struct P2pConfig {
     pub query_timeout: Duration,
     /// Checks records other peers store with us; none stores everything.
     pub record_filter: Option<RecordFilter>,
+    /// A dial (connection and handshake) may take this long.
+    pub dial_timeout: Duration,
     /// How often every connection is pinged.
     pub ping_interval: Duration,
     /// A ping unanswered for this long closes its connection: a connection that carries
@@ -52,8 +54,9 @@ impl P2pConfig {
             idle_connection_timeout: Duration::from_secs(120),
             query_timeout: Duration::from_secs(5),
             record_filter: None,
-            ping_interval: Duration::from_secs(15),
-            ping_timeout: Duration::from_secs(20),
+            dial_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,12 +1,15 @@
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -15,7 +18,11 @@ use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::{P2pConfig, P2pError, RecordFilter};
 
 /// How long start-up waits for every listener to report its address.
-const LISTEN_WAIT: Duration = Duration::from_secs(10);
+const LISTEN_WAIT: Duration = Duration::from_secs(3);
+/// A new connection dialed by a peer replaces our older connections to it when they are at
+/// least this old: the peer dialed because it lost them (it restarted, or its address
+/// changed), while younger ones are a simultaneous dial's twin.
+const REPLACE_OLDER_THAN: Duration = Duration::from_secs(2);
 /// How often the routing table is refreshed from the bootstrap peers.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
 
@@ -28,6 +35,14 @@ enum Command {
     GetRecords { key: Vec<u8>, reply: Reply<Vec<Vec<u8>>> },
     ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
+}
+
+/// Callers waiting to be connected to one peer, and the dials this loop started for them
+/// that have not failed yet.
+#[derive(Default)]
+struct Dials {
+    attempts: usize,
+    replies: Vec<Reply<()>>,
 }
 
 enum Pending {
@@ -78,14 +93,27 @@ impl P2pNode {
             .with_behaviour(|_| behaviour)
             .map_err(|e| startup("behaviour", &e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+            .with_connection_timeout(config.dial_timeout)
             .build();
+        let mut listeners = HashMap::new();
         for addr in &config.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| startup(&format!("listen on {addr}"), &e))?;
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| startup(&format!("listen on {addr}"), &e))?;
+            listeners.insert(id, addr.clone());
         }
-        wait_for_listeners(&mut swarm, config.listen.len()).await?;
+        wait_for_listeners(&mut swarm, listeners).await?;
         for (peer, addrs) in &config.known_peers {
             for addr in addrs {
                 swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+            }
+            // Say hello: a peer that knew us at an old address (we restarted on another
+            // port, or moved) learns the new one from this connection.
+            if !addrs.is_empty() {
+                let opts = DialOpts::peer_id(*peer).addresses(addrs.clone()).build();
+                if let Err(e) = swarm.dial(opts) {
+                    tracing::debug!(%peer, error = %e, "cannot dial a configured peer");
+                }
             }
         }
         for addr in &config.bootstrap {
@@ -106,6 +134,7 @@ impl P2pNode {
                 commands: rx,
                 pending: HashMap::new(),
                 dials: HashMap::new(),
+                connections: HashMap::new(),
                 filter: config.record_filter,
             }
             .run(has_bootstrap),
@@ -139,24 +168,31 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
+/// Waits until every listener reports an address, fails with the address of one that
+/// fails, and after [`LISTEN_WAIT`] goes on without those that have no address yet (a
+/// wildcard listener on a host whose interfaces are all down): one line says what the node
+/// waits for, and they report later, when an interface comes up.
 async fn wait_for_listeners(
     swarm: &mut Swarm<Behaviour>,
-    listeners: usize,
+    mut waiting: HashMap<ListenerId, Multiaddr>,
 ) -> Result<(), P2pError> {
-    let mut ready = 0;
     let wait = async {
-        while ready < listeners {
+        while !waiting.is_empty() {
             match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
                     tracing::info!(%address, "listening");
-                    ready += 1;
+                    waiting.remove(&listener_id);
                 }
-                SwarmEvent::ListenerError { error, .. } => {
-                    return Err(P2pError::Startup(format!("listener failed: {error}")));
+                SwarmEvent::ListenerError { listener_id, error } => {
+                    let addr = waiting.get(&listener_id).map(ToString::to_string);
+                    let addr = addr.unwrap_or_else(|| "a listen address".to_owned());
+                    return Err(P2pError::Startup(format!("listen on {addr}: {error}")));
                 }
-                SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                SwarmEvent::ListenerClosed { listener_id, addresses, reason, .. } => {
+                    let addr = waiting.get(&listener_id).map(ToString::to_string);
+                    let addr = addr.unwrap_or_else(|| format!("{addresses:?}"));
                     return Err(P2pError::Startup(format!(
-                        "listener on {addresses:?} closed: {reason:?}"
+                        "listen on {addr}: the listener closed ({reason:?})"
                     )));
                 }
                 _ => {}
@@ -164,17 +200,41 @@ async fn wait_for_listeners(
         }
         Ok(())
     };
-    tokio::time::timeout(LISTEN_WAIT, wait)
-        .await
-        .unwrap_or_else(|_| Err(P2pError::Startup("listeners did not come up in time".to_owned())))
+    let waited = tokio::time::timeout(LISTEN_WAIT, wait).await;
+    if let Ok(result) = waited {
+        return result;
+    }
+    let pending: Vec<String> = waiting.values().map(ToString::to_string).collect();
+    tracing::warn!(
+        listeners = %pending.join(", "),
+        "no network interface has an address to listen on yet; waiting for one to come up"
+    );
+    Ok(())
 }
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     pending: HashMap<QueryId, Pending>,
-    dials: HashMap<PeerId, Vec<Reply<()>>>,
+    dials: HashMap<PeerId, Dials>,
+    connections: HashMap<PeerId, Vec<Connection>>,
     filter: Option<RecordFilter>,
+}
+
+/// One open connection, as the event loop keeps track of it.
+struct Connection {
+    id: ConnectionId,
+    since: std::time::Instant,
+    endpoint: ConnectedPoint,
+}
+
+/// The IP address at the start of a multiaddr, if any.
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 impl EventLoop {
@@ -201,14 +261,28 @@ impl EventLoop {
                     let _ = reply.send(Ok(()));
                     return;
                 }
+                // New addresses are dialed even while another dial is under way: that one
+                // may be stuck on an address that no longer answers (a peer restarted on
+                // another port, a path that was black-holed).
+                let condition = if addrs.is_empty() {
+                    PeerCondition::DisconnectedAndNotDialing
+                } else {
+                    PeerCondition::Disconnected
+                };
                 let opts = DialOpts::peer_id(peer)
+                    .condition(condition)
                     .addresses(addrs)
                     .extend_addresses_through_behaviour()
                     .build();
                 match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        let dials = self.dials.entry(peer).or_default();
+                        dials.attempts += 1;
+                        dials.replies.push(reply);
+                    }
                     // A dial already under way answers this one too.
-                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
-                        self.dials.entry(peer).or_default().push(reply)
+                    Err(DialError::DialPeerConditionFalse(_)) => {
+                        self.dials.entry(peer).or_default().replies.push(reply)
                     }
                     Err(e) => {
                         let _ = reply.send(Err(P2pError::Dial(e.to_string())));
@@ -254,8 +328,16 @@ impl EventLoop {
                 info,
                 ..
             })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                // A peer's loopback addresses reach it only from its own host.
+                let local = self.connections.get(&peer_id).is_some_and(|conns| {
+                    conns.iter().any(|c| {
+                        ip_of(c.endpoint.get_remote_address()).is_some_and(|ip| ip.is_loopback())
+                    })
+                });
                 for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    if local || !ip_of(&addr).is_some_and(|ip| ip.is_loopback()) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -273,9 +355,10 @@ impl EventLoop {
                 tracing::warn!(%peer, %error, "connection stopped answering pings; closing it");
                 self.swarm.close_connection(connection);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                tracing::debug!(peer = %peer_id, "connected");
-                for reply in self.dials.remove(&peer_id).unwrap_or_default() {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                tracing::debug!(peer = %peer_id, ?endpoint, "connected");
+                self.on_connected(peer_id, connection_id, endpoint);
+                for reply in self.dials.remove(&peer_id).unwrap_or_default().replies {
                     let _ = reply.send(Ok(()));
                 }
             }
@@ -286,15 +369,74 @@ impl EventLoop {
                     let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                     self.pending.insert(id, Pending::FindPeer(peer));
                 }
-                for reply in self.dials.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(P2pError::Dial(error.to_string())));
+                // Callers wait while another dial of theirs may still get through.
+                let settled = self.dials.get_mut(&peer).is_some_and(|dials| {
+                    dials.attempts = dials.attempts.saturating_sub(1);
+                    dials.attempts == 0
+                });
+                if settled {
+                    for reply in self.dials.remove(&peer).unwrap_or_default().replies {
+                        let _ = reply.send(Err(P2pError::Dial(error.to_string())));
+                    }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.retain(|c| c.id != connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
             }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.on_address_gone(&address),
             _ => {}
         }
+    }
+
+    /// Books a new connection. One the peer dialed replaces our older connections to it:
+    /// the peer dialed because it lost them, though we may not have noticed yet (it
+    /// restarted, or moved to another address and cannot answer on the old path).
+    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
+        let now = std::time::Instant::now();
+        let conns = self.connections.entry(peer).or_default();
+        if endpoint.is_listener() {
+            for old in conns.iter().filter(|c| now.duration_since(c.since) >= REPLACE_OLDER_THAN) {
+                tracing::info!(%peer, "the peer connected anew; closing the older connection");
+                self.swarm.close_connection(old.id);
+            }
+        }
+        conns.push(Connection { id, since: now, endpoint });
+    }
+
+    /// One of our own addresses went away (an interface went down, the host moved to
+    /// another network): connections on it are dead even if the kernel has not said so.
+    /// Connections we dialed may have used it as their source, so they go too; the next
+    /// packet dials again from an address we have.
+    fn on_address_gone(&mut self, address: &Multiaddr) {
+        let Some(gone) = ip_of(address) else { return };
+        // Loopback and link-local addresses carry no connection to another host.
+        let local_only = match gone {
+            IpAddr::V4(ip) => ip.is_loopback() || ip.is_link_local(),
+            IpAddr::V6(ip) => ip.is_loopback() || ip.is_unicast_link_local(),
+        };
+        if local_only {
+            return;
+        }
+        let mut closed = 0;
+        for conn in self.connections.values().flatten() {
+            let on_it = match &conn.endpoint {
+                ConnectedPoint::Dialer { .. } => true,
+                ConnectedPoint::Listener { local_addr, .. } => ip_of(local_addr) == Some(gone),
+            };
+            if on_it && self.swarm.close_connection(conn.id) {
+                closed += 1;
+            }
+        }
+        tracing::info!(address = %gone, closed, "our address went away; its connections are closed and will be dialed anew");
     }
 
     fn on_kad(&mut self, event: kad::Event) {
@@ -390,7 +532,9 @@ impl P2pHandle {
     }
 
     /// Connects to `peer` (at `addrs`, or wherever the DHT knows it to be); returns once
-    /// connected. Harmless when already connected.
+    /// connected. Harmless when already connected. The dial belongs to the swarm: a caller
+    /// that stops waiting does not cancel it, and new `addrs` are dialed even while an
+    /// older dial is under way.
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), P2pError> {
         self.ask(|reply| Command::Dial { peer, addrs, reply }).await?
     }

@@ -163,3 +163,35 @@ async fn a_connection_to_a_frozen_peer_is_closed() {
     b_thread.join().unwrap();
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_its_caller_gave_up_on_does_not_hold_back_the_next() {
+    // An address that accepts connections and never answers: a dial there hangs.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_addr: Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{}", stall.local_addr().unwrap().port()).parse().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = stall.accept().await {
+            held.push(socket);
+        }
+    });
+    let a = node(Vec::new()).await;
+    let a_id = a.handle().local_peer_id();
+    let mut config = P2pConfig::new(Keypair::generate_ed25519(), loopback());
+    // Long enough that waiting for the stuck dial to end would show.
+    config.dial_timeout = Duration::from_secs(60);
+    let b = P2pNode::start(config).await.unwrap();
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(300), b.handle().dial(a_id, vec![stall_addr]));
+    assert!(gave_up.await.is_err(), "the dial to a silent address cannot have succeeded");
+    // A is found at its real address (as after a restart on a new port): that dial goes
+    // ahead although the first one still hangs.
+    let real = a.handle().listen_addrs().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), b.handle().dial(a_id, real)).await;
+    assert!(matches!(next, Ok(Ok(()))), "the next dial waited for the stuck one: {next:?}");
+    assert!(b.handle().connected_peers().await.unwrap().contains(&a_id));
+    held.abort();
+    a.stop().await;
+    b.stop().await;
+}

@@ -93,6 +93,39 @@ pub struct VpnNode {
     tun: TunSource,
     metrics: Arc<AtomicMetrics>,
     parts: tokio::sync::Mutex<Option<Parts>>,
+    fault: Fault,
+}
+
+/// The first fault a running node cannot carry traffic after (its TUN device is gone),
+/// shared by the parts that can meet one.
+#[derive(Clone, Default)]
+struct Fault(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Fault {
+    /// Records `what` unless a fault was recorded before; logs it once.
+    fn raise(&self, what: String) {
+        self.0.send_if_modified(|fault| {
+            if fault.is_some() {
+                return false;
+            }
+            tracing::error!("{what}; the node cannot carry traffic any more");
+            *fault = Some(what);
+            true
+        });
+    }
+
+    fn tun_gone(&self, tun: &dyn TunDevice) {
+        self.raise(format!("the TUN device {} is gone", tun.name()));
+    }
+
+    async fn wait(&self) -> String {
+        let mut seen = self.0.subscribe();
+        match seen.wait_for(Option::is_some).await {
+            Ok(fault) => fault.clone().unwrap_or_default(),
+            // The sender lives in `self`: this cannot close while we wait.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 fn startup(part: &'static str, cause: VpnError) -> VpnError {
@@ -110,7 +143,15 @@ impl VpnNode {
             tun,
             metrics: Arc::new(AtomicMetrics::new()),
             parts: tokio::sync::Mutex::new(None),
+            fault: Fault::default(),
         }
+    }
+
+    /// Waits until the running node meets a fault it cannot carry traffic after (its TUN
+    /// device was deleted) and says what it was. The node stays as it is: the caller stops
+    /// it and, for a program, exits with an error, rather than run on black-holed.
+    pub async fn fatal_fault(&self) -> String {
+        self.fault.wait().await
     }
 
     /// This node's peer ID.
@@ -188,6 +229,7 @@ impl VpnNode {
         p2p_config.max_connections_per_peer = config.network.max_connections_per_peer;
         p2p_config.idle_connection_timeout = config.network.idle_connection_timeout;
         p2p_config.query_timeout = config.discovery.lookup_timeout;
+        p2p_config.dial_timeout = config.network.dial_timeout;
         p2p_config.record_filter = Some(Arc::new(record_filter(registry.clone())));
         let p2p =
             P2pNode::start(p2p_config).await.map_err(|e| startup("start libp2p", e.into()))?;
@@ -273,10 +315,14 @@ impl VpnNode {
         )
         .map_err(|e| startup("accept streams", e))?;
         let check = Arc::new(InboundCheck::new(discovery.clone(), own, config.firewall.clone()));
-        let delivery =
-            Delivery { offload: tun.offload(), tun: tun.clone(), metrics: metrics.clone() };
+        let delivery = Delivery {
+            offload: tun.offload(),
+            tun: tun.clone(),
+            metrics: metrics.clone(),
+            fault: self.fault.clone(),
+        };
         parts.tasks.push(tokio::spawn(serve_peers(inbound, check, delivery)));
-        parts.tasks.push(tokio::spawn(read_tun(tun, dispatcher)));
+        parts.tasks.push(tokio::spawn(read_tun(tun, dispatcher, self.fault.clone())));
         parts.tasks.push(tokio::spawn(publish(discovery, config.discovery.republish_interval)));
         tracing::info!(peer = %local, "vpn node started");
         Ok(())
@@ -324,7 +370,7 @@ impl VpnService for VpnNode {
 
 /// Reads the TUN and hands every packet to the dispatcher, until the device is gone. A
 /// passing read error is logged and reading goes on after a short pause.
-async fn read_tun(tun: Arc<dyn TunDevice>, dispatcher: Dispatcher) {
+async fn read_tun(tun: Arc<dyn TunDevice>, dispatcher: Dispatcher, fault: Fault) {
     let mut batch = Vec::with_capacity(TUN_BATCH);
     let mut errors = 0u64;
     loop {
@@ -335,10 +381,7 @@ async fn read_tun(tun: Arc<dyn TunDevice>, dispatcher: Dispatcher) {
                     let _ = dispatcher.dispatch(packet);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                tracing::error!(error = %e, "the TUN device is gone; the node no longer sends");
-                return;
-            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return fault.tun_gone(tun.as_ref()),
             Err(e) => {
                 errors += 1;
                 if errors.is_power_of_two() {
@@ -360,6 +403,7 @@ struct Delivery {
     metrics: Arc<dyn MetricsService>,
     /// The TUN takes offload super-packets whole.
     offload: bool,
+    fault: Fault,
 }
 
 impl Delivery {
@@ -400,6 +444,9 @@ impl Delivery {
             }
             Err(e) => {
                 self.metrics.record_drops(DropReason::TunError, count);
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    self.fault.tun_gone(self.tun.as_ref());
+                }
                 Err(e)
             }
         }
@@ -493,9 +540,8 @@ async fn serve_peer(stream: Box<dyn VpnStream>, check: Arc<InboundCheck>, delive
             metrics.record_stream_error();
             tracing::warn!(%peer, error = %e, "peer broke the wire protocol; stream reset");
         }
-        InboundEnd::Sink(e) => {
-            tracing::error!(%peer, error = %e, "the TUN device is gone; the node no longer receives");
-        }
+        // The fault was raised by the write that failed.
+        InboundEnd::Sink(e) => tracing::debug!(%peer, error = %e, "inbound stream ended: no TUN"),
         InboundEnd::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         InboundEnd::Io(e) => tracing::debug!(%peer, error = %e, "inbound stream ended"),
     }
@@ -535,8 +581,11 @@ mod tests {
             .times(1)
             .in_sequence(&mut sequence)
             .returning(|_| Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+        tun.expect_name().return_const("vpn-test".to_owned());
         let metrics = Arc::new(AtomicMetrics::new());
-        let delivery = Delivery { tun: Arc::new(tun), metrics: metrics.clone(), offload: false };
+        let fault = Fault::default();
+        let delivery =
+            Delivery { tun: Arc::new(tun), metrics: metrics.clone(), offload: false, fault };
         let mut batch = Vec::new();
         // An empty batch does not reach the device.
         delivery.write(&mut batch).await.unwrap();
@@ -550,5 +599,7 @@ mod tests {
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot.drops[DropReason::TunError.index()], 1 + 2);
         assert_eq!(snapshot.packets_received, 6);
+        let fault = delivery.fault.0.borrow().clone();
+        assert_eq!(fault.as_deref(), Some("the TUN device vpn-test is gone"));
     }
 }

@@ -23,6 +23,10 @@ struct PeerStreams {
     streams: Vec<Arc<PooledStream>>,
     /// Opens under way.
     opening: usize,
+    /// Opens that failed so far, and the kind of the last failure: a caller that waited for
+    /// an open learns from these that it failed.
+    failures: u64,
+    last_failure: NetworkErrorKind,
     last_used: Instant,
     /// No background open before this (after one failed).
     grow_after: Instant,
@@ -36,11 +40,21 @@ impl PeerStreams {
         Self {
             streams: Vec::new(),
             opening: 0,
+            failures: 0,
+            last_failure: NetworkErrorKind::Unreachable,
             last_used: now,
             grow_after: now,
             opened: Arc::new(Notify::new()),
             counters: Arc::new(PeerCounters::default()),
         }
+    }
+
+    /// Ends one open under way that failed with `kind`, waking whoever waits for it.
+    fn book_failure(&mut self, kind: NetworkErrorKind) {
+        self.opening = self.opening.saturating_sub(1);
+        self.failures += 1;
+        self.last_failure = kind;
+        self.opened.notify_waiters();
     }
 
     /// Forgets streams that closed or were retired (their tasks finish them).
@@ -58,8 +72,35 @@ struct PoolState {
 /// What `get_stream` does after looking at the pool under its lock.
 enum Step {
     Lease(Arc<PooledStream>, bool),
-    Open,
-    Wait(tokio::sync::futures::OwnedNotified),
+    /// Wait for the opens under way (starting one first when set); `failures` is the
+    /// peer's failure count when the wait began.
+    Wait {
+        opened: tokio::sync::futures::OwnedNotified,
+        start: bool,
+        failures: u64,
+    },
+    /// An open this caller waited for failed with this kind.
+    Failed(NetworkErrorKind),
+}
+
+/// One open under way, counted in its peer's `opening`: released when it ends, also when
+/// its task is dropped, so a peer is never left "opening" by an open that no longer runs.
+struct OpenSlot {
+    pool: StreamPool,
+    peer: PeerId,
+    /// Set once the open's outcome was booked under the lock.
+    booked: bool,
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        if !self.booked {
+            let mut state = self.pool.lock();
+            if let Some(entry) = state.peers.get_mut(&self.peer) {
+                entry.book_failure(NetworkErrorKind::Timeout);
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -133,7 +174,15 @@ impl StreamPool {
         let streams: Vec<_> = {
             let mut state = self.lock();
             state.stopped = true;
-            state.peers.drain().flat_map(|(_, p)| p.streams).collect()
+            state
+                .peers
+                .drain()
+                .flat_map(|(_, p)| {
+                    // Callers waiting for an open see the pool stopped at once.
+                    p.opened.notify_waiters();
+                    p.streams
+                })
+                .collect()
         };
         for stream in streams {
             stream.retire(false);
@@ -244,14 +293,16 @@ impl StreamPool {
     }
 
     /// Opens one stream to `peer` and adds it to the pool; the caller has counted the open
-    /// in `opening`. Returns the stream, leased once when `lease` is set.
-    async fn open(&self, peer: PeerId, lease: bool) -> Result<Arc<PooledStream>, VpnError> {
-        let opened = tokio::time::timeout(
-            self.shared.settings.open_timeout,
-            self.shared.opener.open_stream(peer),
-        )
-        .await
-        .unwrap_or_else(|_| {
+    /// in `opening`. Runs detached from whoever asked, under `open_timeout`, so an open
+    /// outlives a caller that gave up and serves the next one; `stop` cancels it.
+    async fn open(&self, peer: PeerId) {
+        let mut slot = OpenSlot { pool: self.clone(), peer, booked: false };
+        let open = self.shared.opener.open_stream(peer);
+        let opened = tokio::select! {
+            () = self.shared.shutdown.cancelled() => return,
+            opened = tokio::time::timeout(self.shared.settings.open_timeout, open) => opened,
+        };
+        let opened = opened.unwrap_or_else(|_| {
             let err = NetworkError::new(NetworkErrorKind::Timeout, "open stream").with_peer(peer);
             Err(VpnError::Network(err))
         });
@@ -259,17 +310,21 @@ impl StreamPool {
         let stopped = state.stopped;
         let now = Instant::now();
         let entry = state.peers.entry(peer).or_insert_with(|| PeerStreams::new(now));
-        entry.opening = entry.opening.saturating_sub(1);
-        entry.opened.notify_waiters();
+        slot.booked = true;
         let stream = match opened {
             Ok(stream) => stream,
             Err(e) => {
+                let kind = e.network_kind().unwrap_or(NetworkErrorKind::Unreachable);
+                entry.book_failure(kind);
                 entry.grow_after = now + self.shared.settings.open_timeout;
                 drop(state);
+                tracing::debug!(%peer, error = %e, "cannot open a stream");
                 self.shared.metrics.record_stream_error();
-                return Err(e);
+                return;
             }
         };
+        entry.opening = entry.opening.saturating_sub(1);
+        entry.opened.notify_waiters();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let pooled = PooledStream::spawn(
             id,
@@ -283,23 +338,17 @@ impl StreamPool {
         if stopped {
             drop(state);
             pooled.retire(false);
-            return Err(Self::stopped_error());
+            return;
         }
-        if lease {
-            pooled.add_lease();
-        }
-        entry.streams.push(pooled.clone());
+        entry.streams.push(pooled);
         drop(state);
         self.update_gauge();
-        Ok(pooled)
     }
 
     fn open_in_background(&self, peer: PeerId) {
         let pool = self.clone();
-        self.shared.tasks.spawn(async move {
-            // A failure is counted by `open` and retried by a later lease or the warmer.
-            let _ = pool.open(peer, false).await;
-        });
+        // A failure is counted by `open` and retried by a later lease or the warmer.
+        self.shared.tasks.spawn(async move { pool.open(peer).await });
     }
 
     fn lease(stream: &Arc<PooledStream>) -> StreamLease {
@@ -310,6 +359,8 @@ impl StreamPool {
 #[async_trait]
 impl StreamPoolService for StreamPool {
     async fn get_stream(&self, peer: PeerId, _flow: FlowKey) -> Result<StreamLease, VpnError> {
+        // The failure count when this caller began waiting for an open, if it did.
+        let mut waited_from: Option<u64> = None;
         loop {
             let step = {
                 let mut state = self.lock();
@@ -333,12 +384,18 @@ impl StreamPoolService for StreamPool {
                         }
                         Step::Lease(stream, grow)
                     }
-                    None if entry.opening == 0 => {
-                        entry.opening += 1;
-                        Step::Open
+                    None if waited_from.is_some_and(|seen| entry.failures != seen) => {
+                        Step::Failed(entry.last_failure)
                     }
-                    // Registered under the lock, so the open's wake-up cannot be missed.
-                    None => Step::Wait(entry.opened.clone().notified_owned()),
+                    None => {
+                        let start = entry.opening == 0;
+                        if start {
+                            entry.opening += 1;
+                        }
+                        // Registered under the lock, so the open's wake-up cannot be missed.
+                        let opened = entry.opened.clone().notified_owned();
+                        Step::Wait { opened, start, failures: entry.failures }
+                    }
                 }
             };
             match step {
@@ -348,9 +405,16 @@ impl StreamPoolService for StreamPool {
                     }
                     return Ok(Self::lease(&stream));
                 }
-                Step::Open => return self.open(peer, true).await.map(|s| Self::lease(&s)),
-                Step::Wait(opened) => {
-                    // Bounded, so a caller never waits longer than an open may take.
+                Step::Failed(kind) => {
+                    let err = NetworkError::new(kind, "open stream").with_peer(peer);
+                    return Err(VpnError::Network(err));
+                }
+                Step::Wait { opened, start, failures } => {
+                    if start {
+                        self.open_in_background(peer);
+                    }
+                    waited_from.get_or_insert(failures);
+                    // Every open ends within `open_timeout`; the bound is a second guard.
                     let _ = tokio::time::timeout(self.shared.settings.open_timeout, opened).await;
                 }
             }

@@ -309,8 +309,57 @@ async fn stop_closes_everything_even_opens_under_way() {
     let err = pending.await.unwrap().unwrap_err();
     assert_eq!(err.service_kind(), Some(ServiceErrorKind::Stopped));
     pool.stop().await;
-    assert_eq!(streams.inner.opened(), 4);
+    // The open under way was cancelled by the stop before it got through.
+    assert_eq!(streams.inner.opened(), 3);
     assert_eq!(streams.inner.live(), 0, "every stream opened was closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_its_caller_gave_up_on_serves_the_next_lease() {
+    let slow = PeerId::random();
+    let (streams, _accepted) = GatedStreams::new(slow);
+    let pool = StreamPool::new(streams.clone(), Arc::new(AtomicMetrics::new()), settings());
+    // The caller gives up mid-open, as a worker's send timeout does (1 s < open_timeout).
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), pool.get_stream(slow, flow(1)));
+    assert!(gave_up.await.is_err());
+    assert_eq!(streams.arrived(), 1);
+    // The path opens: the next lease is served by the open already under way, with no timer
+    // having to run out first.
+    streams.gate.add_permits(1);
+    let next = tokio::time::timeout(Duration::from_millis(1), pool.get_stream(slow, flow(2)));
+    assert!(matches!(next.await, Ok(Ok(_))), "the next lease did not get the stream");
+    assert_eq!(streams.arrived(), 1, "no second open was needed");
+    pool.stop().await;
+    assert_eq!(streams.inner.live(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_that_timed_out_after_its_caller_left_leaves_nothing_behind() {
+    let slow = PeerId::random();
+    let (streams, _accepted) = GatedStreams::new(slow);
+    let pool = StreamPool::new(streams.clone(), Arc::new(AtomicMetrics::new()), settings());
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), pool.get_stream(slow, flow(1)));
+    assert!(gave_up.await.is_err());
+    // A black hole longer than open_timeout: the detached open ends by its own timeout.
+    tokio::time::sleep(settings().open_timeout * 2).await;
+    streams.gate.add_permits(1);
+    let next = tokio::time::timeout(Duration::from_millis(1), pool.get_stream(slow, flow(2)));
+    assert!(matches!(next.await, Ok(Ok(_))), "the peer stayed unreachable for the pool");
+    assert_eq!(streams.arrived(), 2, "the next lease opened afresh");
+    pool.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_waiting_for_an_open_learn_that_it_failed() {
+    let f = fixture(settings());
+    f.streams.fail_next_opens(1);
+    let (a, b) =
+        tokio::join!(f.pool.get_stream(f.peer, flow(1)), f.pool.get_stream(f.peer, flow(2)));
+    assert_eq!(a.unwrap_err().network_kind(), Some(NetworkErrorKind::Unreachable));
+    assert_eq!(b.unwrap_err().network_kind(), Some(NetworkErrorKind::Unreachable));
+    assert_eq!(f.metrics.snapshot().stream_errors, 1, "one open served both callers");
+    assert!(f.pool.get_stream(f.peer, flow(1)).await.is_ok());
+    f.pool.stop().await;
 }
 
 fn health_settings() -> HealthCheckSettings {

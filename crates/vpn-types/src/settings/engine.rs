@@ -53,9 +53,11 @@ settings! {
     CircuitBreakerSettings {
         /// Consecutive failures that open the breaker.
         failure_threshold: u32 = 5, with_failure_threshold;
-        /// How long an open breaker waits before admitting a probe.
+        /// How long an open breaker waits before admitting a probe. Short: a probe costs
+        /// little (stream opens are shared and bounded by their own timeout), and this is
+        /// how long a peer that is back stays refused.
         @serde(with = "humantime_serde")
-        reset_timeout: Duration = Duration::from_secs(10), with_reset_timeout;
+        reset_timeout: Duration = Duration::from_secs(1), with_reset_timeout;
         /// Successful probes that close a half-open breaker.
         success_threshold: u32 = 2, with_success_threshold;
         /// A breaker unused for this long is forgotten.

@@ -92,9 +92,10 @@ settings! {
         max_connections: u32 = 512, with_max_connections;
         /// Most connections to one peer.
         max_connections_per_peer: u32 = 2, with_max_connections_per_peer;
-        /// Dialing a peer may take this long.
+        /// Dialing a peer (connection and handshake) may take this long. Short, since a
+        /// dial stuck on a path that was black-holed holds back the next one until then.
         @serde(with = "humantime_serde")
-        dial_timeout: Duration = Duration::from_secs(10), with_dial_timeout;
+        dial_timeout: Duration = Duration::from_secs(5), with_dial_timeout;
         /// A connection with no stream for this long is closed.
         @serde(with = "humantime_serde")
         idle_connection_timeout: Duration = Duration::from_secs(120), with_idle_connection_timeout;
