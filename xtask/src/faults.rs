@@ -52,8 +52,10 @@ struct Row {
     result: Result<Outcome>,
 }
 
-/// Runs every check (and the loss soak when `soak`) with the `vpn-node` at `binary`.
-pub fn run(binary: &Path, soak: bool) -> Result<()> {
+/// Runs every check (and the loss soak when `soak`) with the `vpn-node` at `binary`; with
+/// `only`, just the checks whose names contain one of its words.
+pub fn run(binary: &Path, soak: bool, only: &[String]) -> Result<()> {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|w| name.contains(w.as_str()));
     let mut rows = Vec::new();
     for quic in [false, true] {
         let transport = if quic { "QUIC" } else { "TCP" };
@@ -68,7 +70,10 @@ pub fn run(binary: &Path, soak: bool) -> Result<()> {
             ("own address changed mid-flow (roaming)", roaming),
         ];
         for (name, check) in checks {
-            rows.push(run_check(&mut lab, format!("{name} ({transport})"), check));
+            let name = format!("{name} ({transport})");
+            if wanted(&name) {
+                rows.push(run_check(&mut lab, name, check));
+            }
         }
     }
     let mut lab = Lab::new(binary.to_owned())?;
@@ -78,7 +83,7 @@ pub fn run(binary: &Path, soak: bool) -> Result<()> {
         ("start with no interface up", start_without_network),
         ("listen addresses that cannot work", bad_listen_addresses),
     ];
-    for (name, check) in checks {
+    for (name, check) in checks.into_iter().filter(|(name, _)| wanted(name)) {
         rows.push(run_check(&mut lab, name.to_owned(), check));
     }
     if soak {
@@ -94,16 +99,33 @@ fn setup(quic: bool) -> Setup {
     Setup { pair_only: true, quic, wildcard: true, ..Setup::default() }
 }
 
-/// Runs one check; on failure prints the nodes' last log lines, and leaves the lab clean
-/// (no fault rule, both nodes running) for the next check.
+/// Starts whichever of `a` and `b` is not running.
+fn ensure_running(lab: &mut Lab) -> Result<()> {
+    for node in ["a", "b"] {
+        if lab.pid(node).is_none() {
+            lab.start(node)?;
+            lab.wait_up(node, START_LIMIT)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one check with both nodes running; on failure prints the nodes' last log lines;
+/// leaves no fault rule behind.
 fn run_check(lab: &mut Lab, name: String, check: Check) -> Row {
     println!("faults: {name} ...");
-    let result = check(lab);
+    let result = ensure_running(lab).and_then(|()| check(lab));
     match &result {
         Ok(outcome) => println!("  ok: {}", outcome.detail),
         Err(e) => {
             println!("  FAILED: {e:#}");
             for node in ["a", "b"] {
+                let metrics = lab.metrics(node);
+                let counters: Vec<&str> = metrics
+                    .lines()
+                    .filter(|l| l.starts_with("vpn_") && !l.ends_with(" 0"))
+                    .collect();
+                eprintln!("--- non-zero counters of node {node} ---\n{}", counters.join("\n"));
                 let log = lab.log(node);
                 let tail: Vec<&str> = log.lines().rev().take(25).collect();
                 eprintln!("--- last lines of node {node}'s log ---");
@@ -114,11 +136,6 @@ fn run_check(lab: &mut Lab, name: String, check: Check) -> Row {
         }
     }
     let _ = heal(lab);
-    for node in ["a", "b"] {
-        if lab.pid(node).is_none() {
-            let _ = lab.start(node).and_then(|()| lab.wait_up(node, START_LIMIT));
-        }
-    }
     Row { name, result }
 }
 
@@ -316,11 +333,13 @@ fn cut_established(lab: &mut Lab) -> Result<Outcome> {
 /// `b` is killed outright mid-flow and started again with the same identity and port.
 fn kill_and_restart(lab: &mut Lab) -> Result<Outcome> {
     path_works(lab, Duration::from_secs(30))?;
-    let pingers = ping_both(lab, Duration::from_secs(60))?;
+    let a_to_b = Pinger::start(lab, "a", "b", Duration::from_secs(60))?;
     lab.kill("b")?;
     lab.start("b")?;
     lab.wait_up("b", START_LIMIT)?;
     let up = unix_now();
+    // b's own pings start with its new TUN (a ping outlives no interface it was using).
+    let pingers = [a_to_b, Pinger::start(lab, "b", "a", Duration::from_secs(60))?];
     let (recovery, words) = recovery_both(&pingers, up)?;
     Ok(Outcome::recovered(recovery, format!("from b's TUN up: {words}")))
 }
@@ -329,14 +348,16 @@ fn kill_and_restart(lab: &mut Lab) -> Result<Outcome> {
 /// the old one.
 fn restart_on_new_port(lab: &mut Lab) -> Result<Outcome> {
     path_works(lab, Duration::from_secs(30))?;
-    let pingers = ping_both(lab, Duration::from_secs(60))?;
+    let a_to_b = Pinger::start(lab, "a", "b", Duration::from_secs(60))?;
     lab.stop("b")?;
     lab.edit_config("b", |text| {
         text.replace("/tcp/4001\"", "/tcp/4002\"").replace("/udp/4001/", "/udp/4002/")
     })?;
     let started = lab.start("b").and_then(|()| lab.wait_up("b", START_LIMIT));
     let up = unix_now();
-    let measured = started.and_then(|()| recovery_both(&pingers, up));
+    let measured = started
+        .and_then(|()| Ok([a_to_b, Pinger::start(lab, "b", "a", Duration::from_secs(60))?]))
+        .and_then(|pingers| recovery_both(&pingers, up));
     lab.stop("b")?;
     lab.edit_config("b", |text| {
         text.replace("/tcp/4002\"", "/tcp/4001\"").replace("/udp/4002/", "/udp/4001/")

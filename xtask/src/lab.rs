@@ -80,6 +80,11 @@ pub struct Lab {
     pub nodes: Vec<Node>,
 }
 
+/// What the nodes log: `info`, or `LAB_LOG` when set (e.g. `info,vpn_p2p=debug`).
+fn log_filter() -> String {
+    std::env::var("LAB_LOG").unwrap_or_else(|_| "info".to_owned())
+}
+
 /// Runs a command, failing with its output if it fails.
 pub fn run(program: &str, args: &[&str]) -> Result<Output> {
     let output = Command::new(program)
@@ -260,7 +265,7 @@ impl Lab {
         let config = self.node(name)?.dir.join("vpn-node.toml");
         let config = config.to_str().context("config path")?.to_owned();
         let child = self
-            .spawn(name, &binary, &["up", "--config", &config], &[("RUST_LOG", "info")])
+            .spawn(name, &binary, &["up", "--config", &config], &[("RUST_LOG", &log_filter())])
             .context("start vpn-node")?;
         self.node_mut(name)?.process = Some(child);
         Ok(())

@@ -4,7 +4,7 @@
 //!   tests, then the end-to-end test (root; installs iproute2, iputils-ping, iperf3 and
 //!   nftables from Debian's packages when missing).
 //! - `cargo xtask e2e`: only the end-to-end test.
-//! - `cargo xtask faults [--soak]`: black holes, cuts, crashes, restarts, roaming, a
+//! - `cargo xtask faults [--soak] [WORD...]`: black holes, cuts, crashes, restarts, roaming, a
 //!   deleted TUN, a start before the network, bad listen addresses (and with `--soak` ten
 //!   minutes of 5% loss): each a check that prints how long the path took to recover.
 //! - `cargo xtask ci`: formatting, lints, docs, then `test` — what `.ci/run` runs.
@@ -36,7 +36,11 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "test" => test(),
         "e2e" => e2e(),
-        "faults" => faults(args.iter().any(|a| a == "--soak")),
+        "faults" => {
+            let rest = args.get(1..).unwrap_or_default();
+            let only: Vec<String> = rest.iter().filter(|a| !a.starts_with("--")).cloned().collect();
+            faults(rest.iter().any(|a| a == "--soak"), &only)
+        }
         "ci" => ci(),
         "demo" => demo(),
         "bench" => bench(),
@@ -79,7 +83,7 @@ fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--all-targets", "--locked"], &[])?;
     cargo(&["test", "--workspace", "--doc", "--locked"], &[])?;
     e2e()?;
-    faults(false)
+    faults(false, &[])
 }
 
 /// Builds the node and returns its path.
@@ -104,10 +108,10 @@ fn e2e() -> Result<()> {
     e2e::run(&binary, &me)
 }
 
-fn faults(soak: bool) -> Result<()> {
+fn faults(soak: bool, only: &[String]) -> Result<()> {
     needs_root("the fault checks")?;
     let binary = node_binary()?;
-    faults::run(&binary, soak)
+    faults::run(&binary, soak, only)
 }
 
 /// The benchmark; `BENCH_BINARY` names a `vpn-node` to measure instead of a fresh release

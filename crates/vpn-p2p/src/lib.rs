@@ -1,6 +1,7 @@
 //! The libp2p side of a vpn-node.
 //!
-//! [`P2pNode::start`] builds the swarm — TCP + Noise + yamux and QUIC v1, Kademlia in
+//! [`P2pNode::start`] builds the swarm — TCP + Noise + yamux and QUIC v1 (one preferred for
+//! dialing, see [`HeadStart`]), Kademlia in
 //! server mode (on its own protocol, `/vpn-node/kad/1.0.0`), mDNS (switchable), identify
 //! (whose listen addresses feed Kademlia), ping, connection limits and `libp2p-stream` —
 //! listens, dials the bootstrap peers, and hands the swarm to one task that owns it.
@@ -14,10 +15,12 @@ mod behaviour;
 mod config;
 mod error;
 mod node;
+mod transport;
 
 pub use config::{P2pConfig, RecordFilter};
 pub use error::P2pError;
 pub use node::{P2pHandle, P2pNode};
+pub use transport::{HEAD_START, HeadStart, kind_of};
 
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};

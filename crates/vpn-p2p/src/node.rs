@@ -10,7 +10,7 @@ use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, Recor
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -35,6 +35,7 @@ enum Command {
     GetRecords { key: Vec<u8>, reply: Reply<Vec<Vec<u8>>> },
     ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
+    Connections { reply: oneshot::Sender<Vec<(PeerId, Multiaddr)>> },
 }
 
 /// Callers waiting to be connected to one peer, and the dials this loop started for them
@@ -83,13 +84,11 @@ impl P2pNode {
             Behaviour::new(&config.keypair, &config).map_err(|e| startup("mDNS", &e))?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| startup("TCP transport", &e))?
-            .with_quic()
+            .with_other_transport(|key| {
+                crate::transport::build(key, config.transport)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| startup("transport", &e))?
             .with_behaviour(|_| behaviour)
             .map_err(|e| startup("behaviour", &e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
@@ -135,6 +134,7 @@ impl P2pNode {
                 pending: HashMap::new(),
                 dials: HashMap::new(),
                 connections: HashMap::new(),
+                overlay: config.overlay,
                 filter: config.record_filter,
             }
             .run(has_bootstrap),
@@ -218,6 +218,7 @@ struct EventLoop {
     pending: HashMap<QueryId, Pending>,
     dials: HashMap<PeerId, Dials>,
     connections: HashMap<PeerId, Vec<Connection>>,
+    overlay: Vec<vpn_types::IpNet>,
     filter: Option<RecordFilter>,
 }
 
@@ -317,6 +318,12 @@ impl EventLoop {
             Command::Connected { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Connections { reply } => {
+                let all = self.connections.iter().flat_map(|(peer, conns)| {
+                    conns.iter().map(|c| (*peer, c.endpoint.get_remote_address().clone()))
+                });
+                let _ = reply.send(all.collect());
+            }
         }
     }
 
@@ -335,12 +342,15 @@ impl EventLoop {
                     })
                 });
                 for addr in info.listen_addrs {
-                    if local || !ip_of(&addr).is_some_and(|ip| ip.is_loopback()) {
+                    let loopback = ip_of(&addr).is_some_and(|ip| ip.is_loopback());
+                    if (local || !loopback) && !self.in_overlay(&addr) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let found: Vec<_> =
+                    found.into_iter().filter(|(_, a)| !self.in_overlay(a)).collect();
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "found on the local link");
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr);
@@ -397,6 +407,11 @@ impl EventLoop {
         }
     }
 
+    /// Whether `addr` lies in the overlay (see [`P2pConfig::overlay`]).
+    fn in_overlay(&self, addr: &Multiaddr) -> bool {
+        ip_of(addr).is_some_and(|ip| self.overlay.iter().any(|net| net.contains(&ip)))
+    }
+
     /// Books a new connection. One the peer dialed replaces our older connections to it:
     /// the peer dialed because it lost them, though we may not have noticed yet (it
     /// restarted, or moved to another address and cannot answer on the old path).
@@ -423,7 +438,7 @@ impl EventLoop {
             IpAddr::V4(ip) => ip.is_loopback() || ip.is_link_local(),
             IpAddr::V6(ip) => ip.is_loopback() || ip.is_unicast_link_local(),
         };
-        if local_only {
+        if local_only || self.in_overlay(address) {
             return;
         }
         let mut closed = 0;
@@ -566,6 +581,11 @@ impl P2pHandle {
     /// The addresses the swarm listens on.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, P2pError> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Every connection now: the peer and its address at the far end.
+    pub async fn connections(&self) -> Result<Vec<(PeerId, Multiaddr)>, P2pError> {
+        self.ask(|reply| Command::Connections { reply }).await
     }
 
     /// The peers connected now.

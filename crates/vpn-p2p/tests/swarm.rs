@@ -195,3 +195,26 @@ async fn a_dial_its_caller_gave_up_on_does_not_hold_back_the_next() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_reachable_both_ways_is_dialed_over_the_preferred_transport() {
+    let both: Vec<Multiaddr> = vec![
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+    ];
+    let a = P2pNode::start(P2pConfig::new(Keypair::generate_ed25519(), both)).await.unwrap();
+    let a_id = a.handle().local_peer_id();
+    let a_addrs = a.handle().listen_addrs().await.unwrap();
+    assert_eq!(a_addrs.len(), 2, "{a_addrs:?}");
+    for preferred in [vpn_types::Transport::Quic, vpn_types::Transport::Tcp] {
+        let mut config = P2pConfig::new(Keypair::generate_ed25519(), loopback());
+        config.transport = preferred;
+        let b = P2pNode::start(config).await.unwrap();
+        b.handle().dial(a_id, a_addrs.clone()).await.unwrap();
+        let conns = b.handle().connections().await.unwrap();
+        let kinds: Vec<_> = conns.iter().map(|(_, addr)| vpn_p2p::kind_of(addr)).collect();
+        assert_eq!(kinds, vec![Some(preferred)], "{conns:?}");
+        b.stop().await;
+    }
+    a.stop().await;
+}

@@ -214,6 +214,16 @@ impl VpnNode {
         v4.into_iter().chain(v6).chain(node.routes.iter().copied()).collect()
     }
 
+    /// The overlay's networks and every route into the tunnel: no underlay address lies
+    /// in them.
+    fn overlay_nets(&self) -> Vec<IpNet> {
+        let (node, peers) = (&self.config.node, &self.config.peers);
+        let v4 = node.address.map(|a| IpNet::V4(a.trunc()));
+        let v6 = node.address6.map(|a| IpNet::V6(a.trunc()));
+        let routes = node.routes.iter().chain(peers.iter().flat_map(|p| p.routes.iter()));
+        v4.into_iter().chain(v6).chain(routes.copied()).collect()
+    }
+
     async fn start_parts(&self, parts: &mut Parts) -> Result<(), VpnError> {
         let config = &self.config;
         let local = self.local_peer_id();
@@ -230,6 +240,8 @@ impl VpnNode {
         p2p_config.idle_connection_timeout = config.network.idle_connection_timeout;
         p2p_config.query_timeout = config.discovery.lookup_timeout;
         p2p_config.dial_timeout = config.network.dial_timeout;
+        p2p_config.transport = config.network.transport;
+        p2p_config.overlay = self.overlay_nets();
         p2p_config.record_filter = Some(Arc::new(record_filter(registry.clone())));
         let p2p =
             P2pNode::start(p2p_config).await.map_err(|e| startup("start libp2p", e.into()))?;
