@@ -350,20 +350,31 @@ fn restart_on_new_port(lab: &mut Lab) -> Result<Outcome> {
     path_works(lab, Duration::from_secs(30))?;
     let a_to_b = Pinger::start(lab, "a", "b", Duration::from_secs(60))?;
     lab.stop("b")?;
-    lab.edit_config("b", |text| {
-        text.replace("/tcp/4001\"", "/tcp/4002\"").replace("/udp/4001/", "/udp/4002/")
-    })?;
+    lab.edit_config("b", |text| listen_port(&text, 4001, 4002))?;
     let started = lab.start("b").and_then(|()| lab.wait_up("b", START_LIMIT));
     let up = unix_now();
     let measured = started
         .and_then(|()| Ok([a_to_b, Pinger::start(lab, "b", "a", Duration::from_secs(60))?]))
         .and_then(|pingers| recovery_both(&pingers, up));
     lab.stop("b")?;
-    lab.edit_config("b", |text| {
-        text.replace("/tcp/4002\"", "/tcp/4001\"").replace("/udp/4002/", "/udp/4001/")
-    })?;
+    lab.edit_config("b", |text| listen_port(&text, 4002, 4001))?;
     let (recovery, words) = measured?;
     Ok(Outcome::recovered(recovery, format!("from b's TUN up: {words}")))
+}
+
+/// A configuration's text with port `from` changed to `to` on its `listen` line only.
+fn listen_port(text: &str, from: u16, to: u16) -> String {
+    text.lines()
+        .map(|line| {
+            if line.starts_with("listen = [") {
+                line.replace(&format!("/{from}\""), &format!("/{to}\""))
+                    .replace(&format!("/{from}/"), &format!("/{to}/"))
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Moves a node's underlay address: the old one removed, a new one added on the same
@@ -619,7 +630,21 @@ fn loss_soak(lab: &mut Lab) -> Result<Outcome> {
 
 #[cfg(test)]
 mod tests {
-    use super::within_tenth;
+    use super::{listen_port, within_tenth};
+
+    #[test]
+    fn only_the_listen_line_changes_port() {
+        let text = "[network]\nlisten = [\"/ip4/0.0.0.0/tcp/4001\", \"/ip4/0.0.0.0/udp/4001/quic-v1\"]\n\
+                    [[peers]]\nendpoints = [\"/ip4/198.18.0.1/tcp/4001\"]";
+        let moved = listen_port(text, 4001, 4002);
+        assert!(
+            moved.contains(
+                "listen = [\"/ip4/0.0.0.0/tcp/4002\", \"/ip4/0.0.0.0/udp/4002/quic-v1\"]"
+            )
+        );
+        assert!(moved.contains("endpoints = [\"/ip4/198.18.0.1/tcp/4001\"]"));
+        assert_eq!(listen_port(&moved, 4002, 4001), text);
+    }
 
     #[test]
     fn a_tenth_either_way_or_the_slack() {

@@ -109,7 +109,11 @@ fn ip(args: &[&str]) -> Result<()> {
 impl Lab {
     /// Makes the namespaces, links and node folders (keys and configs) for nodes a, b, c.
     pub fn new(binary: PathBuf) -> Result<Self> {
-        let prefix = format!("vpnlab{}", std::process::id() % 100_000);
+        // One name per lab of this run (a run may make several, one after another), and
+        // short enough for interface names ("<prefix>a0").
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nth = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let prefix = format!("vpnlab{}{nth}", std::process::id() % 100_000);
         let root = std::env::temp_dir().join(&prefix);
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root)?;

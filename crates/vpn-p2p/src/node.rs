@@ -17,11 +17,14 @@ use tokio::task::JoinHandle;
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::{P2pConfig, P2pError, RecordFilter};
 
+/// How long a stop waits for connections to close gracefully.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 /// How long start-up waits for every listener to report its address.
 const LISTEN_WAIT: Duration = Duration::from_secs(3);
 /// A new connection dialed by a peer replaces our older connections to it when they are at
-/// least this old: the peer dialed because it lost them (it restarted, or its address
-/// changed), while younger ones are a simultaneous dial's twin.
+/// least this old or lead to another address of the peer: the peer dialed because it lost
+/// them (it restarted, or its address changed), while younger ones from the same address
+/// are a simultaneous dial's twin.
 const REPLACE_OLDER_THAN: Duration = Duration::from_secs(2);
 /// How often the routing table is refreshed from the bootstrap peers.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
@@ -29,13 +32,36 @@ const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
 type Reply<T> = oneshot::Sender<Result<T, P2pError>>;
 
 enum Command {
-    Dial { peer: PeerId, addrs: Vec<Multiaddr>, reply: Reply<()> },
-    AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
-    PutRecord { key: Vec<u8>, value: Vec<u8>, ttl: Duration, reply: Reply<()> },
-    GetRecords { key: Vec<u8>, reply: Reply<Vec<Vec<u8>>> },
-    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
-    Connected { reply: oneshot::Sender<Vec<PeerId>> },
-    Connections { reply: oneshot::Sender<Vec<(PeerId, Multiaddr)>> },
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: Reply<()>,
+    },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Duration,
+        reply: Reply<()>,
+    },
+    GetRecords {
+        key: Vec<u8>,
+        reply: Reply<Vec<Vec<u8>>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Connected {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Connections {
+        reply: oneshot::Sender<Vec<(PeerId, Multiaddr)>>,
+    },
+    /// Close every connection, telling the peers, and end the task.
+    Shutdown,
 }
 
 /// Callers waiting to be connected to one peer, and the dials this loop started for them
@@ -153,9 +179,14 @@ impl P2pNode {
     /// Stops the swarm's task; connections close. Harmless twice.
     pub async fn stop(&self) {
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
+        if let Some(mut task) = task {
+            // Closed connections are told to the peers (a QUIC peer would otherwise keep a
+            // dead connection until its idle timeout); what does not close in time is cut.
+            let asked = self.handle.commands.try_send(Command::Shutdown).is_ok();
+            if !asked || tokio::time::timeout(SHUTDOWN_WAIT, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 }
@@ -244,6 +275,7 @@ impl EventLoop {
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) => return self.shut_down().await,
                     Some(command) => self.on_command(command),
                     None => break,
                 },
@@ -252,6 +284,17 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
             }
+        }
+    }
+
+    /// Closes every connection and drives the swarm until they are closed.
+    async fn shut_down(mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        while self.swarm.network_info().num_peers() > 0 {
+            let _ = self.swarm.select_next_some().await;
         }
     }
 
@@ -318,6 +361,7 @@ impl EventLoop {
             Command::Connected { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Shutdown => {}
             Command::Connections { reply } => {
                 let all = self.connections.iter().flat_map(|(peer, conns)| {
                     conns.iter().map(|c| (*peer, c.endpoint.get_remote_address().clone()))
@@ -419,7 +463,12 @@ impl EventLoop {
         let now = std::time::Instant::now();
         let conns = self.connections.entry(peer).or_default();
         if endpoint.is_listener() {
-            for old in conns.iter().filter(|c| now.duration_since(c.since) >= REPLACE_OLDER_THAN) {
+            let from = ip_of(endpoint.get_remote_address());
+            let replaced = |c: &&Connection| {
+                ip_of(c.endpoint.get_remote_address()) != from
+                    || now.duration_since(c.since) >= REPLACE_OLDER_THAN
+            };
+            for old in conns.iter().filter(replaced) {
                 tracing::info!(%peer, "the peer connected anew; closing the older connection");
                 self.swarm.close_connection(old.id);
             }
