@@ -424,30 +424,32 @@ fn tun_deleted(lab: &mut Lab) -> Result<Outcome> {
     Ok(Outcome::held(format!("exited ({status}) {took:.2} s after the delete: {last}")))
 }
 
-/// `a` starts in a namespace whose interfaces are all down: it says what it waits for,
-/// and carries traffic once they come up.
+/// `a` starts before its network is up: every interface down and without an address, as
+/// in a new namespace or a host whose DHCP has not answered yet. It says what it waits
+/// for, and carries traffic once the network comes up.
 fn start_without_network(lab: &mut Lab) -> Result<Outcome> {
     lab.stop("a")?;
-    let netns = lab.node("a")?.netns.clone();
+    let (netns, underlay) = (lab.node("a")?.netns.clone(), lab.node("a")?.underlay.clone());
     for dev in ["eth0", "lo"] {
         lab::run("ip", &["-n", &netns, "link", "set", dev, "down"])?;
+        lab::run("ip", &["-n", &netns, "addr", "flush", "dev", dev])?;
     }
     let log_before = lab.log("a").len();
     lab.start("a")?;
     let said = wait_for_log(lab, "a", log_before, "waiting for", START_LIMIT);
     let running = lab.wait_exit("a", Duration::from_millis(10))?.is_none();
-    for dev in ["lo", "eth0"] {
-        lab::run("ip", &["-n", &netns, "link", "set", dev, "up"])?;
-    }
+    lab::run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+    lab::run("ip", &["-n", &netns, "addr", "add", &format!("{underlay}/24"), "dev", "eth0"])?;
+    lab::run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
     let up = unix_now();
     let line = said?;
     if !running {
-        bail!("a exited while its interfaces were down");
+        bail!("a exited while its network was down");
     }
     lab.wait_up("a", START_LIMIT)?;
     let pingers = ping_both(lab, Duration::from_secs(40))?;
     let (recovery, words) = recovery_both(&pingers, up)?;
-    Ok(Outcome::recovered(recovery, format!("said {line:?}; from interfaces up: {words}")))
+    Ok(Outcome::recovered(recovery, format!("said {line:?}; from the network up: {words}")))
 }
 
 /// The first line containing `needle` that `node` logged past byte `from` of its log,

@@ -199,19 +199,24 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
-/// Waits until every listener reports an address, fails with the address of one that
-/// fails, and after [`LISTEN_WAIT`] goes on without those that have no address yet (a
-/// wildcard listener on a host whose interfaces are all down): one line says what the node
-/// waits for, and they report later, when an interface comes up.
+/// Waits until every listener reports an address and, when one listens on every address
+/// (`0.0.0.0`, `::`), until one of them is more than loopback; fails with the address of a
+/// listener that fails. After [`LISTEN_WAIT`] it goes on regardless, with one line that
+/// says what the node waits for (a host whose network is not up yet): the listeners report
+/// their addresses later, when an interface comes up.
 async fn wait_for_listeners(
     swarm: &mut Swarm<Behaviour>,
     mut waiting: HashMap<ListenerId, Multiaddr>,
 ) -> Result<(), P2pError> {
+    let wildcard = waiting.values().any(|a| ip_of(a).is_some_and(|ip| ip.is_unspecified()));
+    let all: Vec<String> = waiting.values().map(ToString::to_string).collect();
+    let mut reachable = !wildcard;
     let wait = async {
-        while !waiting.is_empty() {
+        while !waiting.is_empty() || !reachable {
             match swarm.select_next_some().await {
                 SwarmEvent::NewListenAddr { listener_id, address } => {
                     tracing::info!(%address, "listening");
+                    reachable |= ip_of(&address).is_some_and(|ip| !ip.is_loopback());
                     waiting.remove(&listener_id);
                 }
                 SwarmEvent::ListenerError { listener_id, error } => {
@@ -231,14 +236,12 @@ async fn wait_for_listeners(
         }
         Ok(())
     };
-    let waited = tokio::time::timeout(LISTEN_WAIT, wait).await;
-    if let Ok(result) = waited {
+    if let Ok(result) = tokio::time::timeout(LISTEN_WAIT, wait).await {
         return result;
     }
-    let pending: Vec<String> = waiting.values().map(ToString::to_string).collect();
     tracing::warn!(
-        listeners = %pending.join(", "),
-        "no network interface has an address to listen on yet; waiting for one to come up"
+        listen = %all.join(", "),
+        "no network interface has an address other than loopback yet; waiting for one to come up"
     );
     Ok(())
 }
