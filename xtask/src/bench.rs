@@ -240,12 +240,7 @@ fn set_loss(lab: &Lab, loss: u32) -> Result<()> {
              add chain inet vpnbench input {{ type filter hook input priority 0; policy accept; }}\n\
              add rule inet vpnbench input iifname \"eth0\" numgen random mod 100 < {loss} drop\n"
         );
-        let file = lab.root().join(format!("loss-{node}.nft"));
-        fs::write(&file, script)?;
-        let out = lab.exec(node, &["nft", "-f", file.to_str().context("path")?])?;
-        if !out.status.success() {
-            bail!("nft on {node}: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        lab.nft(node, &format!("loss-{node}"), &script)?;
     }
     Ok(())
 }

@@ -180,13 +180,7 @@ fn install(lab: &Lab, node: &str, rules: &[String]) -> Result<()> {
         script.push_str(&format!("  {rule}\n"));
     }
     script.push_str(" }\n}\n");
-    let path = lab.root().join(format!("{node}-fault.nft"));
-    fs::write(&path, script)?;
-    let out = lab.exec(node, &["nft", "-f", path.to_str().context("nft path")?])?;
-    if !out.status.success() {
-        bail!("nft -f failed in {node}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    lab.nft(node, &format!("{node}-fault"), &script)
 }
 
 /// Drops every underlay packet between `a` and `b`, both ways.

@@ -453,6 +453,18 @@ impl Lab {
         outcome
     }
 
+    /// Applies an nftables `script` in a node's namespace (kept as `<file>.nft` in the
+    /// lab's folder).
+    pub fn nft(&self, name: &str, file: &str, script: &str) -> Result<()> {
+        let path = self.root.join(format!("{file}.nft"));
+        fs::write(&path, script)?;
+        let out = self.exec(name, &["nft", "-f", path.to_str().context("nft script path")?])?;
+        if !out.status.success() {
+            bail!("nft -f in {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// A node's metrics in the Prometheus text format (empty when it does not answer).
     pub fn metrics(&self, name: &str) -> String {
         let script = "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
