@@ -29,6 +29,8 @@ fn unix_now_ms() -> u64 {
 #[derive(Debug, Clone, Copy)]
 struct Cached {
     peer: Option<PeerId>,
+    /// Several peers hold valid records for the address: it is nobody's.
+    conflict: bool,
     until: Instant,
     /// When a positive answer is looked up again in the background (before `until`).
     refresh_at: Instant,
@@ -56,7 +58,8 @@ struct Resolver {
     cache: Mutex<HashMap<IpAddr, Cached>>,
     /// Lookups under way, each with the callers waiting for it.
     in_flight: Mutex<HashMap<IpAddr, Arc<Notify>>>,
-    known: Mutex<HashMap<PeerId, Vec<IpNet>>>,
+    /// What each peer's newest checked record holds, until the record expires.
+    known: Mutex<HashMap<PeerId, (Vec<IpNet>, Instant)>>,
     conflicts: AtomicU64,
 }
 
@@ -80,11 +83,18 @@ impl Resolver {
         lock(&self.cache).get(&ip).copied().filter(|entry| Instant::now() < entry.until)
     }
 
-    fn remember_miss(&self, ip: IpAddr) {
+    fn remember_miss(&self, ip: IpAddr, conflict: bool) {
         let now = Instant::now();
         let until = now + self.settings.negative_cache_ttl;
-        lock(&self.cache)
-            .insert(ip, Cached { peer: None, until, refresh_at: until, record_until: until });
+        let entry = Cached { peer: None, conflict, until, refresh_at: until, record_until: until };
+        lock(&self.cache).insert(ip, entry);
+    }
+
+    /// The prefixes a checked record of `peer` holds now (none once the record expired).
+    fn known_nets(&self, peer: &PeerId) -> Option<Vec<IpNet>> {
+        let known = lock(&self.known);
+        let (nets, until) = known.get(peer)?;
+        (Instant::now() < *until).then(|| nets.clone())
     }
 
     /// The DHT could not answer: a positive answer of a record still valid is kept (its
@@ -103,7 +113,7 @@ impl Resolver {
             return;
         }
         drop(cache);
-        self.remember_miss(ip);
+        self.remember_miss(ip, false);
     }
 
     fn remember_owner(&self, ip: IpAddr, peer: PeerId, record_left: Duration) {
@@ -111,6 +121,7 @@ impl Resolver {
         let ttl = self.settings.cache_ttl.min(record_left);
         let entry = Cached {
             peer: Some(peer),
+            conflict: false,
             until: now + ttl,
             refresh_at: now + ttl / 2,
             record_until: now + record_left,
@@ -171,14 +182,15 @@ impl Resolver {
             Selection::Owner(record) => {
                 let left = Duration::from_secs(record.expires_unix.saturating_sub(now));
                 self.remember_owner(ip, record.peer_id, left);
-                lock(&self.known).insert(record.peer_id, record.addresses.clone());
+                let until = Instant::now() + left;
+                lock(&self.known).insert(record.peer_id, (record.addresses.clone(), until));
             }
             Selection::Conflict { owners } => {
                 self.conflicts.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%ip, ?owners, "conflict: several peers hold valid records for this address; using none");
-                self.remember_miss(ip);
+                self.remember_miss(ip, true);
             }
-            Selection::None => self.remember_miss(ip),
+            Selection::None => self.remember_miss(ip, false),
         }
     }
 }
@@ -226,18 +238,27 @@ impl KadDiscovery {
     }
 
     /// Whether `peer` holds `ip` as far as this node knows now, without waiting:
-    /// `Some(true)` when a configured claim or a checked record of the peer covers it,
-    /// `Some(false)` when it is known to be someone else's, `None` when nothing is known.
+    /// `Some(true)` when a configured claim, the address's cached owner or an unexpired
+    /// checked record of the peer says so; `Some(false)` when it is configured or cached as
+    /// someone else's, or in conflict (several valid claims: nobody's); `None` when nothing
+    /// is known. The conflict and the cached owner are looked at before the peer's own
+    /// records, and what a record proved ends when the record expires.
     pub fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
         if let Some((_, owner)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
             return Some(owner == peer);
         }
-        let known = &self.resolver.known;
-        if lock(known).get(peer).is_some_and(|nets| nets.iter().any(|n| n.contains(&ip))) {
+        let cached = self.resolver.cached(ip);
+        if let Some(Cached { conflict: true, .. }) = cached {
+            return Some(false);
+        }
+        if let Some(Cached { peer: Some(owner), .. }) = cached {
+            return Some(owner == *peer);
+        }
+        let nets = self.resolver.known_nets(peer);
+        if nets.is_some_and(|nets| nets.iter().any(|n| n.contains(&ip))) {
             return Some(true);
         }
-        let cached = self.resolver.cached(ip)?;
-        Some(cached.peer.as_ref() == Some(peer))
+        cached.map(|_| false)
     }
 
     /// Conflicting claims seen so far (two valid owners of one address).
@@ -323,7 +344,7 @@ impl PeerDiscoveryService for KadDiscovery {
         if !configured.is_empty() {
             return Ok(configured);
         }
-        lock(&self.resolver.known).get(peer).cloned().ok_or_else(|| {
+        self.resolver.known_nets(peer).ok_or_else(|| {
             VpnError::Network(
                 NetworkError::new(NetworkErrorKind::NoPeer, "addresses of a peer").with_peer(*peer),
             )
@@ -332,9 +353,11 @@ impl PeerDiscoveryService for KadDiscovery {
 }
 
 /// The check on every record another peer asks us to store: a valid IP record (PROTOCOL.md
-/// section 2) under its own address's key; against a valid record already stored, only the
-/// same owner with a sequence number at least as high may replace it, and a different
-/// owner is a conflict that is refused and logged.
+/// section 2) under the canonical key of one of the addresses it claims (the network
+/// address of one of its prefixes, as its owner publishes it), so one record cannot fill
+/// the store under many spellings of an address or every address of a prefix; against a
+/// valid record already stored, only the same owner with a sequence number at least as
+/// high may replace it, and a different owner is a conflict that is refused and logged.
 pub fn record_filter(
     registry: Arc<dyn IpRegistry>,
 ) -> impl Fn(&[u8], &[u8], Option<&[u8]>) -> bool + Send + Sync + 'static {
@@ -354,6 +377,11 @@ pub fn record_filter(
                 return false;
             }
         };
+        let published_here = new.addresses.iter().any(|net| net.network() == ip);
+        if key != record_key(ip).as_slice() || !published_here {
+            tracing::warn!(%ip, "refused an IP record under a key its owner does not publish it under");
+            return false;
+        }
         match existing.and_then(|old| IpRecord::open(old, ip, now, registry.as_ref()).ok()) {
             None => true,
             Some(old) if old.peer_id == new.peer_id => new.seq >= old.seq,

@@ -47,7 +47,7 @@ fn world() -> World {
             (b, net("10.1.0.0/24")),
         ],
         [c.public().to_peer_id(), d.public().to_peer_id()],
-        vec![net("100.64.0.0/10")],
+        vec![net("100.64.0.0/10"), net("fd00::/8")],
     );
     World { me, b, c, d, registry: Arc::new(registry) }
 }
@@ -172,6 +172,26 @@ async fn the_store_filter_checks_every_put() {
     assert!(!filter(&record_key(ip("100.64.0.8")), &c1, None), "the key's address must be covered");
     assert!(!filter(b"/other/key", &c1, None));
     assert!(!filter(&key, b"garbage", None));
+}
+
+#[test]
+fn records_are_stored_only_under_the_key_they_are_published_under() {
+    let w = world();
+    let registry: Arc<dyn IpRegistry> = w.registry.clone();
+    let filter = record_filter(registry);
+    let v6 = record(&w.c, "fd00::7/128", 1);
+    assert!(filter(&record_key(ip("fd00::7")), &v6, None));
+    // The same address spelled otherwise: each would take a slot of the store.
+    for spelling in ["fd00:0::7", "fd00:0000:0000::0007", "FD00::7", "fd00::0.0.0.7"] {
+        let key = format!("{}{spelling}", vpn_wire::RECORD_KEY_PREFIX).into_bytes();
+        assert!(!filter(&key, &v6, None), "{spelling}");
+    }
+    // A prefix's record is published under its network address only.
+    let prefix = record(&w.c, "100.64.9.0/24", 1);
+    assert!(filter(&record_key(ip("100.64.9.0")), &prefix, None));
+    for inside in ["100.64.9.1", "100.64.9.77", "100.64.9.255"] {
+        assert!(!filter(&record_key(ip(inside)), &prefix, None), "{inside}");
+    }
 }
 
 /// A DHT whose lookups wait at a gate (a black-holed path) or fail (an unreachable DHT),
@@ -316,4 +336,47 @@ async fn a_kept_answer_ends_with_its_record() {
     }
     assert!(resolved_for < 95, "the answer outlived its record ({resolved_for} s)");
     assert!(resolved_for >= 60, "the answer was not kept through the outage ({resolved_for} s)");
+}
+
+/// A record of `key` holding every address of `addrs`, expiring in `secs`.
+fn record_of(key: &Keypair, addrs: &[&str], secs: u64) -> Vec<u8> {
+    let nets = addrs.iter().map(|a| net(a)).collect();
+    IpRecord::new(key.public().to_peer_id(), nets, 1, unix_now() + secs).sign(key).unwrap()
+}
+
+#[tokio::test]
+async fn a_conflict_outweighs_what_a_peer_claimed_before() {
+    let w = world();
+    let c_both = record_of(&w.c, &["100.64.0.3/32", "100.64.0.9/32"], 600);
+    let d_nine = record_of(&w.d, &["100.64.0.9/32"], 600);
+    let mut dht = MockDht::new();
+    dht.expect_get_records().returning(move |key| {
+        if key == record_key(ip("100.64.0.9")) {
+            Ok(vec![c_both.clone(), d_nine.clone()])
+        } else {
+            Ok(vec![c_both.clone()])
+        }
+    });
+    let d = discovery(&w, dht);
+    let c = w.c.public().to_peer_id();
+    assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
+    assert_eq!(d.holds_now(&c, ip("100.64.0.9")), Some(true), "c's record covers .9");
+    assert!(d.peer_for_ip(ip("100.64.0.9")).await.is_err(), "c and d both claim .9");
+    assert_eq!(d.holds_now(&c, ip("100.64.0.9")), Some(false), "a conflict is nobody's");
+    assert_eq!(d.holds_now(&w.d.public().to_peer_id(), ip("100.64.0.9")), Some(false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_record_proved_ends_with_the_record() {
+    let w = world();
+    let short = record_of(&w.c, &["100.64.0.3/32", "100.64.0.9/32"], 90);
+    let mut dht = MockDht::new();
+    dht.expect_get_records().returning(move |_| Ok(vec![short.clone()]));
+    let d = discovery(&w, dht);
+    let c = w.c.public().to_peer_id();
+    assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
+    assert_eq!(d.holds_now(&c, ip("100.64.0.9")), Some(true));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(d.holds_now(&c, ip("100.64.0.9")), None, "the record has expired");
+    assert!(d.virtual_ips(&c).await.is_err());
 }

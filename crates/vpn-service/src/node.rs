@@ -507,10 +507,19 @@ impl InboundSink for PeerSink<'_> {
     fn frame(&mut self, frame: Frame) {
         match frame {
             Frame::Packet(packet) => self.judge(packet, None),
-            Frame::Segmented { header, packet } => match header.to_gso(packet.len()) {
-                Ok(gso) => self.judge(packet, Some(gso)),
-                Err(_) => self.delivery.metrics.record_drop(DropReason::Malformed),
-            },
+            // The segmentation is worked out from the packet; a header that disagrees is
+            // malformed. What reaches the TUN (or the segmenter) is the derived header, so
+            // the checks on the super-packet hold for every segment it becomes.
+            Frame::Segmented { header, packet } => {
+                let derived = header
+                    .to_gso(packet.len())
+                    .ok()
+                    .and_then(|claimed| vpn_utils::super_packet_gso(&packet, &claimed).ok());
+                match derived {
+                    Some(gso) => self.judge(packet, Some(gso)),
+                    None => self.delivery.metrics.record_drop(DropReason::Malformed),
+                }
+            }
             _ => {}
         }
     }

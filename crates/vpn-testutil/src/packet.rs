@@ -25,6 +25,10 @@ pub struct PacketBuilder {
     ident: u32,
     fragment: Option<(u16, bool)>,
     hop_by_hop: bool,
+    /// 32-bit words of IPv4 options (NOPs).
+    ip_option_words: u8,
+    /// 32-bit words of TCP options (NOPs).
+    tcp_option_words: u8,
 }
 
 impl PacketBuilder {
@@ -39,6 +43,8 @@ impl PacketBuilder {
             ident: 1,
             fragment: None,
             hop_by_hop: false,
+            ip_option_words: 0,
+            tcp_option_words: 0,
         }
     }
 
@@ -93,6 +99,20 @@ impl PacketBuilder {
         self
     }
 
+    /// Adds `words` 32-bit words of options (NOPs) to the IPv4 header, at most 10.
+    pub fn ip_options(mut self, words: u8) -> Self {
+        assert!(self.src.is_ipv4() && words <= 10, "up to 10 words of IPv4 options");
+        self.ip_option_words = words;
+        self
+    }
+
+    /// Adds `words` 32-bit words of options (NOPs) to the TCP header, at most 10.
+    pub fn tcp_options(mut self, words: u8) -> Self {
+        assert!(words <= 10, "up to 10 words of TCP options");
+        self.tcp_option_words = words;
+        self
+    }
+
     /// Adds an IPv6 hop-by-hop options header (IPv6 only).
     pub fn hop_by_hop(mut self) -> Self {
         assert!(self.src.is_ipv6(), "hop-by-hop is an IPv6 header");
@@ -126,12 +146,14 @@ impl PacketBuilder {
     fn transport_bytes(&self) -> Vec<u8> {
         match self.transport {
             Transport::Tcp { src_port, dst_port, seq, flags } => {
-                let mut buf = vec![0u8; 20 + self.payload.len()];
+                let options = 4 * usize::from(self.tcp_option_words);
+                let mut buf = vec![0u8; 20 + options + self.payload.len()];
+                buf[20..20 + options].fill(1);
                 let mut tcp = MutableTcpPacket::new(&mut buf).expect("sized");
                 tcp.set_source(src_port);
                 tcp.set_destination(dst_port);
                 tcp.set_sequence(seq);
-                tcp.set_data_offset(5);
+                tcp.set_data_offset(5 + self.tcp_option_words);
                 tcp.set_flags(flags);
                 tcp.set_window(65535);
                 tcp.set_payload(&self.payload);
@@ -187,11 +209,13 @@ impl PacketBuilder {
     }
 
     fn ipv4(&self, src: Ipv4Addr, dst: Ipv4Addr, body: &[u8]) -> Vec<u8> {
-        let mut buf = vec![0u8; 20 + body.len()];
+        let options = 4 * usize::from(self.ip_option_words);
+        let mut buf = vec![0u8; 20 + options + body.len()];
+        buf[20..20 + options].fill(1);
         let total = u16::try_from(buf.len()).expect("IPv4 packet too large");
         let mut ip = MutableIpv4Packet::new(&mut buf).expect("sized");
         ip.set_version(4);
-        ip.set_header_length(5);
+        ip.set_header_length(5 + self.ip_option_words);
         ip.set_total_length(total);
         ip.set_identification(self.ident as u16);
         if let Some((offset, more)) = self.fragment {

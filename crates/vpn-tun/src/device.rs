@@ -122,6 +122,14 @@ impl Tun {
         if config.offload && !offload {
             tracing::warn!(interface = %name, "TUN offload is off: the kernel does not offer it here");
         }
+        if offload {
+            // Super-packets of more segments are cut by the kernel before they reach us,
+            // so every one we send is one a peer takes (vpn_utils::MAX_SEGMENTS).
+            let segs = vpn_utils::MAX_SEGMENTS.to_string();
+            if let Err(e) = ip(&["link", "set", "dev", &name, "gso_max_segs", &segs]).await {
+                tracing::warn!(interface = %name, error = %e, "cannot cap segments per super-packet; larger ones are dropped");
+            }
+        }
         let reader = tokio::sync::Mutex::new(reader);
         Ok(Self { device, name, mtu: config.mtu, offload, reader, metrics: None })
     }
@@ -163,16 +171,16 @@ fn open_with_fallback<T>(
 /// Adds `route` via the interface with iproute2.
 async fn add_route(interface: &str, route: &IpNet) -> io::Result<()> {
     let family = if matches!(route.addr(), IpAddr::V4(_)) { "-4" } else { "-6" };
-    let status = tokio::process::Command::new("ip")
-        .args([family, "route", "replace", &route.to_string(), "dev", interface])
-        .status()
-        .await?;
+    ip(&[family, "route", "replace", &route.to_string(), "dev", interface]).await
+}
+
+/// Runs iproute2's `ip` with `args`.
+async fn ip(args: &[&str]) -> io::Result<()> {
+    let status = tokio::process::Command::new("ip").args(args).status().await?;
     if status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!(
-            "`ip route replace {route} dev {interface}` failed ({status})"
-        )))
+        Err(io::Error::other(format!("`ip {}` failed ({status})", args.join(" "))))
     }
 }
 

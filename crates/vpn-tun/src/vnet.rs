@@ -57,14 +57,19 @@ pub(crate) fn on_read(buf: &mut [u8]) -> Read {
     let Some(hdr_len) = transport.map(|t| l4 + t).filter(|h| *h <= packet.len()) else {
         return Read::Unusable;
     };
-    Read::Super(GsoInfo {
+    let gso = GsoInfo {
         gso_type,
         needs_csum,
         hdr_len: hdr_len as u16,
         gso_size,
         csum_start,
         csum_offset,
-    })
+    };
+    // Sent only as the receiver will take it: the header the packet itself calls for.
+    match vpn_utils::super_packet_gso(packet, &gso) {
+        Ok(gso) => Read::Super(gso),
+        Err(_) => Read::Unusable,
+    }
 }
 
 /// Finishes a partial transport checksum: the field holds the pseudo-header sum, and the

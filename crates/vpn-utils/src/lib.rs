@@ -19,11 +19,13 @@
 //! assert!(extract_ip_and_ports(&packet[..25]).is_err());
 //! ```
 
+mod gso;
 mod ipv4;
 mod ipv6;
 mod segment;
 mod transport;
 
+pub use gso::{MAX_SEGMENTS, MIN_GSO_SIZE, super_packet_gso};
 pub use segment::segment;
 
 use vpn_errors::PacketError;

@@ -26,8 +26,13 @@ fn bad(protocol: u8) -> PacketError {
 /// a complete transport checksum. The result is what a receiver with offload would have
 /// seen, so a node without offload delivers the same packets.
 ///
+/// `gso` must be what [`crate::super_packet_gso`] derives from the packet, so the segments
+/// are at most [`crate::MAX_SEGMENTS`] and every one has the super-packet's addresses,
+/// protocol and ports.
+///
 /// Errors: headers that do not fit the packet or do not match `gso` (a malformed packet).
 pub fn segment(packet: &[u8], gso: &GsoInfo, out: &mut Vec<Bytes>) -> Result<(), PacketError> {
+    let gso = &crate::super_packet_gso(packet, gso)?;
     let hdr_len = usize::from(gso.hdr_len);
     let l4 = usize::from(gso.csum_start);
     let v4 = packet.first().is_some_and(|b| b >> 4 == 4);

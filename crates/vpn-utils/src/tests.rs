@@ -234,7 +234,10 @@ mod segmenting {
     use vpn_types::{GsoInfo, GsoType};
 
     use super::v4;
-    use crate::{segment, validate_ip_packet};
+    use crate::{
+        MAX_SEGMENTS, MIN_GSO_SIZE, extract_ip_and_ports, segment, super_packet_gso,
+        validate_ip_packet,
+    };
 
     const ACK: u8 = 0x10;
     const PSH: u8 = 0x08;
@@ -329,9 +332,153 @@ mod segmenting {
         assert!(out.is_empty());
     }
 
+    /// The header a sender derives for `packet` (no IP or transport options).
+    fn derived(packet: &[u8], gso_size: u16) -> GsoInfo {
+        let claimed = GsoInfo { gso_size, ..gso(GsoType::TcpV4, 40, 20, 16) };
+        super_packet_gso(packet, &claimed).unwrap()
+    }
+
+    #[test]
+    fn a_segmentation_bomb_is_refused() {
+        // The largest IPv4/TCP packet, asking for 1-byte segments behind a 32 767-byte
+        // "header": 32 768 TUN writes and a gigabyte of copies, had it been cut.
+        let whole = PacketBuilder::tcp(v4("100.64.0.1"), v4("100.64.0.2"), 1, 2)
+            .payload(&data(65_535 - 40))
+            .build();
+        let bomb = GsoInfo {
+            gso_type: GsoType::TcpV4,
+            needs_csum: true,
+            hdr_len: 32_767,
+            gso_size: 1,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let mut out = Vec::new();
+        assert!(segment(&whole, &bomb, &mut out).is_err());
+        // The true header with tiny segments: more than 64 segments, or below the floor.
+        let tiny = GsoInfo { gso_size: 1, ..gso(GsoType::TcpV4, 40, 20, 16) };
+        assert!(segment(&whole, &tiny, &mut out).is_err());
+        let many = GsoInfo { gso_size: 1000, ..gso(GsoType::TcpV4, 40, 20, 16) };
+        assert!(segment(&whole, &many, &mut out).is_err(), "66 segments of 1000 bytes");
+        assert!(out.is_empty());
+        let most = GsoInfo { gso_size: 1024, ..gso(GsoType::TcpV4, 40, 20, 16) };
+        segment(&whole, &most, &mut out).unwrap();
+        assert_eq!(out.len(), MAX_SEGMENTS);
+    }
+
+    #[test]
+    fn a_checksum_steered_onto_the_ports_is_refused() {
+        // Eight words of IPv4 options put TCP at offset 52. A peer claiming that the
+        // transport starts at 38 would have the checksum written at 54: the destination
+        // port, whose value it would steer past the firewall.
+        let whole = PacketBuilder::tcp(v4("100.64.0.1"), v4("100.64.0.2"), 40000, 443)
+            .ip_options(8)
+            .payload(&data(3000))
+            .build();
+        let steered = GsoInfo {
+            gso_type: GsoType::TcpV4,
+            needs_csum: true,
+            hdr_len: 72,
+            gso_size: 1000,
+            csum_start: 38,
+            csum_offset: 16,
+        };
+        let mut out = Vec::new();
+        assert!(segment(&whole, &steered, &mut out).is_err());
+        assert!(super_packet_gso(&whole, &steered).is_err());
+        let honest = GsoInfo { csum_start: 52, ..steered };
+        segment(&whole, &honest, &mut out).unwrap();
+        assert!(out.iter().all(|seg| extract_ip_and_ports(seg).unwrap().dst_port == Some(443)));
+    }
+
+    #[test]
+    fn the_header_is_derived_from_the_packet() {
+        let tcp6 = PacketBuilder::tcp(v4("fd00::1"), v4("fd00::2"), 1, 2)
+            .tcp_options(3)
+            .payload(&data(3000))
+            .build();
+        let claimed = GsoInfo { gso_size: 1000, ..gso(GsoType::TcpV6, 72, 40, 16) };
+        assert_eq!(super_packet_gso(&tcp6, &claimed).unwrap(), claimed);
+        for wrong in [
+            GsoInfo { gso_type: GsoType::TcpV4, ..claimed },
+            GsoInfo { gso_type: GsoType::Udp, ..claimed },
+            GsoInfo { hdr_len: 60, ..claimed },
+            GsoInfo { csum_offset: 6, ..claimed },
+            GsoInfo { needs_csum: false, ..claimed },
+            GsoInfo { gso_size: MIN_GSO_SIZE - 1, ..claimed },
+        ] {
+            assert!(super_packet_gso(&tcp6, &wrong).is_err(), "{wrong:?}");
+        }
+        let fragment = PacketBuilder::udp(v4("100.64.0.1"), v4("100.64.0.2"), 1, 2)
+            .payload(&data(3000))
+            .fragment(0, true)
+            .build();
+        let udp = GsoInfo { gso_size: 1000, ..gso(GsoType::Udp, 28, 20, 6) };
+        assert!(super_packet_gso(&fragment, &udp).is_err(), "a fragment is no super-packet");
+        let hop = PacketBuilder::udp(v4("fd00::1"), v4("fd00::2"), 1, 2).hop_by_hop().build();
+        let udp6 = GsoInfo { gso_size: 1000, ..gso(GsoType::Udp, 48, 40, 6) };
+        assert!(super_packet_gso(&hop, &udp6).is_err(), "extension headers are refused");
+        let whole = PacketBuilder::tcp(v4("100.64.0.1"), v4("100.64.0.2"), 1, 2)
+            .payload(&data(100))
+            .build();
+        assert_eq!(derived(&whole, 64).hdr_len, 40);
+    }
+
     proptest::proptest! {
+        /// Whatever header a peer sends with whatever packet, a super-packet is cut only
+        /// when the header is the packet's own, into at most 64 segments, each a whole IP
+        /// packet with the super-packet's addresses, protocol and ports: the receiver's
+        /// checks on the super-packet hold for every segment.
         #[test]
-        fn segments_carry_the_payload_in_order(len in 1usize..9000, size in 1u16..1500) {
+        fn every_segment_keeps_what_the_receiver_checked(
+            v6 in proptest::prelude::any::<bool>(),
+            tcp in proptest::prelude::any::<bool>(),
+            ip_words in 0u8..=10,
+            tcp_words in 0u8..=10,
+            len in 0usize..20_000,
+            ports in (proptest::prelude::any::<u16>(), proptest::prelude::any::<u16>()),
+            honest in proptest::prelude::any::<bool>(),
+            fields in (0u8..5, proptest::prelude::any::<bool>(), 0u16..200, 0u16..3000, 0u16..200, 0u16..40),
+        ) {
+            let (src, dst) = if v6 { (v4("fd00::1"), v4("fd00::2")) } else { (v4("100.64.0.1"), v4("100.64.0.2")) };
+            let mut builder = if tcp {
+                PacketBuilder::tcp(src, dst, ports.0, ports.1).tcp_options(tcp_words)
+            } else {
+                PacketBuilder::udp(src, dst, ports.0, ports.1)
+            };
+            if !v6 {
+                builder = builder.ip_options(ip_words);
+            }
+            let whole = builder.payload(&data(len)).build();
+            let (kind, needs_csum, hdr_len, gso_size, csum_start, csum_offset) = fields;
+            let claimed = if honest {
+                let l4 = if v6 { 40 } else { 20 + 4 * u16::from(ip_words) };
+                let (thl, off) = if tcp { (20 + 4 * u16::from(tcp_words), 16) } else { (8, 6) };
+                let gso_type = match (tcp, v6) { (true, false) => GsoType::TcpV4, (true, true) => GsoType::TcpV6, _ => GsoType::Udp };
+                GsoInfo { gso_type, needs_csum: true, hdr_len: l4 + thl, gso_size, csum_start: l4, csum_offset: off }
+            } else {
+                let gso_type = GsoType::from_wire(kind).unwrap_or(GsoType::Udp);
+                GsoInfo { gso_type, needs_csum, hdr_len, gso_size, csum_start, csum_offset }
+            };
+            let before = extract_ip_and_ports(&whole).unwrap();
+            let mut out = Vec::new();
+            if segment(&whole, &claimed, &mut out).is_ok() {
+                proptest::prop_assert!(out.len() <= MAX_SEGMENTS);
+                proptest::prop_assert!(!out.is_empty());
+                for seg in &out {
+                    let after = validate_ip_packet(seg).unwrap();
+                    proptest::prop_assert_eq!(
+                        (after.src_ip, after.dst_ip, after.protocol, after.src_port, after.dst_port),
+                        (before.src_ip, before.dst_ip, before.protocol, before.src_port, before.dst_port)
+                    );
+                }
+            } else {
+                proptest::prop_assert!(out.is_empty());
+            }
+        }
+
+        #[test]
+        fn segments_carry_the_payload_in_order(len in 1usize..9000, size in 150u16..1500) {
             let payload = data(len);
             let whole = PacketBuilder::tcp(v4("100.64.0.1"), v4("100.64.0.2"), 1, 2).payload(&payload).build();
             let info = GsoInfo { gso_size: size, ..gso(GsoType::TcpV4, 40, 20, 16) };
