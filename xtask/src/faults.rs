@@ -293,6 +293,32 @@ fn path_works(lab: &Lab, within: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Replies in a row that make a flow established: three seconds of pings.
+const ESTABLISHED: usize = 30;
+
+/// Pings both ways until each direction has [`ESTABLISHED`] more replies than `pingers`
+/// had (a flow that has run for a while, not one a moment old), within 30 s.
+fn wait_established(pingers: &[Pinger; 2]) -> Result<()> {
+    let start: Vec<usize> = pingers.iter().map(|p| p.replies().len()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pingers.iter().zip(&start).any(|(p, s)| p.replies().len() < s + ESTABLISHED) {
+        if Instant::now() > deadline {
+            bail!("the path does not carry a steady flow both ways");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// An established flow: pings both ways for at most `for_at_most`, returned once both
+/// have carried [`ESTABLISHED`] replies.
+fn established(lab: &Lab, for_at_most: Duration) -> Result<[Pinger; 2]> {
+    path_works(lab, Duration::from_secs(30))?;
+    let pingers = ping_both(lab, for_at_most)?;
+    wait_established(&pingers)?;
+    Ok(pingers)
+}
+
 /// The nodes start while the path between them drops everything; it opens `secs` later.
 fn black_hole_at_start(lab: &mut Lab, secs: u64) -> Result<Outcome> {
     for node in ["a", "b"] {
@@ -315,8 +341,7 @@ fn black_hole_at_start(lab: &mut Lab, secs: u64) -> Result<Outcome> {
 /// An established path drops everything for 30 s (longer than the health check's and
 /// the connection pings' timeouts), then returns.
 fn cut_established(lab: &mut Lab) -> Result<Outcome> {
-    path_works(lab, Duration::from_secs(30))?;
-    let pingers = ping_both(lab, Duration::from_secs(70))?;
+    let pingers = established(lab, Duration::from_secs(80))?;
     cut(lab)?;
     std::thread::sleep(Duration::from_secs(30));
     let healed = heal(lab)?;
@@ -326,8 +351,8 @@ fn cut_established(lab: &mut Lab) -> Result<Outcome> {
 
 /// `b` is killed outright mid-flow and started again with the same identity and port.
 fn kill_and_restart(lab: &mut Lab) -> Result<Outcome> {
-    path_works(lab, Duration::from_secs(30))?;
-    let a_to_b = Pinger::start(lab, "a", "b", Duration::from_secs(60))?;
+    let [a_to_b, b_to_a] = established(lab, Duration::from_secs(60))?;
+    drop(b_to_a);
     lab.kill("b")?;
     lab.start("b")?;
     lab.wait_up("b", START_LIMIT)?;
@@ -341,8 +366,8 @@ fn kill_and_restart(lab: &mut Lab) -> Result<Outcome> {
 /// `b` stops and starts again listening on another port; `a`'s configuration still names
 /// the old one.
 fn restart_on_new_port(lab: &mut Lab) -> Result<Outcome> {
-    path_works(lab, Duration::from_secs(30))?;
-    let a_to_b = Pinger::start(lab, "a", "b", Duration::from_secs(60))?;
+    let [a_to_b, b_to_a] = established(lab, Duration::from_secs(60))?;
+    drop(b_to_a);
     lab.stop("b")?;
     lab.edit_config("b", |text| listen_port(&text, 4001, 4002))?;
     let started = lab.start("b").and_then(|()| lab.wait_up("b", START_LIMIT));
@@ -382,12 +407,13 @@ fn move_address(lab: &Lab, node: &str, from: &str, to: &str) -> Result<f64> {
 
 /// `a`'s underlay address changes while pings run both ways, and changes back.
 fn roaming(lab: &mut Lab) -> Result<Outcome> {
-    path_works(lab, Duration::from_secs(30))?;
     let old = lab.node("a")?.underlay.clone();
     let new = "198.18.0.11";
-    let pingers = ping_both(lab, Duration::from_secs(60))?;
+    let pingers = established(lab, Duration::from_secs(80))?;
     let moved = move_address(lab, "a", &old, new)?;
-    let there = recovery_both(&pingers, moved);
+    // The flow settles on the new address before the way back.
+    let there =
+        recovery_both(&pingers, moved).and_then(|there| wait_established(&pingers).map(|()| there));
     let back = move_address(lab, "a", new, &old)?;
     let (there, there_words) = there?;
     let (back, back_words) = recovery_both(&pingers, back)?;

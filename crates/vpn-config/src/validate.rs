@@ -192,7 +192,12 @@ fn network(c: &mut Checks, config: &VpnConfig) {
     }
     c.at_least("network.max_connections", u64::from(n.max_connections), 1);
     c.at_least("network.max_connections_per_peer", u64::from(n.max_connections_per_peer), 1);
-    c.positive("network.dial_timeout", n.dial_timeout);
+    c.require(
+        n.dial_timeout >= Duration::from_secs(1),
+        "network.dial_timeout",
+        fmt_duration(n.dial_timeout),
+        "must be at least 1s: the transport not preferred is dialed 0.5 s into a dial",
+    );
     c.positive("network.idle_connection_timeout", n.idle_connection_timeout);
 }
 
@@ -323,6 +328,7 @@ mod tests {
             ("[interface]\nmtu = 100\n", "interface.mtu"),
             ("[interface]\nname = \"a-name-far-too-long\"\n", "interface.name"),
             ("[network]\nlisten = []\n", "network.listen"),
+            ("[network]\ndial_timeout = \"500ms\"\n", "network.dial_timeout"),
             ("[network]\nbootstrap = [\"/ip4/198.18.0.1/tcp/4001\"]\n", "network.bootstrap[0]"),
             ("[discovery]\nrepublish_interval = \"40m\"\n", "discovery.republish_interval"),
             (

@@ -190,7 +190,9 @@ impl Resolver {
                 tracing::error!(%ip, ?owners, "conflict: several peers hold valid records for this address; using none");
                 self.remember_miss(ip, true);
             }
-            Selection::None => self.remember_miss(ip, false),
+            // Nothing found is what an unreachable DHT answers too (its queries fail fast):
+            // an owner whose record is still valid is kept, as for a failed lookup.
+            Selection::None => self.remember_failure(ip),
         }
     }
 }

@@ -380,3 +380,23 @@ async fn what_a_record_proved_ends_with_the_record() {
     assert_eq!(d.holds_now(&c, ip("100.64.0.9")), None, "the record has expired");
     assert!(d.virtual_ips(&c).await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dht_that_finds_nothing_does_not_unseat_a_live_owner() {
+    // An unreachable DHT's queries fail fast and find nothing; the owner's record is
+    // still valid, so its answer stays while the flow runs.
+    let w = world();
+    let value = record(&w.c, "100.64.0.3/32", 1);
+    let mut dht = MockDht::new();
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    dht.expect_get_records().returning(move |_| {
+        let first = asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        Ok(if first { vec![value.clone()] } else { Vec::new() })
+    });
+    let d = discovery(&w, dht);
+    let c = w.c.public().to_peer_id();
+    for _ in 0..180 {
+        assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

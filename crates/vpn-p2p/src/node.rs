@@ -22,9 +22,9 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 /// How long start-up waits for every listener to report its address.
 const LISTEN_WAIT: Duration = Duration::from_secs(3);
 /// A new connection dialed by a peer replaces our older connections to it when they are at
-/// least this old or lead to another address of the peer: the peer dialed because it lost
-/// them (it restarted, or its address changed), while younger ones from the same address
-/// are a simultaneous dial's twin.
+/// least this old: the peer dialed because it lost them (it restarted, or its address
+/// changed), while younger ones are a simultaneous dial's twin (closing those could close
+/// both twins, each side one).
 const REPLACE_OLDER_THAN: Duration = Duration::from_secs(2);
 /// How often the routing table is refreshed from the bootstrap peers.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
@@ -466,11 +466,7 @@ impl EventLoop {
         let now = std::time::Instant::now();
         let conns = self.connections.entry(peer).or_default();
         if endpoint.is_listener() {
-            let from = ip_of(endpoint.get_remote_address());
-            let replaced = |c: &&Connection| {
-                ip_of(c.endpoint.get_remote_address()) != from
-                    || now.duration_since(c.since) >= REPLACE_OLDER_THAN
-            };
+            let replaced = |c: &&Connection| now.duration_since(c.since) >= REPLACE_OLDER_THAN;
             for old in conns.iter().filter(replaced) {
                 tracing::info!(%peer, "the peer connected anew; closing the older connection");
                 self.swarm.close_connection(old.id);
@@ -481,8 +477,8 @@ impl EventLoop {
 
     /// One of our own addresses went away (an interface went down, the host moved to
     /// another network): connections on it are dead even if the kernel has not said so.
-    /// Connections we dialed may have used it as their source, so they go too; the next
-    /// packet dials again from an address we have.
+    /// Connections we dialed to addresses of its family may have used it as their source,
+    /// so they go too; the next packet dials again from an address we have.
     fn on_address_gone(&mut self, address: &Multiaddr) {
         let Some(gone) = ip_of(address) else { return };
         // Loopback and link-local addresses carry no connection to another host.
@@ -496,7 +492,9 @@ impl EventLoop {
         let mut closed = 0;
         for conn in self.connections.values().flatten() {
             let on_it = match &conn.endpoint {
-                ConnectedPoint::Dialer { .. } => true,
+                ConnectedPoint::Dialer { address, .. } => {
+                    ip_of(address).is_some_and(|to| to.is_ipv4() == gone.is_ipv4())
+                }
                 ConnectedPoint::Listener { local_addr, .. } => ip_of(local_addr) == Some(gone),
             };
             if on_it && self.swarm.close_connection(conn.id) {

@@ -295,8 +295,8 @@ impl StreamPool {
     /// Opens one stream to `peer` and adds it to the pool; the caller has counted the open
     /// in `opening`. Runs detached from whoever asked, under `open_timeout`, so an open
     /// outlives a caller that gave up and serves the next one; `stop` cancels it.
-    async fn open(&self, peer: PeerId) {
-        let mut slot = OpenSlot { pool: self.clone(), peer, booked: false };
+    async fn open(&self, mut slot: OpenSlot) {
+        let peer = slot.peer;
         let open = self.shared.opener.open_stream(peer);
         let opened = tokio::select! {
             () = self.shared.shutdown.cancelled() => return,
@@ -347,8 +347,10 @@ impl StreamPool {
 
     fn open_in_background(&self, peer: PeerId) {
         let pool = self.clone();
+        // Made before the task, so the count comes back even if the task never runs.
+        let slot = OpenSlot { pool: self.clone(), peer, booked: false };
         // A failure is counted by `open` and retried by a later lease or the warmer.
-        self.shared.tasks.spawn(async move { pool.open(peer).await });
+        self.shared.tasks.spawn(async move { pool.open(slot).await });
     }
 
     fn lease(stream: &Arc<PooledStream>) -> StreamLease {
@@ -384,7 +386,10 @@ impl StreamPoolService for StreamPool {
                         }
                         Step::Lease(stream, grow)
                     }
-                    None if waited_from.is_some_and(|seen| entry.failures != seen) => {
+                    // Failed once no open is left that could still bring a stream.
+                    None if entry.opening == 0
+                        && waited_from.is_some_and(|seen| entry.failures != seen) =>
+                    {
                         Step::Failed(entry.last_failure)
                     }
                     None => {
