@@ -38,7 +38,11 @@ impl Behaviour {
         };
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
-            .with_max_established_per_peer(Some(config.max_connections_per_peer));
+            // Room for a peer's new connections while its dead ones are being replaced;
+            // the event loop holds each peer to `max_connections_per_peer` after that.
+            .with_max_established_per_peer(Some(
+                config.max_connections_per_peer.saturating_add(crate::node::REPLACEMENT_ROOM),
+            ));
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
             kad,

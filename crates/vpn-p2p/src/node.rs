@@ -26,6 +26,10 @@ const LISTEN_WAIT: Duration = Duration::from_secs(3);
 /// changed), while younger ones are a simultaneous dial's twin (closing those could close
 /// both twins, each side one).
 const REPLACE_OLDER_THAN: Duration = Duration::from_secs(2);
+/// Connections to one peer allowed past `max_connections_per_peer` for a moment: a peer
+/// that reconnects must get through while its dead connections still count, to replace
+/// them. The event loop closes whatever is over the limit once it has replaced them.
+pub(crate) const REPLACEMENT_ROOM: u32 = 2;
 /// How often the routing table is refreshed from the bootstrap peers.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
 
@@ -161,6 +165,7 @@ impl P2pNode {
                 dials: HashMap::new(),
                 connections: HashMap::new(),
                 overlay: config.overlay,
+                max_per_peer: config.max_connections_per_peer,
                 filter: config.record_filter,
             }
             .run(has_bootstrap),
@@ -253,6 +258,7 @@ struct EventLoop {
     dials: HashMap<PeerId, Dials>,
     connections: HashMap<PeerId, Vec<Connection>>,
     overlay: Vec<vpn_types::IpNet>,
+    max_per_peer: u32,
     filter: Option<RecordFilter>,
 }
 
@@ -466,19 +472,27 @@ impl EventLoop {
         let now = std::time::Instant::now();
         let conns = self.connections.entry(peer).or_default();
         if endpoint.is_listener() {
-            let replaced = |c: &&Connection| now.duration_since(c.since) >= REPLACE_OLDER_THAN;
-            for old in conns.iter().filter(replaced) {
+            let (old, young): (Vec<_>, Vec<_>) =
+                conns.drain(..).partition(|c| now.duration_since(c.since) >= REPLACE_OLDER_THAN);
+            *conns = young;
+            for old in old {
                 tracing::info!(%peer, "the peer connected anew; closing the older connection");
                 self.swarm.close_connection(old.id);
             }
+        }
+        if conns.len() >= self.max_per_peer as usize {
+            tracing::debug!(%peer, "over the connections allowed per peer; closing the new one");
+            self.swarm.close_connection(id);
+            return;
         }
         conns.push(Connection { id, since: now, endpoint });
     }
 
     /// One of our own addresses went away (an interface went down, the host moved to
     /// another network): connections on it are dead even if the kernel has not said so.
-    /// Connections we dialed to addresses of its family may have used it as their source,
-    /// so they go too; the next packet dials again from an address we have.
+    /// Connections we dialed to addresses of its family, and those that came in on a
+    /// wildcard listener of its family, may have used it, so they go too; the next packet
+    /// dials again from an address we have.
     fn on_address_gone(&mut self, address: &Multiaddr) {
         let Some(gone) = ip_of(address) else { return };
         // Loopback and link-local addresses carry no connection to another host.
@@ -490,16 +504,26 @@ impl EventLoop {
             return;
         }
         let mut closed = 0;
-        for conn in self.connections.values().flatten() {
-            let on_it = match &conn.endpoint {
-                ConnectedPoint::Dialer { address, .. } => {
-                    ip_of(address).is_some_and(|to| to.is_ipv4() == gone.is_ipv4())
+        let swarm = &mut self.swarm;
+        for conns in self.connections.values_mut() {
+            conns.retain(|conn| {
+                let on_it = match &conn.endpoint {
+                    ConnectedPoint::Dialer { address, .. } => {
+                        ip_of(address).is_some_and(|to| to.is_ipv4() == gone.is_ipv4())
+                    }
+                    // A QUIC listener's connections name the wildcard it listens on, not
+                    // the address they came in on: of the lost address's family, they may
+                    // be on it.
+                    ConnectedPoint::Listener { local_addr, .. } => match ip_of(local_addr) {
+                        Some(at) if at.is_unspecified() => at.is_ipv4() == gone.is_ipv4(),
+                        at => at == Some(gone),
+                    },
+                };
+                if on_it && swarm.close_connection(conn.id) {
+                    closed += 1;
                 }
-                ConnectedPoint::Listener { local_addr, .. } => ip_of(local_addr) == Some(gone),
-            };
-            if on_it && self.swarm.close_connection(conn.id) {
-                closed += 1;
-            }
+                !on_it
+            });
         }
         tracing::info!(address = %gone, closed, "our address went away; its connections are closed and will be dialed anew");
     }
