@@ -268,8 +268,21 @@ impl Lab {
         let binary = self.binary.clone();
         let config = self.node(name)?.dir.join("vpn-node.toml");
         let config = config.to_str().context("config path")?.to_owned();
+        // `LAB_WRAP` runs the node under another program (a heap profiler, say): its words
+        // come first, then the node's command line.
+        let wrap = std::env::var("LAB_WRAP").unwrap_or_default();
+        let mut words: Vec<&str> = wrap.split_whitespace().collect();
+        let binary = match words.is_empty() {
+            true => binary,
+            false => PathBuf::from(words.remove(0)),
+        };
+        let node_binary = self.binary.to_str().context("binary path")?.to_owned();
+        if !wrap.is_empty() {
+            words.push(&node_binary);
+        }
+        words.extend(["up", "--config", &config]);
         let child = self
-            .spawn(name, &binary, &["up", "--config", &config], &[("RUST_LOG", &log_filter())])
+            .spawn(name, &binary, &words, &[("RUST_LOG", &log_filter())])
             .context("start vpn-node")?;
         self.node_mut(name)?.process = Some(child);
         Ok(())

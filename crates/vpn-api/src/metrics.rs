@@ -1,4 +1,4 @@
-use vpn_types::{DropReason, MetricsSnapshot};
+use vpn_types::{Budget, DropReason, MetricsSnapshot};
 
 /// The node's counters. Every method is cheap, lock-free and never waits: they are called
 /// on the packet path.
@@ -25,6 +25,10 @@ pub trait MetricsService: Send + Sync {
     fn record_circuit_open_drop(&self) {
         self.record_drop(DropReason::CircuitOpen);
     }
+
+    /// Counts one time a peer's `budget` bit (a stream refused, a packet dropped, an entry
+    /// forgotten).
+    fn record_budget_exceeded(&self, budget: Budget);
 
     /// Sets the number of workers alive now.
     fn set_active_workers(&self, workers: u64);

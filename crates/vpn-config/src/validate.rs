@@ -43,6 +43,7 @@ pub fn validate(config: &VpnConfig) -> Vec<ConfigError> {
     timeouts(&mut c, config);
     network(&mut c, config);
     discovery(&mut c, &config.discovery);
+    limits(&mut c, config);
     peers(&mut c, config);
     c.0
 }
@@ -221,6 +222,35 @@ fn discovery(c: &mut Checks, d: &settings::DiscoverySettings) {
     c.positive("discovery.cache_ttl", d.cache_ttl);
     c.positive("discovery.negative_cache_ttl", d.negative_cache_ttl);
     c.positive("discovery.lookup_timeout", d.lookup_timeout);
+    c.at_least("discovery.cache_entries", d.cache_entries as u64, 1);
+    c.at_least("discovery.records_per_publisher", d.records_per_publisher as u64, 1);
+}
+
+fn limits(c: &mut Checks, config: &VpnConfig) {
+    let (l, pool, health) = (&config.limits, &config.stream_pool, &config.health_check);
+    // Peers run with settings like ours: a sender's pool must fit in a receiver's budget.
+    c.require(
+        l.inbound_streams_per_peer >= pool.max_streams_per_peer.max(1),
+        "limits.inbound_streams_per_peer",
+        l.inbound_streams_per_peer,
+        format!(
+            "must be at least stream_pool.max_streams_per_peer ({}), or a peer's own pool is refused",
+            pool.max_streams_per_peer
+        ),
+    );
+    // At least one largest packet (PROTOCOL.md: 65 535 bytes and a segmentation header).
+    c.at_least("limits.lookup_bytes_per_peer", l.lookup_bytes_per_peer as u64, 65_600);
+    c.at_least("limits.lookups_per_second", u64::from(l.lookups_per_second), 1);
+    c.require(
+        l.inbound_idle_timeout > health.interval,
+        "limits.inbound_idle_timeout",
+        fmt_duration(l.inbound_idle_timeout),
+        format!(
+            "must be longer than health_check.interval ({}): idle streams are kept by its pings",
+            fmt_duration(health.interval)
+        ),
+    );
+    c.positive("limits.inbound_write_timeout", l.inbound_write_timeout);
 }
 
 fn peers(c: &mut Checks, config: &VpnConfig) {
@@ -309,6 +339,13 @@ mod tests {
             ("[worker]\nbatch_max = 5000\n", "worker.batch_max"),
             ("[worker]\nidle_timeout = \"0s\"\n", "worker.idle_timeout"),
             ("[worker]\nmax_queued_bytes = 65599\n", "worker.max_queued_bytes"),
+            ("[limits]\ninbound_streams_per_peer = 3\n", "limits.inbound_streams_per_peer"),
+            ("[limits]\nlookup_bytes_per_peer = 1500\n", "limits.lookup_bytes_per_peer"),
+            ("[limits]\nlookups_per_second = 0\n", "limits.lookups_per_second"),
+            ("[limits]\ninbound_idle_timeout = \"10s\"\n", "limits.inbound_idle_timeout"),
+            ("[limits]\ninbound_write_timeout = \"0s\"\n", "limits.inbound_write_timeout"),
+            ("[discovery]\ncache_entries = 0\n", "discovery.cache_entries"),
+            ("[discovery]\nrecords_per_publisher = 0\n", "discovery.records_per_publisher"),
             (
                 "[stream_pool]\nmin_streams_per_peer = 5\nmax_streams_per_peer = 4\n",
                 "stream_pool.min_streams_per_peer",

@@ -10,10 +10,12 @@ use libp2p_identity::Keypair;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
-use vpn_api::{DhtRecords, IpRegistry, PeerDiscoveryService};
+use vpn_api::{DhtRecords, IpRegistry, MetricsService, PeerDiscoveryService};
 use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
-use vpn_types::{DiscoverySettings, IpNet, PeerId};
+use vpn_types::{Budget, DiscoverySettings, IpNet, PeerId};
 use vpn_wire::{IpRecord, RECORD_KEY_PREFIX, Selection, record_key, select_record};
+
+use crate::lru::Lru;
 
 /// Seconds since the epoch now (0 if the clock is before it).
 pub fn unix_now() -> u64 {
@@ -55,12 +57,18 @@ struct Resolver {
     dht: Arc<dyn DhtRecords>,
     registry: Arc<dyn IpRegistry>,
     settings: DiscoverySettings,
-    cache: Mutex<HashMap<IpAddr, Cached>>,
+    /// Answers by address, at most `cache_entries` of them, least recently used forgotten
+    /// first.
+    cache: Mutex<Lru<IpAddr, Cached>>,
+    /// Where forgotten answers are counted.
+    metrics: Option<Arc<dyn MetricsService>>,
     /// Lookups under way, each with the callers waiting for it.
     in_flight: Mutex<HashMap<IpAddr, Arc<Notify>>>,
     /// What each peer's newest checked record holds, until the record expires.
     known: Mutex<HashMap<PeerId, (Vec<IpNet>, Instant)>>,
     conflicts: AtomicU64,
+    /// Warnings about what lookups found, at most one of each kind every few seconds.
+    warnings: vpn_types::WarnGate<&'static str>,
 }
 
 /// One lookup under way: when it ends (also when its task is dropped) the address leaves
@@ -80,14 +88,23 @@ impl Drop for Flight {
 
 impl Resolver {
     fn cached(&self, ip: IpAddr) -> Option<Cached> {
-        lock(&self.cache).get(&ip).copied().filter(|entry| Instant::now() < entry.until)
+        lock(&self.cache).get_mut(&ip).copied().filter(|entry| Instant::now() < entry.until)
+    }
+
+    fn remember(&self, ip: IpAddr, entry: Cached) {
+        let forgotten = lock(&self.cache).insert(ip, entry);
+        if let Some(metrics) = &self.metrics {
+            for _ in 0..forgotten {
+                metrics.record_budget_exceeded(Budget::DiscoveryCache);
+            }
+        }
     }
 
     fn remember_miss(&self, ip: IpAddr, conflict: bool) {
         let now = Instant::now();
         let until = now + self.settings.negative_cache_ttl;
         let entry = Cached { peer: None, conflict, until, refresh_at: until, record_until: until };
-        lock(&self.cache).insert(ip, entry);
+        self.remember(ip, entry);
     }
 
     /// The prefixes a checked record of `peer` holds now (none once the record expired).
@@ -126,7 +143,7 @@ impl Resolver {
             refresh_at: now + ttl / 2,
             record_until: now + record_left,
         };
-        lock(&self.cache).insert(ip, entry);
+        self.remember(ip, entry);
     }
 
     /// Starts a lookup of `ip` unless one is under way; returns a wake-up for its end,
@@ -173,7 +190,9 @@ impl Resolver {
             match IpRecord::open(bytes, ip, now, self.registry.as_ref()) {
                 Ok(record) => Some(record),
                 Err(e) => {
-                    tracing::warn!(%ip, error = %e, "ignored an invalid IP record");
+                    if let Some(held_back) = self.warnings.admit("invalid") {
+                        tracing::warn!(%ip, error = %e, held_back, "ignored an invalid IP record");
+                    }
                     None
                 }
             }
@@ -182,12 +201,16 @@ impl Resolver {
             Selection::Owner(record) => {
                 let left = Duration::from_secs(record.expires_unix.saturating_sub(now));
                 self.remember_owner(ip, record.peer_id, left);
-                let until = Instant::now() + left;
-                lock(&self.known).insert(record.peer_id, (record.addresses.clone(), until));
+                let now = Instant::now();
+                let mut known = lock(&self.known);
+                known.retain(|_, (_, until)| now < *until);
+                known.insert(record.peer_id, (record.addresses.clone(), now + left));
             }
             Selection::Conflict { owners } => {
                 self.conflicts.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%ip, ?owners, "conflict: several peers hold valid records for this address; using none");
+                if let Some(held_back) = self.warnings.admit("conflict") {
+                    tracing::error!(%ip, ?owners, held_back, "conflict: several peers hold valid records for this address; using none");
+                }
                 self.remember_miss(ip, true);
             }
             // Nothing found is what an unreachable DHT answers too (its queries fail fast):
@@ -230,13 +253,24 @@ impl KadDiscovery {
         let resolver = Resolver {
             dht,
             registry,
+            cache: Mutex::new(Lru::new(settings.cache_entries)),
             settings,
-            cache: Mutex::new(HashMap::new()),
+            metrics: None,
             in_flight: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
             conflicts: AtomicU64::new(0),
+            warnings: vpn_types::WarnGate::per_peer(),
         };
         Self { resolver: Arc::new(resolver), keypair, own, configured, last_seq: AtomicU64::new(0) }
+    }
+
+    /// Counts the answers the cache forgets to make room in `metrics`
+    /// ([`Budget::DiscoveryCache`]). Call before the first lookup.
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsService>) -> Self {
+        if let Some(resolver) = Arc::get_mut(&mut self.resolver) {
+            resolver.metrics = Some(metrics);
+        }
+        self
     }
 
     /// Whether `peer` holds `ip` as far as this node knows now, without waiting:
@@ -360,9 +394,15 @@ impl PeerDiscoveryService for KadDiscovery {
 /// the store under many spellings of an address or every address of a prefix; against a
 /// valid record already stored, only the same owner with a sequence number at least as
 /// high may replace it, and a different owner is a conflict that is refused and logged.
+/// Each owner keeps at most `records_per_publisher` unexpired records with us; a record
+/// beyond it is refused and counted in `metrics` ([`Budget::StoreQuota`]).
 pub fn record_filter(
     registry: Arc<dyn IpRegistry>,
+    records_per_publisher: usize,
+    metrics: Option<Arc<dyn MetricsService>>,
 ) -> impl Fn(&[u8], &[u8], Option<&[u8]>) -> bool + Send + Sync + 'static {
+    // The keys each owner holds in our store, with their records' expiry (unix seconds).
+    let ledger: Mutex<HashMap<PeerId, HashMap<Vec<u8>, u64>>> = Mutex::new(HashMap::new());
     move |key, value, existing| {
         let Some(ip) = key
             .strip_prefix(RECORD_KEY_PREFIX.as_bytes())
@@ -375,22 +415,43 @@ pub fn record_filter(
         let new = match IpRecord::open(value, ip, now, registry.as_ref()) {
             Ok(record) => record,
             Err(e) => {
-                tracing::warn!(%ip, error = %e, "refused to store an invalid IP record");
+                tracing::debug!(%ip, error = %e, "refused to store an invalid IP record");
                 return false;
             }
         };
         let published_here = new.addresses.iter().any(|net| net.network() == ip);
         if key != record_key(ip).as_slice() || !published_here {
-            tracing::warn!(%ip, "refused an IP record under a key its owner does not publish it under");
+            tracing::debug!(%ip, "refused an IP record under a key its owner does not publish it under");
             return false;
         }
-        match existing.and_then(|old| IpRecord::open(old, ip, now, registry.as_ref()).ok()) {
+        let replaces = match existing
+            .and_then(|old| IpRecord::open(old, ip, now, registry.as_ref()).ok())
+        {
             None => true,
             Some(old) if old.peer_id == new.peer_id => new.seq >= old.seq,
             Some(old) => {
-                tracing::error!(%ip, held_by = %old.peer_id, claimed_by = %new.peer_id, "conflict: refused a second owner's record");
+                tracing::debug!(%ip, held_by = %old.peer_id, claimed_by = %new.peer_id, "conflict: refused a second owner's record");
                 false
             }
+        };
+        if !replaces {
+            return false;
         }
+        let mut ledger = lock(&ledger);
+        ledger.retain(|_, keys| {
+            keys.retain(|_, expires| *expires > now);
+            !keys.is_empty()
+        });
+        let keys = ledger.entry(new.peer_id).or_default();
+        if !keys.contains_key(key) && keys.len() >= records_per_publisher {
+            drop(ledger);
+            if let Some(metrics) = &metrics {
+                metrics.record_budget_exceeded(Budget::StoreQuota);
+            }
+            tracing::debug!(%ip, owner = %new.peer_id, "refused an IP record: its owner has its quota of records stored");
+            return false;
+        }
+        keys.insert(key.to_vec(), new.expires_unix);
+        true
     }
 }

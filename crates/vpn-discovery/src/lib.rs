@@ -11,6 +11,7 @@
 //! - [`record_filter`]: the check every record another peer stores with us passes.
 
 mod kad;
+mod lru;
 mod registry;
 
 pub use kad::{KadDiscovery, record_filter, unix_now};

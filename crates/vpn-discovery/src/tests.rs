@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libp2p_identity::Keypair;
-use vpn_api::{IpRegistry, PeerDiscoveryService};
+use vpn_api::{IpRegistry, MetricsService, PeerDiscoveryService};
 use vpn_errors::{NetworkErrorKind, VpnError};
 use vpn_testutil::mocks::MockDht;
 use vpn_types::{DiscoverySettings, IpNet, PeerId};
@@ -160,7 +160,7 @@ async fn sync_publishes_a_signed_record_under_each_address() {
 async fn the_store_filter_checks_every_put() {
     let w = world();
     let registry: Arc<dyn IpRegistry> = w.registry.clone();
-    let filter = record_filter(registry);
+    let filter = record_filter(registry, 64, None);
     let key = record_key(ip("100.64.0.7"));
     let c1 = record(&w.c, "100.64.0.7/32", 1);
     let c2 = record(&w.c, "100.64.0.7/32", 2);
@@ -178,7 +178,7 @@ async fn the_store_filter_checks_every_put() {
 fn records_are_stored_only_under_the_key_they_are_published_under() {
     let w = world();
     let registry: Arc<dyn IpRegistry> = w.registry.clone();
-    let filter = record_filter(registry);
+    let filter = record_filter(registry, 64, None);
     let v6 = record(&w.c, "fd00::7/128", 1);
     assert!(filter(&record_key(ip("fd00::7")), &v6, None));
     // The same address spelled otherwise: each would take a slot of the store.
@@ -399,4 +399,73 @@ async fn a_dht_that_finds_nothing_does_not_unseat_a_live_owner() {
         assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+#[tokio::test]
+async fn the_cache_holds_its_budget_of_addresses_and_forgets_the_least_recently_used() {
+    let w = world();
+    let mut dht = MockDht::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let c_record = record(&w.c, "100.64.0.3/32", 1);
+    dht.expect_get_records().returning(move |key| {
+        seen.lock().unwrap().push(key.clone());
+        match key == record_key(ip("100.64.0.3")) {
+            true => Ok(vec![c_record.clone()]),
+            false => Ok(Vec::new()),
+        }
+    });
+    let metrics = Arc::new(vpn_metrics::AtomicMetrics::new());
+    let configured = w.registry.claims().iter().map(|(p, n)| (*n, *p)).collect();
+    let d = KadDiscovery::new(
+        Arc::new(dht),
+        w.registry.clone(),
+        w.me.clone(),
+        vec![net("100.64.0.1/32")],
+        configured,
+        DiscoverySettings::default().with_cache_entries(8),
+    )
+    .with_metrics(metrics.clone());
+    let c = w.c.public().to_peer_id();
+    assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
+    // A flood of addresses nobody owns: each is a miss, and the cache keeps 8 answers.
+    for n in 0..100u8 {
+        let unknown = IpAddr::from([100, 64, 9, n]);
+        assert!(d.peer_for_ip(unknown).await.is_err());
+        // The owner in use stays: it is used between the misses.
+        assert_eq!(d.holds_now(&c, ip("100.64.0.3")), Some(true));
+    }
+    let lookups = asked.lock().unwrap().len();
+    assert_eq!(lookups, 1 + 100);
+    assert_eq!(d.peer_for_ip(ip("100.64.0.3")).await.unwrap(), c);
+    assert_eq!(asked.lock().unwrap().len(), lookups, "the owner in use was still cached");
+    // The first misses were forgotten: asking again looks them up again.
+    assert!(d.peer_for_ip(IpAddr::from([100, 64, 9, 0])).await.is_err());
+    assert_eq!(asked.lock().unwrap().len(), lookups + 1);
+    let forgotten = metrics.snapshot().exceeded(vpn_types::Budget::DiscoveryCache);
+    assert_eq!(forgotten, 101 + 1 - 8);
+}
+
+#[test]
+fn each_owner_keeps_its_quota_of_records_in_our_store() {
+    let w = world();
+    let registry: Arc<dyn IpRegistry> = w.registry.clone();
+    let metrics = Arc::new(vpn_metrics::AtomicMetrics::new());
+    let filter = record_filter(registry, 3, Some(metrics.clone()));
+    // One record claiming many addresses, offered under each of their keys.
+    let addresses: Vec<IpNet> = (10..20u8).map(|n| net(&format!("100.64.1.{n}/32"))).collect();
+    let c = w.c.public().to_peer_id();
+    let many = IpRecord::new(c, addresses.clone(), 1, unix_now() + 600).sign(&w.c).unwrap();
+    let stored: Vec<bool> =
+        addresses.iter().map(|a| filter(&record_key(a.network()), &many, None)).collect();
+    assert_eq!(stored.iter().filter(|s| **s).count(), 3, "{stored:?}");
+    assert_eq!(metrics.snapshot().exceeded(vpn_types::Budget::StoreQuota), 7);
+    // Its stored keys can still be renewed; another owner has its own quota.
+    let renewed = IpRecord::new(c, addresses.clone(), 2, unix_now() + 600).sign(&w.c).unwrap();
+    assert!(filter(&record_key(addresses[0].network()), &renewed, Some(&many)));
+    assert!(filter(&record_key(ip("100.64.2.1")), &record(&w.d, "100.64.2.1/32", 1), None));
+    // A new key of the first owner is still refused.
+    let more =
+        IpRecord::new(c, vec![net("100.64.3.1/32")], 3, unix_now() + 600).sign(&w.c).unwrap();
+    assert!(!filter(&record_key(ip("100.64.3.1")), &more, None), "still over the quota");
 }

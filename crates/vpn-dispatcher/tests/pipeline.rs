@@ -18,7 +18,7 @@ use vpn_dispatcher::Dispatcher;
 use vpn_errors::{NetworkErrorKind, VpnError};
 use vpn_metrics::AtomicMetrics;
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
-use vpn_stream::{StreamPool, serve_inbound};
+use vpn_stream::{InboundLimits, StreamPool, serve_inbound};
 use vpn_testutil::{Faults, MemoryStreams, PacketBuilder};
 use vpn_types::{
     CircuitBreakerSettings, DropReason, IpNet, PeerId, RetrySettings, StreamPoolSettings,
@@ -84,11 +84,12 @@ fn engine(faults: Vec<Faults>) -> Engine {
     tokio::spawn(async move {
         while let Some(far) = accepted.recv().await {
             let tx = tx.clone();
-            tokio::spawn(serve_inbound(Box::new(far.stream), move |frame| {
+            let sink = move |frame| {
                 if let Frame::Packet(packet) = frame {
                     let _ = tx.send(packet);
                 }
-            }));
+            };
+            tokio::spawn(serve_inbound(Box::new(far.stream), sink, InboundLimits::default()));
         }
     });
     Engine { dispatcher, pool, streams, metrics, received, ctx }

@@ -7,11 +7,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use vpn_api::MetricsService;
-use vpn_types::{DropReason, MetricsSnapshot};
+use vpn_types::{Budget, DropReason, MetricsSnapshot};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
     reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    budget: String,
 }
 
 /// Lock-free counters, registered for Prometheus exposition.
@@ -26,6 +31,7 @@ pub struct AtomicMetrics {
     bytes_received: Counter,
     stream_errors: Counter,
     drops: [Counter; DropReason::COUNT],
+    budgets: [Counter; Budget::COUNT],
     active_workers: Gauge,
     active_streams: Gauge,
 }
@@ -76,6 +82,14 @@ impl AtomicMetrics {
         registry.register("packets_dropped", "Packets dropped, by reason", family.clone());
         let drops = DropReason::ALL
             .map(|r| family.get_or_create(&DropLabels { reason: r.as_str().to_owned() }).clone());
+        let family = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "budget_exceeded",
+            "Times a peer's budget bit (stream refused, packet dropped, entry forgotten), by budget",
+            family.clone(),
+        );
+        let budgets = Budget::ALL
+            .map(|b| family.get_or_create(&BudgetLabels { budget: b.as_str().to_owned() }).clone());
         let active_workers = gauge(&mut registry, "active_workers", "Flow workers alive");
         let active_streams = gauge(&mut registry, "active_streams", "Streams open to peers");
         Self {
@@ -86,6 +100,7 @@ impl AtomicMetrics {
             bytes_received,
             stream_errors,
             drops,
+            budgets,
             active_workers,
             active_streams,
         }
@@ -125,6 +140,12 @@ impl MetricsService for AtomicMetrics {
         }
     }
 
+    fn record_budget_exceeded(&self, budget: Budget) {
+        if let Some(counter) = self.budgets.get(budget.index()) {
+            counter.inc();
+        }
+    }
+
     fn set_active_workers(&self, workers: u64) {
         self.active_workers.set(i64::try_from(workers).unwrap_or(i64::MAX));
     }
@@ -143,6 +164,7 @@ impl MetricsService for AtomicMetrics {
             stream_errors: self.stream_errors.get(),
             circuit_open_drops: drops.get(DropReason::CircuitOpen.index()).copied().unwrap_or(0),
             drops,
+            budgets: self.budgets.each_ref().map(Counter::get),
             active_workers: gauge_value(&self.active_workers),
             active_streams: gauge_value(&self.active_streams),
         }
@@ -164,7 +186,11 @@ mod tests {
         m.record_circuit_open_drop();
         m.set_active_workers(7);
         m.set_active_streams(2);
+        m.record_budget_exceeded(Budget::LookupRate);
+        m.record_budget_exceeded(Budget::LookupRate);
         let s = m.snapshot();
+        assert_eq!(s.exceeded(Budget::LookupRate), 2);
+        assert_eq!(s.exceeded(Budget::InboundStreams), 0);
         assert_eq!((s.packets_sent, s.bytes_sent), (3, 300));
         assert_eq!((s.packets_received, s.bytes_received), (1, 60));
         assert_eq!(s.stream_errors, 1);
@@ -179,6 +205,7 @@ mod tests {
         let m = AtomicMetrics::new();
         m.record_sent(5, 500);
         m.record_drop(DropReason::NoPeer);
+        m.record_budget_exceeded(Budget::InboundStreams);
         let text = m.render_prometheus();
         for line in [
             "vpn_packets_sent_total 5",
@@ -187,6 +214,8 @@ mod tests {
             "vpn_stream_errors_total 0",
             "vpn_packets_dropped_total{reason=\"no_peer\"} 1",
             "vpn_packets_dropped_total{reason=\"queue_full\"} 0",
+            "vpn_budget_exceeded_total{budget=\"inbound_streams\"} 1",
+            "vpn_budget_exceeded_total{budget=\"store_quota\"} 0",
             "vpn_active_workers 0",
             "vpn_active_streams 0",
         ] {

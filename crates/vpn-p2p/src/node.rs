@@ -167,6 +167,7 @@ impl P2pNode {
                 overlay: config.overlay,
                 max_per_peer: config.max_connections_per_peer,
                 filter: config.record_filter,
+                warnings: vpn_types::WarnGate::per_peer(),
             }
             .run(has_bootstrap),
         );
@@ -260,6 +261,8 @@ struct EventLoop {
     overlay: Vec<vpn_types::IpNet>,
     max_per_peer: u32,
     filter: Option<RecordFilter>,
+    /// Warnings about records a peer sent, at most one per peer every few seconds.
+    warnings: vpn_types::WarnGate<PeerId>,
 }
 
 /// One open connection, as the event loop keeps track of it.
@@ -543,12 +546,20 @@ impl EventLoop {
                 let allowed = self.filter.as_ref().is_none_or(|filter| {
                     filter(record.key.as_ref(), &record.value, existing.as_deref())
                 });
-                if allowed {
-                    if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
-                        tracing::warn!(peer = %source, error = %e, "cannot store record");
-                    }
-                } else {
-                    tracing::warn!(peer = %source, "refused a DHT record that does not pass the checks");
+                let stored = match allowed {
+                    true => self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .store_mut()
+                        .put(record)
+                        .map_err(|e| e.to_string()),
+                    false => Err("it does not pass the checks".to_owned()),
+                };
+                if let Err(why) = stored
+                    && let Some(held_back) = self.warnings.admit(source)
+                {
+                    tracing::warn!(peer = %source, held_back, "refused a DHT record: {why}");
                 }
             }
             kad::Event::OutboundQueryProgressed { id, result, step, .. } => {

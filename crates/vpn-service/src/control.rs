@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use vpn_api::VpnService;
-use vpn_types::DropReason;
+use vpn_types::{Budget, DropReason};
 
 use crate::VpnNode;
 
@@ -44,8 +44,12 @@ pub async fn status_json(node: &VpnNode) -> String {
         .iter()
         .map(|r| format!("{}:{}", json_str(r.as_str()), m.dropped(*r)))
         .collect::<Vec<_>>();
+    let budgets = Budget::ALL
+        .iter()
+        .map(|b| format!("{}:{}", json_str(b.as_str()), m.exceeded(*b)))
+        .collect::<Vec<_>>();
     format!(
-        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}}}}}}",
+        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}}}}}}",
         json_str(&node.local_peer_id().to_string()),
         json_list(node.own_addresses().iter().map(|a| json_str(&a.to_string()))),
         json_list(node.listen_addrs().await.iter().map(|a| json_str(&a.to_string()))),
@@ -57,6 +61,7 @@ pub async fn status_json(node: &VpnNode) -> String {
         m.active_workers,
         m.active_streams,
         drops.join(","),
+        budgets.join(","),
     )
 }
 

@@ -7,6 +7,7 @@
 //! reader; and last, publishing our IP record (then republishing it). Stop runs the other
 //! way. A part that fails to start is named in the error, and what had started is stopped.
 
+mod budget;
 mod control;
 mod identity;
 mod node;

@@ -19,14 +19,15 @@ use vpn_metrics::AtomicMetrics;
 use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode};
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
 use vpn_stream::{
-    InboundEnd, InboundSink, Libp2pStreamService, StreamHealth, StreamPool, accept_streams,
-    serve_inbound,
+    InboundEnd, InboundLimits, InboundSink, Libp2pStreamService, StreamHealth, StreamPool,
+    accept_streams, serve_inbound,
 };
 use vpn_tun::{Tun, TunConfig};
-use vpn_types::{DropReason, GsoInfo, MetricsSnapshot, PeerId, VpnConfig};
+use vpn_types::{Budget, DropReason, GsoInfo, MetricsSnapshot, PeerId, VpnConfig};
 use vpn_wire::Frame;
 use vpn_worker::WorkerContext;
 
+use crate::budget::{LookupHold, PeerBudgets, StreamSlot};
 use crate::{InboundCheck, Verdict};
 
 /// Packets read from or written to the TUN at once.
@@ -242,7 +243,12 @@ impl VpnNode {
         p2p_config.dial_timeout = config.network.dial_timeout;
         p2p_config.transport = config.network.transport;
         p2p_config.overlay = self.overlay_nets();
-        p2p_config.record_filter = Some(Arc::new(record_filter(registry.clone())));
+        let filter = record_filter(
+            registry.clone(),
+            config.discovery.records_per_publisher,
+            Some(self.metrics.clone()),
+        );
+        p2p_config.record_filter = Some(Arc::new(filter));
         let p2p =
             P2pNode::start(p2p_config).await.map_err(|e| startup("start libp2p", e.into()))?;
         let handle = p2p.handle().clone();
@@ -250,14 +256,17 @@ impl VpnNode {
 
         let configured =
             registry.claims().iter().filter(|(p, _)| *p != local).map(|(p, n)| (*n, *p)).collect();
-        let discovery = Arc::new(KadDiscovery::new(
-            Arc::new(handle.clone()),
-            registry.clone(),
-            self.keypair.clone(),
-            own.clone(),
-            configured,
-            config.discovery.clone(),
-        ));
+        let discovery = Arc::new(
+            KadDiscovery::new(
+                Arc::new(handle.clone()),
+                registry.clone(),
+                self.keypair.clone(),
+                own.clone(),
+                configured,
+                config.discovery.clone(),
+            )
+            .with_metrics(self.metrics.clone()),
+        );
         parts.discovery = Some(discovery.clone());
 
         let metrics: Arc<dyn MetricsService> = self.metrics.clone();
@@ -326,14 +335,22 @@ impl VpnNode {
             ACCEPT_BACKLOG,
         )
         .map_err(|e| startup("accept streams", e))?;
-        let check = Arc::new(InboundCheck::new(discovery.clone(), own, config.firewall.clone()));
-        let delivery = Delivery {
-            offload: tun.offload(),
-            tun: tun.clone(),
-            metrics: metrics.clone(),
-            fault: self.fault.clone(),
-        };
-        parts.tasks.push(tokio::spawn(serve_peers(inbound, check, delivery)));
+        let receiver = Arc::new(Receiver {
+            check: InboundCheck::new(discovery.clone(), own, config.firewall.clone()),
+            delivery: Delivery {
+                offload: tun.offload(),
+                tun: tun.clone(),
+                metrics: metrics.clone(),
+                fault: self.fault.clone(),
+            },
+            budgets: PeerBudgets::new(config.limits.clone(), metrics.clone()),
+            limits: InboundLimits {
+                idle: config.limits.inbound_idle_timeout,
+                write: config.limits.inbound_write_timeout,
+            },
+            warnings: vpn_types::WarnGate::per_peer(),
+        });
+        parts.tasks.push(tokio::spawn(serve_peers(inbound, receiver)));
         parts.tasks.push(tokio::spawn(read_tun(tun, dispatcher, self.fault.clone())));
         parts.tasks.push(tokio::spawn(publish(discovery, config.discovery.republish_interval)));
         tracing::info!(peer = %local, "vpn node started");
@@ -465,25 +482,42 @@ impl Delivery {
     }
 }
 
-/// Serves every stream peers open to us, each on its own task.
-async fn serve_peers(
-    mut inbound: mpsc::Receiver<Box<dyn VpnStream>>,
-    check: Arc<InboundCheck>,
+/// What every inbound stream shares: the receiver checks, the way to the TUN, and what
+/// each peer may make us hold.
+struct Receiver {
+    check: InboundCheck,
     delivery: Delivery,
-) {
-    while let Some(stream) = inbound.recv().await {
-        tokio::spawn(serve_peer(stream, check.clone(), delivery.clone()));
+    budgets: Arc<PeerBudgets>,
+    limits: InboundLimits,
+    /// Warnings about what peers did, at most one per peer and kind every few seconds.
+    warnings: vpn_types::WarnGate<(PeerId, &'static str)>,
+}
+
+/// Serves every stream peers open to us, each on its own task, within each peer's stream
+/// budget.
+async fn serve_peers(mut inbound: mpsc::Receiver<Box<dyn VpnStream>>, receiver: Arc<Receiver>) {
+    while let Some(mut stream) = inbound.recv().await {
+        let peer = stream.peer_id();
+        match receiver.budgets.admit_stream(peer) {
+            Some(slot) => drop(tokio::spawn(serve_peer(stream, slot, receiver.clone()))),
+            None => {
+                stream.reset();
+                if let Some(held_back) = receiver.warnings.admit((peer, "streams")) {
+                    tracing::warn!(%peer, held_back, "refused an inbound stream: the peer has its budget of streams open");
+                }
+            }
+        }
     }
 }
 
-/// A packet waiting for its sender's record: the packet, its source, its offload info.
-type Waiting = (Bytes, std::net::IpAddr, Option<GsoInfo>);
+/// A packet waiting for its sender's record: the packet (copied out of the read buffer),
+/// its offload info, and its bytes' place in the peer's budget.
+type Waiting = (Bytes, Option<GsoInfo>, LookupHold);
 
 /// The receiver checks of one inbound stream, in front of its TUN batch.
 struct PeerSink<'a> {
     peer: PeerId,
-    check: &'a InboundCheck,
-    delivery: &'a Delivery,
+    receiver: &'a Receiver,
     /// Packets whose source this node cannot place yet, to be looked up.
     unknown: &'a mpsc::Sender<Waiting>,
     batch: Vec<TunPacket>,
@@ -491,12 +525,19 @@ struct PeerSink<'a> {
 
 impl PeerSink<'_> {
     fn judge(&mut self, packet: Bytes, gso: Option<GsoInfo>) {
-        match self.check.check(&self.peer, &packet) {
-            Verdict::Accept => self.delivery.accept(&mut self.batch, packet, gso),
-            Verdict::Drop(reason) => self.delivery.metrics.record_drop(reason),
-            Verdict::LookUp(src) => {
-                if self.unknown.try_send((packet, src, gso)).is_err() {
-                    self.delivery.metrics.record_drop(DropReason::QueueFull);
+        let Receiver { check, delivery, budgets, .. } = self.receiver;
+        match check.check(&self.peer, &packet) {
+            Verdict::Accept => delivery.accept(&mut self.batch, packet, gso),
+            Verdict::Drop(reason) => delivery.metrics.record_drop(reason),
+            Verdict::LookUp(_) => {
+                let Some(hold) = budgets.hold_for_lookup(self.peer, packet.len()) else {
+                    return delivery.metrics.record_drop(DropReason::OverBudget);
+                };
+                // A copy, so a waiting packet holds its own bytes and not the read buffer
+                // it arrived in.
+                let packet = Bytes::copy_from_slice(&packet);
+                if self.unknown.try_send((packet, gso, hold)).is_err() {
+                    delivery.metrics.record_drop(DropReason::QueueFull);
                 }
             }
         }
@@ -517,7 +558,7 @@ impl InboundSink for PeerSink<'_> {
                     .and_then(|claimed| vpn_utils::super_packet_gso(&packet, &claimed).ok());
                 match derived {
                     Some(gso) => self.judge(packet, Some(gso)),
-                    None => self.delivery.metrics.record_drop(DropReason::Malformed),
+                    None => self.receiver.delivery.metrics.record_drop(DropReason::Malformed),
                 }
             }
             _ => {}
@@ -525,46 +566,70 @@ impl InboundSink for PeerSink<'_> {
     }
 
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        self.delivery.write(&mut self.batch)
+        self.receiver.delivery.write(&mut self.batch)
     }
 }
 
-async fn serve_peer(stream: Box<dyn VpnStream>, check: Arc<InboundCheck>, delivery: Delivery) {
+/// The verdict on a packet that waited for a lookup: known by now (an earlier lookup
+/// answered), or looked up within the peer's rate of lookups.
+async fn judge_after_lookup(receiver: &Receiver, peer: PeerId, packet: &[u8]) -> Verdict {
+    match receiver.check.check(&peer, packet) {
+        Verdict::LookUp(src) if receiver.budgets.start_lookup(peer) => {
+            receiver.check.check_after_lookup(&peer, src).await
+        }
+        Verdict::LookUp(_) => Verdict::Drop(DropReason::OverBudget),
+        verdict => verdict,
+    }
+}
+
+async fn serve_peer(stream: Box<dyn VpnStream>, slot: StreamSlot, receiver: Arc<Receiver>) {
     let peer = stream.peer_id();
-    let metrics = delivery.metrics.clone();
+    let metrics = receiver.delivery.metrics.clone();
     // Packets whose source this node cannot place yet wait here for a lookup, in order.
     let (unknown, mut waiting) = mpsc::channel::<Waiting>(LOOKUP_QUEUE);
     let lookups = {
-        let (check, delivery) = (check.clone(), delivery.clone());
+        let receiver = receiver.clone();
         tokio::spawn(async move {
             let mut batch = Vec::new();
-            while let Some((packet, src, gso)) = waiting.recv().await {
-                match check.check_after_lookup(&peer, src).await {
+            let delivery = &receiver.delivery;
+            while let Some((packet, gso, hold)) = waiting.recv().await {
+                match judge_after_lookup(&receiver, peer, &packet).await {
                     Verdict::Accept => delivery.accept(&mut batch, packet, gso),
                     Verdict::Drop(reason) => delivery.metrics.record_drop(reason),
                     Verdict::LookUp(_) => delivery.metrics.record_drop(DropReason::Spoofed),
                 }
+                drop(hold);
                 if delivery.write(&mut batch).await.is_err() {
                     return;
                 }
             }
         })
     };
-    let sink =
-        PeerSink { peer, check: &check, delivery: &delivery, unknown: &unknown, batch: Vec::new() };
-    let end = serve_inbound(stream, sink).await;
+    let sink = PeerSink { peer, receiver: &receiver, unknown: &unknown, batch: Vec::new() };
+    let end = serve_inbound(stream, sink, receiver.limits).await;
     drop(unknown);
     let _ = lookups.await;
+    drop(slot);
     match end {
         InboundEnd::Closed => {}
         InboundEnd::Protocol(e) => {
             metrics.record_stream_error();
-            tracing::warn!(%peer, error = %e, "peer broke the wire protocol; stream reset");
+            if let Some(held_back) = receiver.warnings.admit((peer, "protocol")) {
+                tracing::warn!(%peer, error = %e, held_back, "peer broke the wire protocol; stream reset");
+            }
         }
         // The fault was raised by the write that failed.
         InboundEnd::Sink(e) => tracing::debug!(%peer, error = %e, "inbound stream ended: no TUN"),
         InboundEnd::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         InboundEnd::Io(e) => tracing::debug!(%peer, error = %e, "inbound stream ended"),
+        InboundEnd::Idle => {
+            metrics.record_budget_exceeded(Budget::IdleStream);
+            tracing::debug!(%peer, "inbound stream closed: it sent nothing for the idle limit");
+        }
+        InboundEnd::Stalled => {
+            metrics.record_budget_exceeded(Budget::StalledStream);
+            tracing::debug!(%peer, "inbound stream reset: it did not take our reply");
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +35,28 @@ pub enum InboundEnd {
     Io(io::Error),
     /// The sink could not take what was read (the TUN device is gone); the stream was reset.
     Sink(io::Error),
+    /// The opener sent nothing for [`InboundLimits::idle`]; the stream was reset.
+    Idle,
+    /// The opener did not take our reply within [`InboundLimits::write`]; the stream was
+    /// reset.
+    Stalled,
+}
+
+/// How long an inbound stream may keep its task and buffers without doing its part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundLimits {
+    /// Nothing read for this long ends the stream. Openers ping idle streams, so this is
+    /// longer than their health-check interval.
+    pub idle: Duration,
+    /// A reply not taken within this long ends the stream.
+    pub write: Duration,
+}
+
+impl Default for InboundLimits {
+    /// The defaults of `[limits]`: 60 s idle, 10 s to take a reply.
+    fn default() -> Self {
+        Self { idle: Duration::from_secs(60), write: Duration::from_secs(10) }
+    }
 }
 
 /// Where [`serve_inbound`] hands the frames it decodes.
@@ -66,6 +89,7 @@ impl<F: FnMut(Frame) + Send> InboundSink for F {
 pub async fn serve_inbound(
     mut stream: Box<dyn VpnStream>,
     mut sink: impl InboundSink,
+    limits: InboundLimits,
 ) -> InboundEnd {
     let mut decoder = FrameDecoder::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -75,9 +99,14 @@ pub async fn serve_inbound(
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        let read = match stream.read_buf(&mut (&mut buf).limit(offer)).await {
-            Ok(n) => n,
-            Err(e) => return InboundEnd::Io(e),
+        let mut room = (&mut buf).limit(offer);
+        let read = match tokio::time::timeout(limits.idle, stream.read_buf(&mut room)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return InboundEnd::Io(e),
+            Err(_) => {
+                stream.reset();
+                return InboundEnd::Idle;
+            }
         };
         offer = next_offer(read);
         let decoded =
@@ -104,11 +133,17 @@ pub async fn serve_inbound(
         }
         if !reply.is_empty() {
             let answer = reply.split();
-            if let Err(e) = stream.write_all(&answer).await {
-                return InboundEnd::Io(e);
-            }
-            if let Err(e) = stream.flush().await {
-                return InboundEnd::Io(e);
+            let write = async {
+                stream.write_all(&answer).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(limits.write, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return InboundEnd::Io(e),
+                Err(_) => {
+                    stream.reset();
+                    return InboundEnd::Stalled;
+                }
             }
         }
         if read == 0 {

@@ -19,7 +19,7 @@ mod pool;
 mod pooled;
 
 pub use health::StreamHealth;
-pub use inbound::{InboundEnd, InboundSink, serve_inbound};
+pub use inbound::{InboundEnd, InboundLimits, InboundSink, serve_inbound};
 pub use p2p_stream::{
     Libp2pStream, Libp2pStreamService, PACKET_PROTOCOL, PeerFilter, accept_streams,
 };

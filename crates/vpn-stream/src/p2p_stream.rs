@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use vpn_api::{MetricsService, StreamService, VpnStream};
 use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
-use vpn_types::PeerId;
+use vpn_types::{PeerId, WarnGate};
 
 /// The stream protocol of PROTOCOL.md.
 pub const PACKET_PROTOCOL: StreamProtocol = StreamProtocol::new(vpn_wire::PROTOCOL_ID);
@@ -156,18 +156,23 @@ pub fn accept_streams(
     })?;
     let (tx, rx) = mpsc::channel(backlog.max(1));
     tokio::spawn(async move {
+        let warnings = WarnGate::per_peer();
         while let Some((peer, stream)) = incoming.next().await {
             if !allow(&peer) {
-                tracing::warn!(%peer, "refused a VPN stream from a peer that is not allowed");
                 metrics.record_stream_error();
+                if let Some(held_back) = warnings.admit(peer) {
+                    tracing::warn!(%peer, held_back, "refused a VPN stream from a peer that is not allowed");
+                }
                 continue;
             }
             let stream: Box<dyn VpnStream> = Box::new(Libp2pStream::new(stream, peer));
             match tx.try_send(stream) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(%peer, "too many streams waiting to be served; resetting one");
                     metrics.record_stream_error();
+                    if let Some(held_back) = warnings.admit(peer) {
+                        tracing::warn!(%peer, held_back, "too many streams waiting to be served; resetting one");
+                    }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => break,
             }

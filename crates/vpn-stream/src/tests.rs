@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 use vpn_api::{
     FrameBatch, MetricsService, StreamHealthService, StreamPoolService, StreamService, VpnStream,
@@ -16,7 +16,7 @@ use vpn_testutil::{Accepted, Faults, MemoryStreams};
 use vpn_types::{DropReason, FlowKey, HealthCheckSettings, PeerId, StreamPoolSettings};
 use vpn_wire::{Frame, FrameDecoder};
 
-use crate::{InboundSink, StreamHealth, StreamPool, serve_inbound};
+use crate::{InboundLimits, InboundSink, StreamHealth, StreamPool, serve_inbound};
 
 struct Fixture {
     pool: StreamPool,
@@ -438,7 +438,7 @@ async fn answering_stream_stays_healthy() {
     let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
     let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
     let far = f.accepted.recv().await.unwrap();
-    tokio::spawn(serve_inbound(Box::new(far.stream), |_| {}));
+    tokio::spawn(serve_inbound(Box::new(far.stream), |_| {}, InboundLimits::default()));
     for round in 1..=5u64 {
         tokio::time::advance(Duration::from_secs(10)).await;
         health.check_once();
@@ -508,7 +508,7 @@ async fn inbound_server_with(
     let (streams, mut accepted) = MemoryStreams::new(PeerId::random(), 1 << 16);
     let ours = streams.open_stream(PeerId::random()).await.unwrap();
     let far = accepted.recv().await.unwrap();
-    (ours, tokio::spawn(serve_inbound(Box::new(far.stream), sink)))
+    (ours, tokio::spawn(serve_inbound(Box::new(far.stream), sink, InboundLimits::default())))
 }
 
 /// An in-memory stream served by [`serve_inbound`]: our end, the frames it delivers, and
@@ -572,7 +572,7 @@ async fn write_packets(stream: &mut Box<dyn VpnStream>, bodies: &[&[u8]]) {
     for body in bodies {
         vpn_wire::encode_packet(&mut wire, body).unwrap();
     }
-    tokio::io::AsyncWriteExt::write_all(stream, &wire).await.unwrap();
+    stream.write_all(&wire).await.unwrap();
 }
 
 #[tokio::test]
@@ -657,4 +657,52 @@ async fn inbound_reads_the_largest_frames_between_small_ones() {
         assert_eq!(body.len(), len);
         assert!(body.iter().all(|b| *b == tag));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inbound_stream_that_sends_nothing_is_closed_after_the_idle_limit() {
+    let (mut ours, _delivered, server) = inbound_server().await;
+    let limits = InboundLimits::default();
+    // A stream kept alive by a PING before each idle limit runs out stays open.
+    let mut buf = BytesMut::new();
+    for nonce in 0..3u8 {
+        tokio::time::advance(limits.idle - Duration::from_secs(1)).await;
+        vpn_wire::encode_ping(&mut buf, [nonce; 8]);
+        ours.write_all(&buf.split()).await.unwrap();
+        let mut pong = [0u8; 64];
+        assert!(ours.read(&mut pong).await.unwrap() > 0, "PONG {nonce}");
+    }
+    assert!(!server.is_finished());
+    // Then silence: the stream ends one idle limit after the last PING, and is reset.
+    let start = tokio::time::Instant::now();
+    let end = tokio::time::timeout(limits.idle * 10, server).await.expect("ended").unwrap();
+    assert!(matches!(end, crate::InboundEnd::Idle), "{end:?}");
+    assert_eq!(start.elapsed(), limits.idle);
+    let mut rest = [0u8; 8];
+    let after = ours.read(&mut rest).await;
+    assert!(matches!(after, Err(_) | Ok(0)), "the stream is gone: {after:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inbound_stream_that_never_reads_its_pongs_is_reset() {
+    let (streams, mut accepted) = MemoryStreams::new(PeerId::random(), 1 << 12);
+    let mut ours = streams.open_stream(PeerId::random()).await.unwrap();
+    let far = accepted.recv().await.unwrap();
+    let limits = InboundLimits::default();
+    let server = tokio::spawn(serve_inbound(Box::new(far.stream), |_| {}, limits));
+    // PINGs until the PONGs we never read fill the stream and the server's write waits.
+    let pinger = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        for nonce in 0..100_000u32 {
+            vpn_wire::encode_ping(&mut buf, u64::from(nonce).to_be_bytes());
+            if ours.write_all(&buf.split()).await.is_err() {
+                return nonce;
+            }
+        }
+        u32::MAX
+    });
+    let end = tokio::time::timeout(limits.write * 10, server).await.expect("ended").unwrap();
+    assert!(matches!(end, crate::InboundEnd::Stalled), "{end:?}");
+    let sent = pinger.await.unwrap();
+    assert!(sent < 100_000, "the reset stream refused our writes after {sent} PINGs");
 }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use vpn_api::{MetricsService, StreamService};
 use vpn_metrics::AtomicMetrics;
 use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode};
-use vpn_stream::{Libp2pStreamService, accept_streams, serve_inbound};
+use vpn_stream::{InboundLimits, Libp2pStreamService, accept_streams, serve_inbound};
 use vpn_wire::Frame;
 
 async fn node() -> P2pNode {
@@ -38,9 +38,10 @@ async fn allowed_peers_stream_frames_and_others_are_refused() {
         while let Some(stream) = inbound.recv().await {
             let tx = tx.clone();
             let peer = stream.peer_id();
-            tokio::spawn(serve_inbound(stream, move |frame| {
+            let sink = move |frame| {
                 let _ = tx.send((peer, frame));
-            }));
+            };
+            tokio::spawn(serve_inbound(stream, sink, InboundLimits::default()));
         }
     });
     let a_id = a.handle().local_peer_id();

@@ -26,8 +26,9 @@ use vpn_api::{
 };
 use vpn_errors::VpnError;
 use vpn_types::{
-    BreakerState, CircuitBreakerSettings, DropReason, FlowKey, HealthCheckSettings, HealthSnapshot,
-    IpNet, MetricsSnapshot, PeerId, RetrySettings, StreamPoolSettings, WorkerSettings,
+    BreakerState, Budget, CircuitBreakerSettings, DropReason, FlowKey, HealthCheckSettings,
+    HealthSnapshot, IpNet, MetricsSnapshot, PeerId, RetrySettings, StreamPoolSettings,
+    WorkerSettings,
 };
 
 mock! {
@@ -141,6 +142,7 @@ mock! {
         fn record_sent(&self, packets: u64, bytes: u64);
         fn record_received(&self, packets: u64, bytes: u64);
         fn record_drops(&self, reason: DropReason, packets: u64);
+        fn record_budget_exceeded(&self, budget: Budget);
         fn set_active_workers(&self, workers: u64);
         fn set_active_streams(&self, streams: u64);
         fn snapshot(&self) -> MetricsSnapshot;

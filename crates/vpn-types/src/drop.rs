@@ -31,11 +31,13 @@ pub enum DropReason {
     /// The kernel did not take the packet from the TUN device (refused, no buffer space,
     /// interface down).
     TunError,
+    /// The sending peer was over one of its budgets (see [`Budget`]).
+    OverBudget,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of a reason is its position here).
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::QueueFull,
         DropReason::WorkerLimit,
         DropReason::NoPeer,
@@ -49,6 +51,7 @@ impl DropReason {
         DropReason::TooLarge,
         DropReason::Shutdown,
         DropReason::TunError,
+        DropReason::OverBudget,
     ];
 
     /// The number of reasons.
@@ -75,11 +78,75 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::Shutdown => "shutdown",
             DropReason::TunError => "tun_error",
+            DropReason::OverBudget => "over_budget",
         }
     }
 }
 
 impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one peer may make the node hold, each bounded by a setting of
+/// [`LimitSettings`](crate::LimitSettings) (or, for the record store, of
+/// [`DiscoverySettings`](crate::DiscoverySettings)). Every time one bites it is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Budget {
+    /// Streams one peer has open to us (`limits.inbound_streams_per_peer`).
+    InboundStreams,
+    /// Bytes of one peer's packets waiting for a lookup (`limits.lookup_bytes_per_peer`).
+    LookupBytes,
+    /// Lookups one peer's packets start per second (`limits.lookups_per_second`).
+    LookupRate,
+    /// Owners remembered by discovery (`discovery.cache_entries`): the least recently used
+    /// one was forgotten.
+    DiscoveryCache,
+    /// An inbound stream sent nothing for `limits.inbound_idle_timeout`.
+    IdleStream,
+    /// An inbound stream did not take our reply within `limits.inbound_write_timeout`.
+    StalledStream,
+    /// Records one publisher may keep in our store (`discovery.records_per_publisher`).
+    StoreQuota,
+}
+
+impl Budget {
+    /// Every budget, in a fixed order (the index of a budget is its position here).
+    pub const ALL: [Budget; 7] = [
+        Budget::InboundStreams,
+        Budget::LookupBytes,
+        Budget::LookupRate,
+        Budget::DiscoveryCache,
+        Budget::IdleStream,
+        Budget::StalledStream,
+        Budget::StoreQuota,
+    ];
+
+    /// The number of budgets.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// A stable index in `0..COUNT`, for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label used in logs and metrics (`inbound_streams`, `lookup_rate`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Budget::InboundStreams => "inbound_streams",
+            Budget::LookupBytes => "lookup_bytes",
+            Budget::LookupRate => "lookup_rate",
+            Budget::DiscoveryCache => "discovery_cache",
+            Budget::IdleStream => "idle_stream",
+            Budget::StalledStream => "stalled_stream",
+            Budget::StoreQuota => "store_quota",
+        }
+    }
+}
+
+impl fmt::Display for Budget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -98,11 +165,23 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_unique_snake_case() {
-        let labels: HashSet<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(labels.len(), DropReason::COUNT);
+    fn budget_index_matches_position_in_all() {
+        for (i, budget) in Budget::ALL.iter().enumerate() {
+            assert_eq!(budget.index(), i, "{budget}");
+        }
+    }
+
+    fn snake_case_and_unique(labels: &[&str]) {
+        let unique: HashSet<_> = labels.iter().collect();
+        assert_eq!(unique.len(), labels.len());
         for label in labels {
             assert!(label.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{label}");
         }
+    }
+
+    #[test]
+    fn labels_are_unique_snake_case() {
+        snake_case_and_unique(&DropReason::ALL.map(DropReason::as_str));
+        snake_case_and_unique(&Budget::ALL.map(Budget::as_str));
     }
 }

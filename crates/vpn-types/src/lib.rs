@@ -27,9 +27,10 @@ mod packet;
 mod queued;
 pub mod settings;
 mod snapshot;
+mod warn;
 
 pub use budget::{BudgetPermit, ByteBudget};
-pub use drop::DropReason;
+pub use drop::{Budget, DropReason};
 pub use ipnet::IpNet;
 pub use libp2p_identity::PeerId;
 pub use multiaddr::{self, Multiaddr};
@@ -38,7 +39,9 @@ pub use packet::{FlowKey, PacketInfo};
 pub use queued::{QueuedPacket, SendResult};
 pub use settings::{
     CircuitBreakerSettings, ControlSettings, DiscoverySettings, FirewallSettings,
-    HealthCheckSettings, InterfaceSettings, MetricsSettings, NetworkSettings, NodeSettings,
-    PeerSettings, RetrySettings, StreamPoolSettings, Transport, VpnConfig, WorkerSettings,
+    HealthCheckSettings, InterfaceSettings, LimitSettings, MetricsSettings, NetworkSettings,
+    NodeSettings, PeerSettings, RetrySettings, StreamPoolSettings, Transport, VpnConfig,
+    WorkerSettings,
 };
 pub use snapshot::{BreakerState, HealthSnapshot, MetricsSnapshot, PeerHealth};
+pub use warn::WarnGate;

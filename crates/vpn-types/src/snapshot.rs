@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use libp2p_identity::PeerId;
 
-use crate::DropReason;
+use crate::{Budget, DropReason};
 
 /// The state of one circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +32,8 @@ pub struct MetricsSnapshot {
     pub circuit_open_drops: u64,
     /// Dropped packets, indexed by [`DropReason::index`].
     pub drops: [u64; DropReason::COUNT],
+    /// Times a peer's budget bit, indexed by [`Budget::index`].
+    pub budgets: [u64; Budget::COUNT],
     /// Workers alive now.
     pub active_workers: u64,
     /// Streams open now.
@@ -42,6 +44,11 @@ impl MetricsSnapshot {
     /// Packets dropped for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// Times `budget` bit.
+    pub fn exceeded(&self, budget: Budget) -> u64 {
+        self.budgets.get(budget.index()).copied().unwrap_or(0)
     }
 
     /// Packets dropped for any reason.

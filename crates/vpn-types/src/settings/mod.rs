@@ -54,6 +54,6 @@ pub use engine::{
     CircuitBreakerSettings, HealthCheckSettings, RetrySettings, StreamPoolSettings, WorkerSettings,
 };
 pub use node::{
-    ControlSettings, DiscoverySettings, FirewallSettings, InterfaceSettings, MetricsSettings,
-    NetworkSettings, NodeSettings, PeerSettings, Transport, VpnConfig,
+    ControlSettings, DiscoverySettings, FirewallSettings, InterfaceSettings, LimitSettings,
+    MetricsSettings, NetworkSettings, NodeSettings, PeerSettings, Transport, VpnConfig,
 };

@@ -124,6 +124,34 @@ settings! {
         /// A DHT lookup may take this long.
         @serde(with = "humantime_serde")
         lookup_timeout: Duration = Duration::from_secs(5), with_lookup_timeout;
+        /// Addresses whose owner (or lack of one) is remembered at once; the least recently
+        /// used is forgotten first.
+        cache_entries: usize = 4096, with_cache_entries;
+        /// Records one publisher may keep in this node's share of the DHT; a record beyond
+        /// it is refused.
+        records_per_publisher: usize = 64, with_records_per_publisher;
+    }
+}
+
+settings! {
+    /// What one peer can make this node hold while it receives from it. Each budget that
+    /// bites is counted in `vpn_budget_exceeded_total`, by budget.
+    LimitSettings {
+        /// Streams one peer may have open to this node at once; a stream beyond it is reset.
+        inbound_streams_per_peer: usize = 16, with_inbound_streams_per_peer;
+        /// Bytes of one peer's packets that may wait for their source's owner to be looked
+        /// up; a packet beyond it is dropped as `over_budget`.
+        lookup_bytes_per_peer: usize = 1024 * 1024, with_lookup_bytes_per_peer;
+        /// Lookups of unknown source addresses that one peer's packets may start per
+        /// second (as many at once); a packet beyond it is dropped as `over_budget`.
+        lookups_per_second: u32 = 10, with_lookups_per_second;
+        /// An inbound stream that sends nothing (not even a health-check ping) for this
+        /// long is closed.
+        @serde(with = "humantime_serde")
+        inbound_idle_timeout: Duration = Duration::from_secs(60), with_inbound_idle_timeout;
+        /// A reply (a PONG) the peer does not take within this long resets its stream.
+        @serde(with = "humantime_serde")
+        inbound_write_timeout: Duration = Duration::from_secs(10), with_inbound_write_timeout;
     }
 }
 
@@ -199,6 +227,8 @@ settings! {
         health_check: HealthCheckSettings = HealthCheckSettings::default(), with_health_check;
         /// `[retry]`
         retry: RetrySettings = RetrySettings::default(), with_retry;
+        /// `[limits]`
+        limits: LimitSettings = LimitSettings::default(), with_limits;
     }
 }
 
