@@ -30,6 +30,10 @@ pub trait MetricsService: Send + Sync {
     /// forgotten).
     fn record_budget_exceeded(&self, budget: Budget);
 
+    /// Counts one DHT record a peer asked us to store that we refused (invalid, under a key
+    /// its owner does not publish it under, a second owner's, or over its owner's quota).
+    fn record_refused_record(&self);
+
     /// Sets the number of workers alive now.
     fn set_active_workers(&self, workers: u64);
 

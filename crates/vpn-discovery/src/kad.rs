@@ -403,26 +403,33 @@ pub fn record_filter(
 ) -> impl Fn(&[u8], &[u8], Option<&[u8]>) -> bool + Send + Sync + 'static {
     // The keys each owner holds in our store, with their records' expiry (unix seconds).
     let ledger: Mutex<HashMap<PeerId, HashMap<Vec<u8>, u64>>> = Mutex::new(HashMap::new());
+    let quota_metrics = metrics.clone();
+    let refused = move || {
+        if let Some(metrics) = &metrics {
+            metrics.record_refused_record();
+        }
+        false
+    };
     move |key, value, existing| {
         let Some(ip) = key
             .strip_prefix(RECORD_KEY_PREFIX.as_bytes())
             .and_then(|text| std::str::from_utf8(text).ok())
             .and_then(|text| IpAddr::from_str(text).ok())
         else {
-            return false;
+            return refused();
         };
         let now = unix_now();
         let new = match IpRecord::open(value, ip, now, registry.as_ref()) {
             Ok(record) => record,
             Err(e) => {
                 tracing::debug!(%ip, error = %e, "refused to store an invalid IP record");
-                return false;
+                return refused();
             }
         };
         let published_here = new.addresses.iter().any(|net| net.network() == ip);
         if key != record_key(ip).as_slice() || !published_here {
             tracing::debug!(%ip, "refused an IP record under a key its owner does not publish it under");
-            return false;
+            return refused();
         }
         let replaces = match existing
             .and_then(|old| IpRecord::open(old, ip, now, registry.as_ref()).ok())
@@ -435,7 +442,7 @@ pub fn record_filter(
             }
         };
         if !replaces {
-            return false;
+            return refused();
         }
         let mut ledger = lock(&ledger);
         ledger.retain(|_, keys| {
@@ -445,11 +452,11 @@ pub fn record_filter(
         let keys = ledger.entry(new.peer_id).or_default();
         if !keys.contains_key(key) && keys.len() >= records_per_publisher {
             drop(ledger);
-            if let Some(metrics) = &metrics {
+            if let Some(metrics) = &quota_metrics {
                 metrics.record_budget_exceeded(Budget::StoreQuota);
             }
             tracing::debug!(%ip, owner = %new.peer_id, "refused an IP record: its owner has its quota of records stored");
-            return false;
+            return refused();
         }
         keys.insert(key.to_vec(), new.expires_unix);
         true

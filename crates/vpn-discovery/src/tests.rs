@@ -468,4 +468,5 @@ fn each_owner_keeps_its_quota_of_records_in_our_store() {
     let more =
         IpRecord::new(c, vec![net("100.64.3.1/32")], 3, unix_now() + 600).sign(&w.c).unwrap();
     assert!(!filter(&record_key(ip("100.64.3.1")), &more, None), "still over the quota");
+    assert_eq!(metrics.snapshot().records_refused, 7 + 1);
 }

@@ -30,6 +30,7 @@ pub struct AtomicMetrics {
     packets_received: Counter,
     bytes_received: Counter,
     stream_errors: Counter,
+    records_refused: Counter,
     drops: [Counter; DropReason::COUNT],
     budgets: [Counter; Budget::COUNT],
     active_workers: Gauge,
@@ -78,6 +79,11 @@ impl AtomicMetrics {
             "stream_errors",
             "Stream open, write, read or protocol failures",
         );
+        let records_refused = counter(
+            &mut registry,
+            "records_refused",
+            "DHT records peers asked us to store that were refused",
+        );
         let family = Family::<DropLabels, Counter>::default();
         registry.register("packets_dropped", "Packets dropped, by reason", family.clone());
         let drops = DropReason::ALL
@@ -99,6 +105,7 @@ impl AtomicMetrics {
             packets_received,
             bytes_received,
             stream_errors,
+            records_refused,
             drops,
             budgets,
             active_workers,
@@ -146,6 +153,10 @@ impl MetricsService for AtomicMetrics {
         }
     }
 
+    fn record_refused_record(&self) {
+        self.records_refused.inc();
+    }
+
     fn set_active_workers(&self, workers: u64) {
         self.active_workers.set(i64::try_from(workers).unwrap_or(i64::MAX));
     }
@@ -165,6 +176,7 @@ impl MetricsService for AtomicMetrics {
             circuit_open_drops: drops.get(DropReason::CircuitOpen.index()).copied().unwrap_or(0),
             drops,
             budgets: self.budgets.each_ref().map(Counter::get),
+            records_refused: self.records_refused.get(),
             active_workers: gauge_value(&self.active_workers),
             active_streams: gauge_value(&self.active_streams),
         }
@@ -212,6 +224,7 @@ mod tests {
             "vpn_bytes_sent_total 500",
             "vpn_packets_received_total 0",
             "vpn_stream_errors_total 0",
+            "vpn_records_refused_total 0",
             "vpn_packets_dropped_total{reason=\"no_peer\"} 1",
             "vpn_packets_dropped_total{reason=\"queue_full\"} 0",
             "vpn_budget_exceeded_total{budget=\"inbound_streams\"} 1",

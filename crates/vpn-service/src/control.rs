@@ -49,7 +49,7 @@ pub async fn status_json(node: &VpnNode) -> String {
         .map(|b| format!("{}:{}", json_str(b.as_str()), m.exceeded(*b)))
         .collect::<Vec<_>>();
     format!(
-        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}}}}}}",
+        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"records_refused\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}}}}}}",
         json_str(&node.local_peer_id().to_string()),
         json_list(node.own_addresses().iter().map(|a| json_str(&a.to_string()))),
         json_list(node.listen_addrs().await.iter().map(|a| json_str(&a.to_string()))),
@@ -58,6 +58,7 @@ pub async fn status_json(node: &VpnNode) -> String {
         m.packets_received,
         m.bytes_received,
         m.stream_errors,
+        m.records_refused,
         m.active_workers,
         m.active_streams,
         drops.join(","),

@@ -238,6 +238,9 @@ impl StreamTask {
             if !cancellable || first.frames.len() >= COALESCE_BYTES || self.rx.is_empty() {
                 first.frames
             } else {
+                // Batches are at most a few hundred KiB (the workers bound them), so the
+                // buffer stays within one batch of the bound.
+                out.reserve(COALESCE_BYTES);
                 out.extend_from_slice(&first.frames);
                 while out.len() < COALESCE_BYTES {
                     let Ok(next) = self.rx.try_recv() else { break };

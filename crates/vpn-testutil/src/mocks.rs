@@ -143,6 +143,7 @@ mock! {
         fn record_received(&self, packets: u64, bytes: u64);
         fn record_drops(&self, reason: DropReason, packets: u64);
         fn record_budget_exceeded(&self, budget: Budget);
+        fn record_refused_record(&self);
         fn set_active_workers(&self, workers: u64);
         fn set_active_streams(&self, streams: u64);
         fn snapshot(&self) -> MetricsSnapshot;

@@ -34,6 +34,8 @@ pub struct MetricsSnapshot {
     pub drops: [u64; DropReason::COUNT],
     /// Times a peer's budget bit, indexed by [`Budget::index`].
     pub budgets: [u64; Budget::COUNT],
+    /// DHT records peers asked us to store that we refused.
+    pub records_refused: u64,
     /// Workers alive now.
     pub active_workers: u64,
     /// Streams open now.

@@ -318,3 +318,34 @@ async fn oversized_packets_are_dropped_alone() {
     worker.finish().await;
     assert_eq!(sink.packets().len(), 1);
 }
+
+#[tokio::test]
+async fn batches_of_large_packets_are_bounded_in_bytes() {
+    let peer = PeerId::random();
+    let sink = Arc::new(RecordingSink::default());
+    let mut setup = Setup::new().peer_is(peer);
+    setup.settings = WorkerSettings::default().with_batch_max(64);
+    let leased = sink.clone();
+    setup.pool.expect_get_stream().returning(move |p, _| Ok(lease_on(p, 1, leased.clone())));
+    setup.pool.expect_release().return_const(());
+    let (worker, _) = setup.spawn();
+    let dst: IpAddr = DST.parse().unwrap();
+    let mut waits = Vec::new();
+    // Twelve offload-sized packets, all queued before the worker takes its first batch.
+    for tag in 0..12u8 {
+        let (tx, rx) = oneshot::channel();
+        worker
+            .try_send(QueuedPacket::new(Bytes::from(vec![tag; 60_000]), dst).with_done(tx))
+            .unwrap();
+        waits.push(rx);
+    }
+    for rx in waits {
+        assert_eq!(rx.await.unwrap(), Ok(()));
+    }
+    worker.finish().await;
+    let batches: Vec<u64> = sink.batches.lock().unwrap().iter().map(|b| b.packets).collect();
+    // 256 KiB is reached at the fifth packet of 60 000 bytes: batches of 5, 5 and 2.
+    assert_eq!(batches, vec![5, 5, 2]);
+    let tags: Vec<u8> = sink.packets().iter().map(|p| p[0]).collect();
+    assert_eq!(tags, (0..12).collect::<Vec<_>>());
+}

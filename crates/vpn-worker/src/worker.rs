@@ -13,6 +13,11 @@ use vpn_wire::{FRAME_HEADER_LEN, MAX_FRAME, SEGMENT_HEADER_LEN};
 
 use crate::WorkerContext;
 
+/// Packet bytes after which a batch takes no more packets: a batch of offload super-packets
+/// is then a few of them, not `batch_max` (up to 4 MiB), so the buffers frames are encoded
+/// into stay small and alike, and a burst does not leave the allocator holding large ones.
+const BATCH_BYTES: usize = 256 * 1024;
+
 /// A worker's figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerFigures {
@@ -126,10 +131,14 @@ impl Worker {
         let batch_max = self.ctx.settings.batch_max.max(1);
         let mut batch = Vec::with_capacity(batch_max);
         while let Some(first) = self.rx.recv().await {
+            let mut bytes = first.data.len();
             batch.push(first);
-            while batch.len() < batch_max {
+            while batch.len() < batch_max && bytes < BATCH_BYTES {
                 match self.rx.try_recv() {
-                    Ok(packet) => batch.push(packet),
+                    Ok(packet) => {
+                        bytes += packet.data.len();
+                        batch.push(packet);
+                    }
                     Err(_) => break,
                 }
             }
