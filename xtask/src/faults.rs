@@ -570,6 +570,9 @@ fn wait_listening(lab: &Lab, node: &str, port: u16) -> Result<()> {
 #[derive(Debug, Clone, Copy)]
 struct Holdings {
     rss_kib: u64,
+    /// Of the resident memory, what the node allocated (the rest is pages of its binary and
+    /// libraries, which the kernel loads as code first runs and may drop again).
+    anon_kib: u64,
     fds: u64,
     tasks: u64,
 }
@@ -577,14 +580,17 @@ struct Holdings {
 fn holdings(lab: &Lab, node: &str) -> Result<Holdings> {
     let pid = lab.pid(node).with_context(|| format!("{node} is not running"))?;
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("{field} of {node}"))
+    };
+    let (rss_kib, anon_kib) = (kib("VmRSS:")?, kib("RssAnon:")?);
     let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
     let tasks = lab.counter(node, "vpn_runtime_tasks")?;
-    Ok(Holdings { rss_kib, fds, tasks })
+    Ok(Holdings { rss_kib, anon_kib, fds, tasks })
 }
 
 /// Whether `now` is within 10% of `base` (or within `slack` of it, for small counts).
@@ -601,10 +607,26 @@ fn loss_soak(lab: &mut Lab) -> Result<Outcome> {
     let target = lab.node("b")?.overlay.clone();
     let ping = Pinger::start(lab, "a", "b", SOAK + Duration::from_secs(30))?;
     let soak_lab: &Lab = lab;
+    let soak_started = std::time::Instant::now();
     let report = std::thread::scope(|scope| {
         let flows = scope.spawn(|| soak_lab.iperf_for("a", "b", &target, &["-P", "4"], SOAK));
         std::thread::sleep(Duration::from_secs(60));
         let first = [holdings(soak_lab, "a"), holdings(soak_lab, "b")];
+        // The sender's memory each minute after the first, for the record.
+        let mut minutes = Vec::new();
+        while !flows.is_finished() {
+            std::thread::sleep(Duration::from_secs(1));
+            let elapsed = minutes.len() as u64 * 60 + 120;
+            if flows.is_finished() || elapsed > SOAK.as_secs() {
+                continue;
+            }
+            if soak_started.elapsed().as_secs() >= elapsed
+                && let Ok(h) = holdings(soak_lab, "a")
+            {
+                minutes.push(format!("{}/{}", h.rss_kib, h.anon_kib));
+            }
+        }
+        eprintln!("a: RSS/anonymous KiB each minute from the second: {}", minutes.join(" "));
         let report = flows.join().map_err(|_| anyhow::anyhow!("the iperf3 thread panicked"))?;
         Ok::<_, anyhow::Error>((first, report))
     });
@@ -626,8 +648,8 @@ fn loss_soak(lab: &mut Lab) -> Result<Outcome> {
     )];
     for ((node, f), l) in ["a", "b"].iter().zip(first).zip(last) {
         words.push(format!(
-            "{node}: RSS {} -> {} KiB, fds {} -> {}, tasks {} -> {}",
-            f.rss_kib, l.rss_kib, f.fds, l.fds, f.tasks, l.tasks
+            "{node}: RSS {} -> {} KiB (allocated {} -> {}), fds {} -> {}, tasks {} -> {}",
+            f.rss_kib, l.rss_kib, f.anon_kib, l.anon_kib, f.fds, l.fds, f.tasks, l.tasks
         ));
         if !within_tenth(f.rss_kib, l.rss_kib, 1024)
             || !within_tenth(f.fds, l.fds, 2)

@@ -7,6 +7,9 @@
 //! - `cargo xtask faults [--soak] [WORD...]`: black holes, cuts, crashes, restarts, roaming, a
 //!   deleted TUN, a start before the network, bad listen addresses (and with `--soak` ten
 //!   minutes of 5% loss): each a check that prints how long the path took to recover.
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: every fuzz target of `fuzz/` for N
+//!   seconds (20 by default) with cargo-fuzz on the nightly toolchain (installs cargo-fuzz
+//!   when missing).
 //! - `cargo xtask ci`: formatting, lints, docs, then `test` — what `.ci/run` runs.
 //! - `cargo xtask demo`: three nodes in network namespaces on this machine, until Ctrl-C.
 //! - `cargo xtask bench`: vpn-node (release build, over TCP and over QUIC) beside raw veth,
@@ -18,6 +21,7 @@ mod bench;
 mod e2e;
 mod faults;
 mod forge;
+mod fuzz;
 mod lab;
 mod tools;
 
@@ -45,8 +49,11 @@ fn main() -> ExitCode {
         "demo" => demo(),
         "bench" => bench(),
         "forge" => forge::run(args.get(1..).unwrap_or_default()),
+        "fuzz" => fuzz::run(&root(), args.get(1..).unwrap_or_default()),
         _ => {
-            eprintln!("usage: cargo xtask <test|e2e|faults [--soak]|ci|demo|bench>");
+            eprintln!(
+                "usage: cargo xtask <test|e2e|faults [--soak]|fuzz [--seconds N]|ci|demo|bench>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -83,7 +90,8 @@ fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--all-targets", "--locked"], &[])?;
     cargo(&["test", "--workspace", "--doc", "--locked"], &[])?;
     e2e()?;
-    faults(false, &[])
+    faults(false, &[])?;
+    fuzz::run(&root(), &[])
 }
 
 /// Builds the node and returns its path.
