@@ -593,6 +593,29 @@ fn holdings(lab: &Lab, node: &str) -> Result<Holdings> {
     Ok(Holdings { rss_kib, anon_kib, fds, tasks })
 }
 
+/// What a node holds, as the median of five readings 2 s apart: under load its memory
+/// moves with what is queued at the instant read, and one reading can land on a burst.
+fn settled_holdings(lab: &Lab, node: &str) -> Result<Holdings> {
+    let mut readings = Vec::new();
+    for i in 0..5 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        readings.push(holdings(lab, node)?);
+    }
+    let median = |field: fn(&Holdings) -> u64| {
+        let mut values: Vec<u64> = readings.iter().map(field).collect();
+        values.sort_unstable();
+        values.get(values.len() / 2).copied().unwrap_or(0)
+    };
+    Ok(Holdings {
+        rss_kib: median(|h| h.rss_kib),
+        anon_kib: median(|h| h.anon_kib),
+        fds: median(|h| h.fds),
+        tasks: median(|h| h.tasks),
+    })
+}
+
 /// Whether `now` is within 10% of `base` (or within `slack` of it, for small counts).
 fn within_tenth(base: u64, now: u64, slack: u64) -> bool {
     now.abs_diff(base) <= (base / 10).max(slack)
@@ -611,7 +634,7 @@ fn loss_soak(lab: &mut Lab) -> Result<Outcome> {
     let report = std::thread::scope(|scope| {
         let flows = scope.spawn(|| soak_lab.iperf_for("a", "b", &target, &["-P", "4"], SOAK));
         std::thread::sleep(Duration::from_secs(60));
-        let first = [holdings(soak_lab, "a"), holdings(soak_lab, "b")];
+        let first = [settled_holdings(soak_lab, "a"), settled_holdings(soak_lab, "b")];
         // The sender's memory each minute after the first, for the record.
         let mut minutes = Vec::new();
         while !flows.is_finished() {
@@ -633,7 +656,7 @@ fn loss_soak(lab: &mut Lab) -> Result<Outcome> {
     let (first, report) = report?;
     let [first_a, first_b] = first;
     let first = [first_a?, first_b?];
-    let last = [holdings(lab, "a")?, holdings(lab, "b")?];
+    let last = [settled_holdings(lab, "a")?, settled_holdings(lab, "b")?];
     let report = report?;
     for flow in 0..4 {
         let bytes = lab::json_number(&report, &format!("/end/streams/{flow}/receiver/bytes"));

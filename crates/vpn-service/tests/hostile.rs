@@ -69,6 +69,29 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Warning and error lines logged so far, by every node in this test binary.
+static WARNINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts the warning and error events logged (it writes nothing).
+struct WarningCounter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarningCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            WARNINGS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn count_warnings() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(WarningCounter);
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+}
+
 /// What the victim may allocate above its level before an attack while the attack runs:
 /// its per-peer budgets for the attacker (16 streams with a read buffer each, 1 MiB of
 /// packets waiting for lookups), the discovery cache, and the legitimate member's traffic,
@@ -579,5 +602,36 @@ async fn records_claiming_another_members_address_are_refused() {
     // The member's address still leads to the member.
     let discovery = shared.victim.discovery().await.unwrap();
     assert_eq!(discovery.peer_for_ip(ip(MEMBER)).await.unwrap(), shared.member.local_peer_id());
+    shared.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_breaks_the_protocol_over_and_over_costs_a_warning_every_few_seconds() {
+    count_warnings();
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (shared, mut member, _from_others) = lab().await;
+    let errors = shared.metrics().stream_errors;
+    let before = WARNINGS.load(Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    member
+        .under_attack(async {
+            // A thousand streams, each ended by the victim for a zero-length frame before
+            // the next is opened.
+            for _ in 0..1000 {
+                let mut stream = shared.attacker_stream().await;
+                stream.write_all(&[0, 0, 0, 0, 1]).await.unwrap();
+                stream.flush().await.unwrap();
+                let mut rest = [0u8; 16];
+                let end = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut rest));
+                assert!(matches!(end.await, Ok(Err(_) | Ok(0))), "the victim ended the stream");
+            }
+            counted(&shared, |m| m.stream_errors >= errors + 1000).await;
+        })
+        .await;
+    let warned = WARNINGS.load(Ordering::Relaxed) - before;
+    // One line per peer and kind every 5 s, each with the count of those held back.
+    let allowed = 2 + started.elapsed().as_secs() as usize / 5;
+    println!("1 000 broken streams in {:?}: {warned} warning lines", started.elapsed());
+    assert!(warned <= allowed, "{warned} warning lines for 1 000 broken streams");
     shared.stop().await;
 }
