@@ -388,8 +388,8 @@ impl PeerDiscoveryService for KadDiscovery {
     }
 }
 
-/// The check on every record another peer asks us to store: a valid IP record (PROTOCOL.md
-/// section 2) under the canonical key of one of the addresses it claims (the network
+/// The check on every record another peer asks us to store: a valid IP record (docs/protocol.md,
+/// sections 7.3 and 7.4) under the canonical key of one of the addresses it claims (the network
 /// address of one of its prefixes, as its owner publishes it), so one record cannot fill
 /// the store under many spellings of an address or every address of a prefix; against a
 /// valid record already stored, only the same owner with a sequence number at least as

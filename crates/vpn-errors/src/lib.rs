@@ -18,16 +18,16 @@
 mod classify;
 mod config;
 mod network;
-mod packet;
+
 mod service;
 mod vpn;
 
 pub use classify::{is_connection_reset_error, is_network_error, is_temporary_error};
 pub use config::ConfigError;
 pub use network::{NetworkError, NetworkErrorKind};
-pub use packet::PacketError;
 pub use service::{ServiceError, ServiceErrorKind};
 pub use vpn::VpnError;
+pub use vpn_types::PacketError;
 
 /// A boxed error that can cross threads, kept as the source of our errors.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -9,7 +9,7 @@
 //! records, addresses; the stream `Control` is cloned straight into the data path.
 //!
 //! Records stored in our DHT node by other peers pass through a [`RecordFilter`] first, so
-//! the discovery layer decides what may be stored (PROTOCOL.md: checked on every PUT).
+//! the discovery layer decides what may be stored (docs/protocol.md, section 7.4: checked on every PUT).
 
 mod behaviour;
 mod config;

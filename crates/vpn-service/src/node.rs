@@ -624,7 +624,7 @@ async fn serve_peer(stream: Box<dyn VpnStream>, slot: StreamSlot, receiver: Arc<
         InboundEnd::Io(e) => tracing::debug!(%peer, error = %e, "inbound stream ended"),
         InboundEnd::Idle => {
             metrics.record_budget_exceeded(Budget::IdleStream);
-            tracing::debug!(%peer, "inbound stream closed: it sent nothing for the idle limit");
+            tracing::debug!(%peer, "inbound stream reset: it sent nothing for the idle limit");
         }
         InboundEnd::Stalled => {
             metrics.record_budget_exceeded(Budget::StalledStream);

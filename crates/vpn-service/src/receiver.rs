@@ -18,7 +18,7 @@ pub enum Verdict {
     LookUp(IpAddr),
 }
 
-/// The receiver checks of PROTOCOL.md, for packets from peers.
+/// The receiver checks of docs/protocol.md (section 4), for packets from peers.
 pub struct InboundCheck {
     discovery: Arc<KadDiscovery>,
     ours: Vec<IpNet>,

@@ -16,7 +16,7 @@ use vpn_api::{MetricsService, StreamService, VpnStream};
 use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
 use vpn_types::{PeerId, WarnGate};
 
-/// The stream protocol of PROTOCOL.md.
+/// The packet stream protocol of docs/protocol.md (section 3).
 pub const PACKET_PROTOCOL: StreamProtocol = StreamProtocol::new(vpn_wire::PROTOCOL_ID);
 
 /// Decides whether a peer may open VPN streams to us.

@@ -24,6 +24,7 @@ mod budget;
 mod drop;
 mod offload;
 mod packet;
+mod packet_error;
 mod queued;
 pub mod settings;
 mod snapshot;
@@ -36,6 +37,7 @@ pub use libp2p_identity::PeerId;
 pub use multiaddr::{self, Multiaddr};
 pub use offload::{GsoInfo, GsoType};
 pub use packet::{FlowKey, PacketInfo};
+pub use packet_error::PacketError;
 pub use queued::{QueuedPacket, SendResult};
 pub use settings::{
     CircuitBreakerSettings, ControlSettings, DiscoverySettings, FirewallSettings,

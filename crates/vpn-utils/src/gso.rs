@@ -1,7 +1,7 @@
 //! What a peer may ask of an offload super-packet: the segmentation is worked out from the
 //! packet itself, and the peer's header only has to agree with it.
 
-use vpn_errors::PacketError;
+use vpn_types::PacketError;
 use vpn_types::{GsoInfo, GsoType};
 
 use crate::{PROTO_TCP, PROTO_UDP, validate_ip_packet};

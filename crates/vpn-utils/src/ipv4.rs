@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 
 use pnet_packet::ipv4::Ipv4Packet;
-use vpn_errors::PacketError;
+use vpn_types::PacketError;
 use vpn_types::PacketInfo;
 
 use crate::transport::ports;

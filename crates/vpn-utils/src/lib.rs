@@ -28,7 +28,7 @@ mod transport;
 pub use gso::{MAX_SEGMENTS, MIN_GSO_SIZE, super_packet_gso};
 pub use segment::segment;
 
-use vpn_errors::PacketError;
+use vpn_types::PacketError;
 use vpn_types::PacketInfo;
 
 /// IP protocol number of TCP.

@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 use pnet_packet::ipv4::{self, Ipv4Packet};
 use pnet_packet::tcp::{self, TcpPacket};
 use pnet_packet::udp::{self, UdpPacket};
-use vpn_errors::PacketError;
+use vpn_types::PacketError;
 use vpn_types::{GsoInfo, GsoType};
 
 use crate::{PROTO_TCP, PROTO_UDP};

@@ -1,8 +1,8 @@
 use std::net::IpAddr;
 
 use proptest::prelude::*;
-use vpn_errors::PacketError;
 use vpn_testutil::PacketBuilder;
+use vpn_types::PacketError;
 
 use super::*;
 

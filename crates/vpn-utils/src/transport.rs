@@ -1,6 +1,6 @@
 use pnet_packet::tcp::TcpPacket;
 use pnet_packet::udp::UdpPacket;
-use vpn_errors::PacketError;
+use vpn_types::PacketError;
 
 use crate::{PROTO_TCP, PROTO_UDP};
 

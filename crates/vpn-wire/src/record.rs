@@ -21,7 +21,7 @@ pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
 /// How far ahead a record may expire.
 pub const MAX_LIFETIME_SECS: u64 = 7 * 24 * 60 * 60;
 
-/// The protobuf payload of PROTOCOL.md section 2.
+/// The protobuf payload of docs/protocol.md, section 7.1.
 #[derive(Clone, PartialEq, Message)]
 struct IpRecordProto {
     #[prost(bytes = "vec", tag = "1")]
