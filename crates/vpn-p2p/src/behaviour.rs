@@ -28,6 +28,10 @@ impl Behaviour {
         kad_config.set_query_timeout(config.query_timeout);
         // Every record another peer stores with us is checked first.
         kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        // Kademlia bootstraps by itself when peers join the routing table; the periodic
+        // refresh is the event loop's, which skips it while the table is empty (a lone node
+        // has no one to ask, and saying so every few minutes is noise).
+        kad_config.set_periodic_bootstrap_interval(None);
         let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_config);
         // Private networks never see an external address confirmed: serve the DHT anyway.
         kad.set_mode(Some(kad::Mode::Server));

@@ -30,7 +30,7 @@ const REPLACE_OLDER_THAN: Duration = Duration::from_secs(2);
 /// that reconnects must get through while its dead connections still count, to replace
 /// them. The event loop closes whatever is over the limit once it has replaced them.
 pub(crate) const REPLACEMENT_ROOM: u32 = 2;
-/// How often the routing table is refreshed from the bootstrap peers.
+/// How often the routing table is refreshed from the peers in it.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
 
 type Reply<T> = oneshot::Sender<Result<T, P2pError>>;
@@ -156,7 +156,6 @@ impl P2pNode {
         let control = swarm.behaviour().stream.new_control();
         let local = *swarm.local_peer_id();
         let (commands, rx) = mpsc::channel(64);
-        let has_bootstrap = !config.bootstrap.is_empty();
         let task = tokio::spawn(
             EventLoop {
                 swarm,
@@ -169,7 +168,7 @@ impl P2pNode {
                 filter: config.record_filter,
                 warnings: vpn_types::WarnGate::per_peer(),
             }
-            .run(has_bootstrap),
+            .run(),
         );
         Ok(Self {
             handle: P2pHandle { commands, control, local },
@@ -282,7 +281,16 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
 }
 
 impl EventLoop {
-    async fn run(mut self, bootstrap: bool) {
+    /// Refreshes the routing table from the peers in it, if there are any.
+    fn refresh_routing_table(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.kbuckets().any(|bucket| bucket.num_entries() > 0) {
+            // Fails only with an empty table, which was just ruled out.
+            let _ = kad.bootstrap();
+        }
+    }
+
+    async fn run(mut self) {
         let mut refresh = tokio::time::interval(BOOTSTRAP_EVERY);
         loop {
             tokio::select! {
@@ -292,9 +300,7 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
-                _ = refresh.tick(), if bootstrap => {
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                }
+                _ = refresh.tick() => self.refresh_routing_table(),
             }
         }
     }

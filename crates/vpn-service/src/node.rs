@@ -94,6 +94,9 @@ pub struct VpnNode {
     tun: TunSource,
     metrics: Arc<AtomicMetrics>,
     parts: tokio::sync::Mutex<Option<Parts>>,
+    /// The running health service, readable without waiting for `parts` (held across
+    /// start and stop).
+    health: std::sync::Mutex<Option<StreamHealth>>,
     fault: Fault,
 }
 
@@ -144,6 +147,7 @@ impl VpnNode {
             tun,
             metrics: Arc::new(AtomicMetrics::new()),
             parts: tokio::sync::Mutex::new(None),
+            health: std::sync::Mutex::new(None),
             fault: Fault::default(),
         }
     }
@@ -193,13 +197,8 @@ impl VpnNode {
 
     /// Health figures of the streams to each peer (empty when not started).
     pub fn stream_health(&self) -> vpn_types::HealthSnapshot {
-        self.parts
-            .try_lock()
-            .ok()
-            .and_then(|p| {
-                p.as_ref().and_then(|p| p.health.as_ref().map(StreamHealthService::health))
-            })
-            .unwrap_or_default()
+        let health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        health.as_ref().map(StreamHealthService::health).unwrap_or_default()
     }
 
     /// This node's overlay addresses and routed prefixes.
@@ -281,6 +280,8 @@ impl VpnNode {
         );
         health.start_health_checker().await.map_err(|e| startup("start health checker", e))?;
         health.start_warmer().await.map_err(|e| startup("start stream warmer", e))?;
+        *self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(health.clone());
         parts.health = Some(health);
 
         let ctx = WorkerContext::new(
@@ -377,6 +378,7 @@ impl VpnService for VpnNode {
             }
             Err(e) => {
                 tracing::error!(error = %e, "start-up failed; stopping what had started");
+                self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
                 parts.stop().await;
                 Err(e)
             }
@@ -385,6 +387,7 @@ impl VpnService for VpnNode {
 
     async fn stop(&self) -> Result<(), VpnError> {
         let parts = self.parts.lock().await.take();
+        self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(parts) = parts {
             parts.stop().await;
             tracing::info!("vpn node stopped");
