@@ -78,11 +78,43 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The whole chain of causes on one line: what failed, and why.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The chain of causes on one line, each said once: our errors already name their source
+/// in their message, and a cause whose text the line holds is not repeated.
+fn report(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// What the operator can do about an error we recognise.
+fn hint(error: &anyhow::Error) -> Option<&'static str> {
+    let denied = error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+            == Some(std::io::ErrorKind::PermissionDenied)
+    });
+    let tun = error.chain().any(|cause| cause.to_string().contains("TUN"));
+    (denied && tun).then_some(
+        "creating the TUN device needs root or CAP_NET_ADMIN: run vpn-node as root, or give \
+         it the capability (setcap cap_net_admin+ep \"$(command -v vpn-node)\")",
+    )
 }
 
 /// Two malloc arenas instead of the C library's eight per core, unless the operator set
@@ -272,5 +304,35 @@ async fn serve_metrics(addr: std::net::SocketAddr, node: Arc<VpnNode>) {
             let _ = conn.write_all(body.as_bytes()).await;
             let _ = conn.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hint, report};
+    use std::io;
+    use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
+
+    fn tun_denied() -> anyhow::Error {
+        let io = io::Error::from(io::ErrorKind::PermissionDenied);
+        let cause = VpnError::from(vpn_errors::NetworkError::from_io("open /dev/net/tun", io));
+        let err = ServiceError::new(ServiceErrorKind::Startup, "vpn node", "create TUN")
+            .with_source(cause);
+        anyhow::Error::new(err).context("starting the node")
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let line = report(&tun_denied());
+        assert_eq!(line.matches("denied").count(), 1, "{line}");
+        assert!(line.starts_with("starting the node: vpn node create TUN"), "{line}");
+    }
+
+    #[test]
+    fn a_tun_refused_for_lack_of_privilege_says_what_is_needed() {
+        assert!(hint(&tun_denied()).is_some_and(|h| h.contains("CAP_NET_ADMIN")));
+        let unreadable = anyhow::Error::new(io::Error::from(io::ErrorKind::PermissionDenied))
+            .context("reading /etc/vpn-node/config.toml");
+        assert_eq!(hint(&unreadable), None);
     }
 }
