@@ -41,6 +41,24 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
         lab.wait_up(node, Duration::from_secs(20))?;
     }
     println!("nodes up in {}", lab.root().display());
+    for node in ["a", "b", "c"] {
+        // Stdout and stderr go to a file: the node must say it is ready, once, in plain text.
+        let start = Instant::now();
+        let is_ready = |log: &str| log.lines().any(|l| l.starts_with("ready: "));
+        while !is_ready(&lab.log(node)) && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (log, peer_id) = (lab.log(node), lab.node(node)?.peer_id.clone());
+        let ready: Vec<&str> = log.lines().filter(|l| l.starts_with("ready: ")).collect();
+        match ready.as_slice() {
+            [line] if line.contains(&peer_id) && line.contains(" tun ") => {}
+            _ => bail!("{node} did not print one readiness line naming {peer_id}: {ready:?}"),
+        }
+        if log.contains('\u{1b}') {
+            bail!("{node}'s log, written to a file, carries terminal colour codes");
+        }
+    }
+    println!("each node printed one readiness line; logs written to a file are plain text");
     for node in &lab.nodes {
         println!(
             "  {}  {:<15} {:<10} {:<8} {}",

@@ -87,6 +87,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The one line `up` prints once the node carries traffic: who it is, its overlay
+/// addresses, where it listens and its TUN device.
+async fn readiness(node: &VpnNode) -> String {
+    let join = |items: Vec<String>| if items.is_empty() { "-".to_owned() } else { items.join(",") };
+    let overlay = join(node.own_addresses().iter().map(ToString::to_string).collect());
+    let listen = join(node.listen_addrs().await.iter().map(ToString::to_string).collect());
+    let tun = node.tun_name().await.unwrap_or_else(|| "-".to_owned());
+    format!("ready: peer {} overlay {overlay} listen {listen} tun {tun}", node.local_peer_id())
+}
+
 /// The chain of causes on one line, each said once: our errors already name their source
 /// in their message, and a cause whose text the line holds is not repeated.
 fn report(error: &anyhow::Error) -> String {
@@ -256,6 +266,7 @@ async fn up(config_path: &Path) -> Result<()> {
             None
         }
     };
+    println!("{}", readiness(&node).await);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let fault = tokio::select! {

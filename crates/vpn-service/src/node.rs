@@ -182,6 +182,11 @@ impl VpnNode {
         }
     }
 
+    /// The name of the node's TUN device, once started.
+    pub async fn tun_name(&self) -> Option<String> {
+        self.parts.lock().await.as_ref().and_then(|p| p.tun.as_ref().map(|t| t.name().to_owned()))
+    }
+
     /// The discovery service, once started.
     pub async fn discovery(&self) -> Option<Arc<KadDiscovery>> {
         self.parts.lock().await.as_ref().and_then(|p| p.discovery.clone())
