@@ -69,3 +69,8 @@ pub use tun::{TunDevice, TunPacket};
 pub use async_trait::async_trait;
 pub use vpn_errors::VpnError;
 pub use vpn_types::PeerId;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

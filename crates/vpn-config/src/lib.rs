@@ -29,3 +29,8 @@ pub use load::{TEMPLATE, load_file, load_file_with_env, load_str};
 pub use service::FileConfig;
 pub use validate::validate;
 pub use vpn_types::VpnConfig;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

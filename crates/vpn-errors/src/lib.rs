@@ -31,3 +31,8 @@ pub use vpn_types::PacketError;
 
 /// A boxed error that can cross threads, kept as the source of our errors.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -16,3 +16,8 @@
 mod atomic;
 
 pub use atomic::AtomicMetrics;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -25,3 +25,8 @@ pub use transport::{HEAD_START, HeadStart, kind_of};
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use libp2p_stream::Control;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -51,3 +51,8 @@ mod tests {
         assert!(!is_network_error(&err));
     }
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -35,3 +35,8 @@ pub use backoff::{BackoffSchedule, ExponentialBackoff};
 pub use breaker::CircuitBreaker;
 pub use layer::{Breaker, BreakerLayer, PeerRequest, Retry, RetryLayer, Timeout, TimeoutLayer};
 pub use peer_breakers::PeerBreakers;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -17,3 +17,8 @@ pub use control::{peers_json, query_control, serve_control, status_json};
 pub use identity::{create_identity, load_identity};
 pub use node::{TunSource, VpnNode};
 pub use receiver::{InboundCheck, Verdict};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

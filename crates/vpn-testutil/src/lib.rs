@@ -34,3 +34,8 @@ pub use memory_stream::{MemoryStream, memory_stream_pair};
 pub use memory_streams::{Accepted, MemoryStreams};
 pub use memory_tun::{MemoryTun, MemoryTunHandle};
 pub use packet::PacketBuilder;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

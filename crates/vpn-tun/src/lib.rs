@@ -15,3 +15,8 @@ mod device;
 mod vnet;
 
 pub use device::{Tun, TunConfig};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

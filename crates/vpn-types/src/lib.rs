@@ -47,3 +47,8 @@ pub use settings::{
 };
 pub use snapshot::{BreakerState, HealthSnapshot, MetricsSnapshot, PeerHealth};
 pub use warn::WarnGate;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

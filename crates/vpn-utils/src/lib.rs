@@ -84,3 +84,8 @@ fn ip_version(packet: &[u8]) -> Result<u8, PacketError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -55,3 +55,8 @@ pub use segment::{SEGMENT_HEADER_LEN, SegmentError, SegmentHeader};
 
 #[cfg(test)]
 mod proptests;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -18,3 +18,8 @@ pub use worker::{Worker, WorkerFigures, WorkerHandle};
 
 #[cfg(test)]
 mod tests;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
