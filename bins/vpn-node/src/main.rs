@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use vpn_api::VpnService;
@@ -55,6 +55,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the manual page (roff; `vpn-node man | man -l -`).
+    Man,
     /// Prints this node's peer ID.
     Id {
         /// The configuration file naming the identity key.
@@ -152,6 +159,11 @@ async fn run() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Init { dir, address } => init(&dir, &address),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "vpn-node", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
         Command::Up { config } => up(&config).await,
         Command::Id { config, identity } => id(config.as_deref(), identity.as_deref()),
         Command::Status { config, json } => ask(&config, "status", json).await,
@@ -320,7 +332,8 @@ async fn serve_metrics(addr: std::net::SocketAddr, node: Arc<VpnNode>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{hint, report};
+    use super::{Cli, hint, report};
+    use clap::CommandFactory;
     use std::io;
     use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
 
@@ -330,6 +343,26 @@ mod tests {
         let err = ServiceError::new(ServiceErrorKind::Startup, "vpn node", "create TUN")
             .with_source(cause);
         anyhow::Error::new(err).context("starting the node")
+    }
+
+    #[test]
+    fn completions_and_the_manual_cover_every_command() {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "vpn-node",
+            &mut script,
+        );
+        let mut page = Vec::new();
+        let rendered = clap_mangen::Man::new(Cli::command()).render(&mut page);
+        assert!(rendered.is_ok());
+        let (script, page) = (String::from_utf8_lossy(&script), String::from_utf8_lossy(&page));
+        assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+        for command in Cli::command().get_subcommands().map(|c| c.get_name().to_owned()) {
+            assert!(script.contains(&command), "bash completion lacks {command}");
+            assert!(page.contains(&command), "the manual lacks {command}");
+        }
     }
 
     #[test]
