@@ -10,7 +10,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use vpn_api::VpnService;
-use vpn_service::{TunSource, VpnNode, create_identity, load_identity};
+use vpn_errors::ServiceError;
+use vpn_service::{CREATE_TUN, TunSource, VpnNode, create_identity, load_identity};
 
 /// A peer-to-peer mesh VPN over libp2p.
 #[derive(Debug, Parser)]
@@ -127,7 +128,9 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         cause.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
             == Some(std::io::ErrorKind::PermissionDenied)
     });
-    let tun = error.chain().any(|cause| cause.to_string().contains("TUN"));
+    let tun = error.chain().any(|cause| {
+        cause.downcast_ref::<ServiceError>().is_some_and(|e| e.operation() == CREATE_TUN)
+    });
     (denied && tun).then_some(
         "creating the TUN device needs root or CAP_NET_ADMIN: run vpn-node as root, or give \
          it the capability (setcap cap_net_admin+ep \"$(command -v vpn-node)\")",
@@ -340,7 +343,7 @@ mod tests {
     fn tun_denied() -> anyhow::Error {
         let io = io::Error::from(io::ErrorKind::PermissionDenied);
         let cause = VpnError::from(vpn_errors::NetworkError::from_io("open /dev/net/tun", io));
-        let err = ServiceError::new(ServiceErrorKind::Startup, "vpn node", "create TUN")
+        let err = ServiceError::new(ServiceErrorKind::Startup, "vpn node", vpn_service::CREATE_TUN)
             .with_source(cause);
         anyhow::Error::new(err).context("starting the node")
     }

@@ -92,7 +92,8 @@ fn node(c: &mut Checks, config: &VpnConfig) {
 fn worker(c: &mut Checks, w: &settings::WorkerSettings) {
     c.at_least("worker.queue_capacity", w.queue_capacity as u64, 1);
     c.at_least("worker.max_workers", w.max_workers as u64, 1);
-    // At least one largest frame (docs/protocol.md, section 3.2: 65 600 bytes), or a super-packet could never
+    // At least one largest frame (docs/protocol.md, section 3.2: 65 600 bytes), or a
+    // super-packet could never
     // be sent.
     c.at_least("worker.max_queued_bytes", w.max_queued_bytes as u64, 65_600);
     c.require(
@@ -238,7 +239,8 @@ fn limits(c: &mut Checks, config: &VpnConfig) {
             pool.max_streams_per_peer
         ),
     );
-    // At least one largest packet (docs/protocol.md, sections 3.2 and 6: 65 535 bytes and a segmentation header).
+    // At least one largest packet (docs/protocol.md, sections 3.2 and 6: 65 535 bytes and a
+    // segmentation header).
     c.at_least("limits.lookup_bytes_per_peer", l.lookup_bytes_per_peer as u64, 65_600);
     c.at_least("limits.lookups_per_second", u64::from(l.lookups_per_second), 1);
     c.require(

@@ -15,7 +15,7 @@ mod receiver;
 
 pub use control::{peers_json, query_control, serve_control, status_json};
 pub use identity::{create_identity, load_identity};
-pub use node::{TunSource, VpnNode};
+pub use node::{CREATE_TUN, TunSource, VpnNode};
 pub use receiver::{InboundCheck, Verdict};
 
 /// The README's examples, compiled and run as doctests.

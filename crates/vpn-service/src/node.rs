@@ -41,6 +41,10 @@ const TUN_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// A failed publication is tried again this soon (or at the republish interval if sooner).
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 
+/// The start-up step that creates the TUN device: the operation a
+/// [`ServiceError`] names when that step fails.
+pub const CREATE_TUN: &str = "create TUN";
+
 /// Where the node's TUN device comes from.
 #[derive(Clone)]
 pub enum TunSource {
@@ -182,6 +186,11 @@ impl VpnNode {
         }
     }
 
+    /// The running health service's slot.
+    fn health_slot(&self) -> std::sync::MutexGuard<'_, Option<StreamHealth>> {
+        self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The name of the node's TUN device, once started.
     pub async fn tun_name(&self) -> Option<String> {
         self.parts.lock().await.as_ref().and_then(|p| p.tun.as_ref().map(|t| t.name().to_owned()))
@@ -202,7 +211,7 @@ impl VpnNode {
 
     /// Health figures of the streams to each peer (empty when not started).
     pub fn stream_health(&self) -> vpn_types::HealthSnapshot {
-        let health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let health = self.health_slot().clone();
         health.as_ref().map(StreamHealthService::health).unwrap_or_default()
     }
 
@@ -285,8 +294,7 @@ impl VpnNode {
         );
         health.start_health_checker().await.map_err(|e| startup("start health checker", e))?;
         health.start_warmer().await.map_err(|e| startup("start stream warmer", e))?;
-        *self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(health.clone());
+        *self.health_slot() = Some(health.clone());
         parts.health = Some(health);
 
         let ctx = WorkerContext::new(
@@ -306,7 +314,7 @@ impl VpnNode {
             TunSource::Kernel => {
                 let address = config.node.address.ok_or_else(|| {
                     startup(
-                        "create TUN",
+                        CREATE_TUN,
                         VpnError::Config(vpn_errors::ConfigError::new(
                             "node.address",
                             "(unset)",
@@ -326,7 +334,7 @@ impl VpnNode {
                     routes,
                     offload: config.interface.offload,
                 };
-                let tun = Tun::create(&tun_config).await.map_err(|e| startup("create TUN", e))?;
+                let tun = Tun::create(&tun_config).await.map_err(|e| startup(CREATE_TUN, e))?;
                 Arc::new(tun.with_metrics(metrics.clone()))
             }
         };
@@ -383,7 +391,7 @@ impl VpnService for VpnNode {
             }
             Err(e) => {
                 tracing::error!(error = %e, "start-up failed; stopping what had started");
-                self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                self.health_slot().take();
                 parts.stop().await;
                 Err(e)
             }
@@ -392,7 +400,7 @@ impl VpnService for VpnNode {
 
     async fn stop(&self) -> Result<(), VpnError> {
         let parts = self.parts.lock().await.take();
-        self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.health_slot().take();
         if let Some(parts) = parts {
             parts.stop().await;
             tracing::info!("vpn node stopped");
