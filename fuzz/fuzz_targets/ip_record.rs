@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use vpn_api::IpRegistry;
-use vpn_types::{IpNet, PeerId};
+use vpn_api::{IpNet, PeerId};
 use vpn_wire::IpRecord;
 
 /// A registry that lets every peer hold anything in the overlay.

@@ -1,8 +1,8 @@
 use std::net::IpAddr;
 
+use crate::{IpNet, PeerId};
 use async_trait::async_trait;
 use vpn_errors::VpnError;
-use vpn_types::{IpNet, PeerId};
 
 /// Finds which peer owns an overlay address, and publishes our own addresses.
 #[async_trait]

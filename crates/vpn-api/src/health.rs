@@ -1,6 +1,6 @@
+use crate::HealthSnapshot;
 use async_trait::async_trait;
 use vpn_errors::VpnError;
-use vpn_types::HealthSnapshot;
 
 /// Keeps pooled streams honest: PINGs idle streams and marks those that stop answering
 /// unhealthy, and keeps a few streams open to recently used peers.

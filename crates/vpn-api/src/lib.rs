@@ -15,7 +15,6 @@
 //! | [`RetryService`] | retry with exponential backoff |
 //! | [`StreamHealthService`] | health checking (PING/PONG) and stream warming |
 //! | [`MetricsService`] | the node's counters |
-//! | [`ConfigService`] | the settings of every component |
 //! | [`IpRegistry`] | may this peer hold this address? |
 //! | [`TunDevice`] | the local packet interface |
 //! | [`VpnStream`] | one byte stream to a peer |
@@ -25,7 +24,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use vpn_api::{IpRegistry, PeerId};
-//! use vpn_types::IpNet;
+//! use vpn_api::IpNet;
 //!
 //! /// A registry that lets every peer hold addresses in 100.64.0.0/10 only.
 //! struct CarrierGradeOnly;
@@ -43,17 +42,16 @@
 //! assert!(!registry.may_hold(&peer, &"10.0.0.0/8".parse().expect("valid")));
 //! ```
 
-mod config;
 mod discovery;
 mod health;
 mod metrics;
 mod registry;
 mod resilience;
 mod service;
+mod snapshot;
 mod stream;
 mod tun;
 
-pub use config::ConfigService;
 pub use discovery::{DhtRecords, PeerDiscoveryService};
 pub use health::StreamHealthService;
 pub use metrics::MetricsService;
@@ -63,12 +61,15 @@ pub use resilience::{
     BreakerPermit, CircuitBreakerExt, CircuitBreakerService, RetryExt, RetrySchedule, RetryService,
 };
 pub use service::VpnService;
+pub use snapshot::{BreakerState, HealthSnapshot, MetricsSnapshot, PeerHealth};
 pub use stream::{FrameBatch, FrameSink, StreamLease, StreamPoolService, StreamService, VpnStream};
 pub use tun::{TunDevice, TunPacket};
 
 pub use async_trait::async_trait;
+pub use ipnet::IpNet;
+pub use libp2p_identity::PeerId;
+pub use multiaddr::{self, Multiaddr};
 pub use vpn_errors::VpnError;
-pub use vpn_types::PeerId;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

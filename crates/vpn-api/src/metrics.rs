@@ -1,4 +1,5 @@
-use vpn_types::{Budget, DropReason, MetricsSnapshot};
+use crate::MetricsSnapshot;
+use vpn_types::{Budget, DropReason};
 
 /// The node's counters. Every method is cheap, lock-free and never waits: they are called
 /// on the packet path.

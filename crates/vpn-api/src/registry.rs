@@ -1,4 +1,4 @@
-use vpn_types::{IpNet, PeerId};
+use crate::{IpNet, PeerId};
 
 /// Decides which peer may hold which overlay addresses. Every DHT record and every inbound
 /// packet's source is checked against it.

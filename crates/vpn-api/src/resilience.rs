@@ -1,8 +1,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::{BreakerState, PeerId};
 use vpn_errors::{NetworkErrorKind, VpnError};
-use vpn_types::{BreakerState, PeerId};
 
 /// Leave to make one call through a destination's breaker. Give it back with
 /// [`CircuitBreakerService::record`].

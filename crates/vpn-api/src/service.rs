@@ -1,6 +1,6 @@
+use crate::MetricsSnapshot;
 use async_trait::async_trait;
 use vpn_errors::VpnError;
-use vpn_types::MetricsSnapshot;
 
 /// The whole node: brings every part up in order and down again.
 #[async_trait]

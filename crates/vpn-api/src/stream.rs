@@ -1,11 +1,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::PeerId;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use vpn_errors::VpnError;
-use vpn_types::{BudgetPermit, FlowKey, PeerId};
+use vpn_types::{BudgetPermit, FlowKey};
 
 /// One byte stream to a peer, speaking `/vpn-node/packet/1`.
 ///

@@ -1,9 +1,9 @@
 use std::fs;
 use std::path::Path;
 
+use crate::VpnConfig;
 use config::{Config, Environment, File, FileFormat, Map};
 use vpn_errors::ConfigError;
-use vpn_types::VpnConfig;
 
 use crate::{ConfigLoadError, validate};
 
@@ -134,7 +134,7 @@ mod tests {
             load_str(&format!("{TEMPLATE}\n"), env(&[("VPN_NODE__ADDRESS", "100.64.0.7/10")]))
                 .unwrap();
         assert_eq!(config.node.address.unwrap().to_string(), "100.64.0.7/10");
-        assert_eq!(config.worker, vpn_types::WorkerSettings::default());
+        assert_eq!(config.worker, vpn_worker::WorkerSettings::default());
     }
 
     #[test]

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use vpn_errors::ConfigError;
-use vpn_types::{VpnConfig, settings};
+use vpn_resilience::{CircuitBreakerSettings, RetrySettings};
+use vpn_stream::{HealthCheckSettings, StreamPoolSettings};
+use vpn_worker::WorkerSettings;
+
+use crate::{DiscoverySettings, VpnConfig};
 
 /// Collects every rule broken.
 #[derive(Default)]
@@ -89,7 +93,7 @@ fn node(c: &mut Checks, config: &VpnConfig) {
     );
 }
 
-fn worker(c: &mut Checks, w: &settings::WorkerSettings) {
+fn worker(c: &mut Checks, w: &WorkerSettings) {
     c.at_least("worker.queue_capacity", w.queue_capacity as u64, 1);
     c.at_least("worker.max_workers", w.max_workers as u64, 1);
     // At least one largest frame (docs/protocol.md, section 3.2: 65 600 bytes), or a
@@ -107,7 +111,7 @@ fn worker(c: &mut Checks, w: &settings::WorkerSettings) {
     c.positive("worker.send_timeout", w.send_timeout);
 }
 
-fn pool(c: &mut Checks, p: &settings::StreamPoolSettings) {
+fn pool(c: &mut Checks, p: &StreamPoolSettings) {
     c.at_least("stream_pool.max_streams_per_peer", p.max_streams_per_peer as u64, 1);
     c.require(
         p.min_streams_per_peer <= p.max_streams_per_peer,
@@ -121,7 +125,7 @@ fn pool(c: &mut Checks, p: &settings::StreamPoolSettings) {
     c.positive("stream_pool.open_timeout", p.open_timeout);
 }
 
-fn breaker(c: &mut Checks, b: &settings::CircuitBreakerSettings) {
+fn breaker(c: &mut Checks, b: &CircuitBreakerSettings) {
     c.at_least("circuit_breaker.failure_threshold", u64::from(b.failure_threshold), 1);
     c.at_least("circuit_breaker.success_threshold", u64::from(b.success_threshold), 1);
     c.positive("circuit_breaker.reset_timeout", b.reset_timeout);
@@ -136,7 +140,7 @@ fn breaker(c: &mut Checks, b: &settings::CircuitBreakerSettings) {
     );
 }
 
-fn health(c: &mut Checks, h: &settings::HealthCheckSettings) {
+fn health(c: &mut Checks, h: &HealthCheckSettings) {
     c.positive("health_check.interval", h.interval);
     c.positive("health_check.timeout", h.timeout);
     c.require(
@@ -149,7 +153,7 @@ fn health(c: &mut Checks, h: &settings::HealthCheckSettings) {
     c.positive("health_check.warm_interval", h.warm_interval);
 }
 
-fn retry(c: &mut Checks, r: &settings::RetrySettings) {
+fn retry(c: &mut Checks, r: &RetrySettings) {
     c.at_least("retry.max_attempts", u64::from(r.max_attempts), 1);
     c.positive("retry.initial_interval", r.initial_interval);
     c.require(
@@ -189,7 +193,7 @@ fn network(c: &mut Checks, config: &VpnConfig) {
     let n = &config.network;
     c.require(!n.listen.is_empty(), "network.listen", "[]", "must name at least one address");
     for (i, addr) in n.bootstrap.iter().enumerate() {
-        let has_peer = addr.iter().any(|p| matches!(p, vpn_types::multiaddr::Protocol::P2p(_)));
+        let has_peer = addr.iter().any(|p| matches!(p, vpn_api::multiaddr::Protocol::P2p(_)));
         c.require(has_peer, &format!("network.bootstrap[{i}]"), addr, "must end in /p2p/<peer id>");
     }
     c.at_least("network.max_connections", u64::from(n.max_connections), 1);
@@ -203,7 +207,7 @@ fn network(c: &mut Checks, config: &VpnConfig) {
     c.positive("network.idle_connection_timeout", n.idle_connection_timeout);
 }
 
-fn discovery(c: &mut Checks, d: &settings::DiscoverySettings) {
+fn discovery(c: &mut Checks, d: &DiscoverySettings) {
     c.positive("discovery.record_ttl", d.record_ttl);
     c.require(
         d.record_ttl <= Duration::from_secs(7 * 24 * 3600),

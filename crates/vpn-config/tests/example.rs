@@ -6,9 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vpn_api::ConfigService;
-use vpn_config::{FileConfig, load_file_with_env};
-use vpn_types::Transport;
+use vpn_config::{Transport, load_file_with_env};
 
 #[test]
 fn docs_example_loads() {
@@ -23,13 +21,12 @@ fn docs_example_loads() {
     assert!(!config.discovery.mdns);
     assert_eq!(config.firewall.deny_ports, vec![23]);
 
-    let service = FileConfig::new(config);
-    assert_eq!(service.worker().max_workers, 8192);
-    assert_eq!(service.worker().idle_timeout, Duration::from_secs(120));
-    assert_eq!(service.stream_pool().max_streams_per_peer, 8);
-    assert_eq!(service.circuit_breaker().reset_timeout, Duration::from_secs(5));
-    assert_eq!(service.health_check().timeout, Duration::from_secs(3));
-    assert_eq!(service.retry().initial_interval, Duration::from_millis(25));
+    assert_eq!(config.worker.max_workers, 8192);
+    assert_eq!(config.worker.idle_timeout, Duration::from_secs(120));
+    assert_eq!(config.stream_pool.max_streams_per_peer, 8);
+    assert_eq!(config.circuit_breaker.reset_timeout, Duration::from_secs(5));
+    assert_eq!(config.health_check.timeout, Duration::from_secs(3));
+    assert_eq!(config.retry.initial_interval, Duration::from_millis(25));
     // Untouched keys keep their defaults.
-    assert_eq!(service.retry().max_interval, Duration::from_secs(1));
+    assert_eq!(config.retry.max_interval, Duration::from_secs(1));
 }

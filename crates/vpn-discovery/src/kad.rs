@@ -11,8 +11,10 @@ use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 use vpn_api::{DhtRecords, IpRegistry, MetricsService, PeerDiscoveryService};
+use vpn_api::{IpNet, PeerId};
+use vpn_config::DiscoverySettings;
 use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
-use vpn_types::{Budget, DiscoverySettings, IpNet, PeerId};
+use vpn_types::Budget;
 use vpn_wire::{IpRecord, RECORD_KEY_PREFIX, Selection, record_key, select_record};
 
 use crate::lru::Lru;

@@ -1,7 +1,8 @@
 use std::collections::HashSet;
 
 use vpn_api::IpRegistry;
-use vpn_types::{IpNet, PeerId, VpnConfig};
+use vpn_api::{IpNet, PeerId};
+use vpn_config::VpnConfig;
 
 /// Who may hold which overlay addresses, from the configuration.
 #[derive(Debug, Clone, Default)]

@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libp2p_identity::Keypair;
+use vpn_api::{IpNet, PeerId};
 use vpn_api::{IpRegistry, MetricsService, PeerDiscoveryService};
+use vpn_config::DiscoverySettings;
 use vpn_errors::{NetworkErrorKind, VpnError};
 use vpn_testutil::mocks::MockDht;
-use vpn_types::{DiscoverySettings, IpNet, PeerId};
 use vpn_wire::{IpRecord, record_key};
 
 use crate::{KadDiscovery, StaticRegistry, record_filter, unix_now};

@@ -12,17 +12,18 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::AsyncReadExt;
+use vpn_api::{IpNet, PeerId};
 use vpn_api::{MetricsService, PeerDiscoveryService, TunPacket};
 use vpn_dispatcher::Dispatcher;
 use vpn_errors::VpnError;
 use vpn_metrics::AtomicMetrics;
+use vpn_resilience::{CircuitBreakerSettings, RetrySettings};
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
 use vpn_stream::StreamPool;
+use vpn_stream::StreamPoolSettings;
 use vpn_testutil::{MemoryStreams, PacketBuilder};
-use vpn_types::{
-    CircuitBreakerSettings, IpNet, PeerId, RetrySettings, StreamPoolSettings, WorkerSettings,
-};
 use vpn_worker::WorkerContext;
+use vpn_worker::WorkerSettings;
 
 struct OnePeer(PeerId);
 

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
 use tokio::task::JoinHandle;
 use vpn_api::TunPacket;
-use vpn_types::{DropReason, FlowKey, QueuedPacket, SendResult};
+use vpn_types::{DropReason, FlowKey};
 use vpn_utils::extract_ip_and_ports;
+use vpn_worker::{QueuedPacket, SendResult};
 use vpn_worker::{Worker, WorkerContext, WorkerFigures, WorkerHandle};
 
 struct Inner {

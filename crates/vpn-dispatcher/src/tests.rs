@@ -8,11 +8,13 @@ use tokio::sync::oneshot;
 use vpn_api::{MetricsService, TunPacket};
 use vpn_errors::{NetworkErrorKind, VpnError};
 use vpn_metrics::AtomicMetrics;
+use vpn_resilience::{CircuitBreakerSettings, RetrySettings};
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
 use vpn_testutil::PacketBuilder;
 use vpn_testutil::mocks::{MockPeerDiscovery, MockStreamPool};
-use vpn_types::{CircuitBreakerSettings, DropReason, RetrySettings, WorkerSettings};
+use vpn_types::DropReason;
 use vpn_worker::WorkerContext;
+use vpn_worker::WorkerSettings;
 
 use crate::Dispatcher;
 
@@ -102,7 +104,7 @@ async fn the_worker_cap_drops_new_flows_only() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_workers_stop_and_release_their_lease() {
-    let peer = vpn_types::PeerId::random();
+    let peer = vpn_api::PeerId::random();
     let mut discovery = MockPeerDiscovery::new();
     discovery.expect_peer_for_ip().returning(move |_| Ok(peer));
     let mut pool = MockStreamPool::new();
@@ -158,7 +160,7 @@ async fn figures_per_worker() {
 
 #[tokio::test]
 async fn the_byte_budget_spans_all_flows_until_frames_are_written() {
-    let peer = vpn_types::PeerId::random();
+    let peer = vpn_api::PeerId::random();
     let mut discovery = MockPeerDiscovery::new();
     discovery.expect_peer_for_ip().returning(move |_| Ok(peer));
     // The stream's writer holds every batch it is given until the test lets it go.

@@ -13,19 +13,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use vpn_api::{IpNet, PeerId};
 use vpn_api::{MetricsService, PeerDiscoveryService, TunPacket};
 use vpn_dispatcher::Dispatcher;
 use vpn_errors::{NetworkErrorKind, VpnError};
 use vpn_metrics::AtomicMetrics;
+use vpn_resilience::{CircuitBreakerSettings, RetrySettings};
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
+use vpn_stream::StreamPoolSettings;
 use vpn_stream::{InboundLimits, StreamPool, serve_inbound};
 use vpn_testutil::{Faults, MemoryStreams, PacketBuilder};
-use vpn_types::{
-    CircuitBreakerSettings, DropReason, IpNet, PeerId, RetrySettings, StreamPoolSettings,
-    WorkerSettings,
-};
+use vpn_types::DropReason;
 use vpn_utils::extract_ip_and_ports;
 use vpn_wire::Frame;
+use vpn_worker::WorkerSettings;
 
 /// Every address in 100.64.0.0/16 belongs to one peer.
 struct OnePeer(PeerId);

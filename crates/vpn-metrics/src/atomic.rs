@@ -7,7 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use vpn_api::MetricsService;
-use vpn_types::{Budget, DropReason, MetricsSnapshot};
+use vpn_api::MetricsSnapshot;
+use vpn_types::{Budget, DropReason};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {

@@ -34,10 +34,10 @@ pub struct P2pConfig {
     /// The overlay: our tunnel's networks and the routes into it. An address in it is
     /// never an underlay address (dialing it would route through the tunnel itself), so
     /// peers' addresses in it are not used, and our own coming and going is not a move.
-    pub overlay: Vec<vpn_types::IpNet>,
+    pub overlay: Vec<vpn_api::IpNet>,
     /// The transport dialed first when a peer can be reached over both (the other one
     /// starts [`crate::HEAD_START`] later).
-    pub transport: vpn_types::Transport,
+    pub transport: vpn_config::Transport,
     /// A dial (connection and handshake) may take this long.
     pub dial_timeout: Duration,
     /// How often every connection is pinged.
@@ -62,7 +62,7 @@ impl P2pConfig {
             query_timeout: Duration::from_secs(5),
             record_filter: None,
             overlay: Vec::new(),
-            transport: vpn_types::Transport::Tcp,
+            transport: vpn_config::Transport::Tcp,
             dial_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(10),

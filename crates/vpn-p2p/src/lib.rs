@@ -8,6 +8,10 @@
 //! Everything else talks to that task through the cloneable [`P2pHandle`]: dialing, DHT
 //! records, addresses; the stream `Control` is cloned straight into the data path.
 //!
+//! VPN streams ride `libp2p-stream`: [`Libp2pStreamService`] is the [`vpn_api::StreamService`]
+//! that opens them, [`accept_streams`] the always-polled accept loop that refuses peers not
+//! allowed in.
+//!
 //! Records stored in our DHT node by other peers pass through a [`RecordFilter`] first, so
 //! the discovery layer decides what may be stored (docs/protocol.md, section 7.4: checked on every PUT).
 
@@ -15,11 +19,13 @@ mod behaviour;
 mod config;
 mod error;
 mod node;
+mod stream;
 mod transport;
 
 pub use config::{P2pConfig, RecordFilter};
 pub use error::P2pError;
 pub use node::{P2pHandle, P2pNode};
+pub use stream::{Libp2pStream, Libp2pStreamService, PACKET_PROTOCOL, PeerFilter, accept_streams};
 pub use transport::{HEAD_START, HeadStart, kind_of};
 
 pub use libp2p::identity::Keypair;

@@ -257,7 +257,7 @@ struct EventLoop {
     pending: HashMap<QueryId, Pending>,
     dials: HashMap<PeerId, Dials>,
     connections: HashMap<PeerId, Vec<Connection>>,
-    overlay: Vec<vpn_types::IpNet>,
+    overlay: Vec<vpn_api::IpNet>,
     max_per_peer: u32,
     filter: Option<RecordFilter>,
     /// Warnings about records a peer sent, at most one per peer every few seconds.

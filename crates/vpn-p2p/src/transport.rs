@@ -19,7 +19,7 @@ use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, Transport, noise, quic, tcp, yamux};
-use vpn_types::Transport as Kind;
+use vpn_config::Transport as Kind;
 
 /// How much later a dial over the transport that is not preferred starts.
 pub const HEAD_START: Duration = Duration::from_millis(500);

@@ -206,7 +206,7 @@ async fn a_peer_reachable_both_ways_is_dialed_over_the_preferred_transport() {
     let a_id = a.handle().local_peer_id();
     let a_addrs = a.handle().listen_addrs().await.unwrap();
     assert_eq!(a_addrs.len(), 2, "{a_addrs:?}");
-    for preferred in [vpn_types::Transport::Quic, vpn_types::Transport::Tcp] {
+    for preferred in [vpn_config::Transport::Quic, vpn_config::Transport::Tcp] {
         let mut config = P2pConfig::new(Keypair::generate_ed25519(), loopback());
         config.transport = preferred;
         let b = P2pNode::start(config).await.unwrap();

@@ -27,13 +27,11 @@ pub use vpn_errors::{
     BoxError, ConfigError, NetworkError, NetworkErrorKind, PacketError, ServiceError,
     ServiceErrorKind, VpnError, is_connection_reset_error, is_network_error, is_temporary_error,
 };
-pub use vpn_types::{
-    BreakerState, CircuitBreakerSettings, DropReason, FlowKey, GsoInfo, GsoType,
-    HealthCheckSettings, HealthSnapshot, IpNet, MetricsSnapshot, PacketInfo, PeerHealth, PeerId,
-    QueuedPacket, RetrySettings, SendResult, StreamPoolSettings, WorkerSettings,
-};
+pub use vpn_types::{DropReason, FlowKey, GsoInfo, GsoType, PacketInfo};
 pub use vpn_utils::{declared_ip_len, extract_ip_and_ports, validate_ip_packet};
-pub use vpn_worker::{Worker, WorkerContext, WorkerFigures, WorkerHandle};
+pub use vpn_worker::{
+    QueuedPacket, SendResult, Worker, WorkerContext, WorkerFigures, WorkerHandle, WorkerSettings,
+};
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
+use crate::RetrySettings;
 use vpn_api::{RetrySchedule, RetryService};
 use vpn_errors::{VpnError, is_temporary_error};
-use vpn_types::RetrySettings;
 
 /// Retry with exponential backoff: the node's [`RetryService`].
 ///

@@ -1,5 +1,6 @@
+use crate::CircuitBreakerSettings;
 use tokio::time::Instant;
-use vpn_types::{BreakerState, CircuitBreakerSettings};
+use vpn_api::BreakerState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

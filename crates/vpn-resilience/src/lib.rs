@@ -11,9 +11,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use vpn_api::{CircuitBreakerExt, CircuitBreakerService, PeerId};
-//! use vpn_resilience::PeerBreakers;
-//! use vpn_types::{BreakerState, CircuitBreakerSettings};
+//! use vpn_api::{BreakerState, CircuitBreakerExt, CircuitBreakerService, PeerId};
+//! use vpn_resilience::{CircuitBreakerSettings, PeerBreakers};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let breakers = PeerBreakers::new(CircuitBreakerSettings::default().with_failure_threshold(1));
@@ -30,11 +29,13 @@ mod backoff;
 mod breaker;
 mod layer;
 mod peer_breakers;
+mod settings;
 
 pub use backoff::{BackoffSchedule, ExponentialBackoff};
 pub use breaker::CircuitBreaker;
 pub use layer::{Breaker, BreakerLayer, PeerRequest, Retry, RetryLayer, Timeout, TimeoutLayer};
 pub use peer_breakers::PeerBreakers;
+pub use settings::{CircuitBreakerSettings, RetrySettings};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

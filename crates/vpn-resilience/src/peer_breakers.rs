@@ -1,10 +1,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::CircuitBreakerSettings;
 use tokio::time::Instant;
 use vpn_api::{BreakerPermit, CircuitBreakerService, circuit_open_error};
+use vpn_api::{BreakerState, PeerId};
 use vpn_errors::VpnError;
-use vpn_types::{BreakerState, CircuitBreakerSettings, PeerId};
 
 use crate::CircuitBreaker;
 

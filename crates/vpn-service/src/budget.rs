@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 use vpn_api::MetricsService;
-use vpn_types::{Budget, LimitSettings, PeerId};
+use vpn_api::PeerId;
+use vpn_config::LimitSettings;
+use vpn_types::Budget;
 
 /// Every peer's share, counted where it is taken and given back.
 pub(crate) struct PeerBudgets {

@@ -12,18 +12,17 @@ use vpn_api::{
     MetricsService, PeerDiscoveryService, StreamHealthService, TunDevice, TunPacket, VpnService,
     VpnStream,
 };
+use vpn_api::{MetricsSnapshot, PeerId};
+use vpn_config::VpnConfig;
 use vpn_discovery::{KadDiscovery, StaticRegistry, record_filter};
 use vpn_dispatcher::Dispatcher;
 use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
 use vpn_metrics::AtomicMetrics;
-use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode};
+use vpn_p2p::{Keypair, Libp2pStreamService, Multiaddr, P2pConfig, P2pNode, accept_streams};
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
-use vpn_stream::{
-    InboundEnd, InboundLimits, InboundSink, Libp2pStreamService, StreamHealth, StreamPool,
-    accept_streams, serve_inbound,
-};
+use vpn_stream::{InboundEnd, InboundLimits, InboundSink, StreamHealth, StreamPool, serve_inbound};
 use vpn_tun::{Tun, TunConfig};
-use vpn_types::{Budget, DropReason, GsoInfo, MetricsSnapshot, PeerId, VpnConfig};
+use vpn_types::{Budget, DropReason, GsoInfo};
 use vpn_wire::Frame;
 use vpn_worker::WorkerContext;
 
@@ -210,7 +209,7 @@ impl VpnNode {
     }
 
     /// Health figures of the streams to each peer (empty when not started).
-    pub fn stream_health(&self) -> vpn_types::HealthSnapshot {
+    pub fn stream_health(&self) -> vpn_api::HealthSnapshot {
         let health = self.health_slot().clone();
         health.as_ref().map(StreamHealthService::health).unwrap_or_default()
     }

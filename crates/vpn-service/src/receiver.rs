@@ -3,8 +3,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use vpn_api::{IpNet, PeerId};
+use vpn_config::FirewallSettings;
 use vpn_discovery::KadDiscovery;
-use vpn_types::{DropReason, FirewallSettings, IpNet, PeerId};
+use vpn_types::DropReason;
 use vpn_utils::validate_ip_packet;
 
 /// What to do with one inbound packet.

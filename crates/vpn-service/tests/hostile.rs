@@ -18,12 +18,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use vpn_api::{MetricsSnapshot, PeerId};
 use vpn_api::{PeerDiscoveryService, TunPacket, VpnService};
 use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode};
+use vpn_p2p::{Libp2pStream, PACKET_PROTOCOL};
 use vpn_service::{TunSource, VpnNode};
-use vpn_stream::{Libp2pStream, PACKET_PROTOCOL};
 use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
-use vpn_types::{Budget, DropReason, MetricsSnapshot, PeerId};
+use vpn_types::{Budget, DropReason};
 use vpn_wire::{Frame, SegmentHeader, record_key};
 
 /// Counts the bytes allocated now and the most allocated at once since the last reset.
@@ -132,7 +133,7 @@ fn config(
     address: &str,
     peers: &[(&Keypair, &str, Option<&Multiaddr>)],
     extra: &str,
-) -> vpn_types::VpnConfig {
+) -> vpn_config::VpnConfig {
     let mut text = format!(
         "[node]\naddress = \"{address}/10\"\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
          [discovery]\nmdns = false\n[firewall]\ndeny_ports = [{DENIED_PORT}]\n[limits]\n\

@@ -24,7 +24,7 @@ fn config(
     bootstrap: Option<&Multiaddr>,
     peers: &[(&Keypair, &str)],
     allowed: &[&Keypair],
-) -> vpn_types::VpnConfig {
+) -> vpn_config::VpnConfig {
     let mut text = format!(
         "[node]\naddress = \"{address}/10\"\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
          allowed_peers = [{}]\n",
@@ -47,7 +47,7 @@ fn config(
     vpn_config::load_str(&text, []).unwrap()
 }
 
-async fn start(key: &Keypair, config: vpn_types::VpnConfig) -> Member {
+async fn start(key: &Keypair, config: vpn_config::VpnConfig) -> Member {
     let (tun, os) = MemoryTun::new("mem", 1400, 1024);
     let node = VpnNode::new(config, key.clone(), TunSource::Given(Arc::new(tun)));
     node.start().await.unwrap();

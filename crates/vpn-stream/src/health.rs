@@ -4,12 +4,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::HealthCheckSettings;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use vpn_api::StreamHealthService;
+use vpn_api::{HealthSnapshot, PeerHealth};
 use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
-use vpn_types::{HealthCheckSettings, HealthSnapshot, PeerHealth};
 
 use crate::StreamPool;
 use crate::pooled::PooledStream;

@@ -9,21 +9,19 @@
 //! - [`StreamHealth`]: the [`vpn_api::StreamHealthService`] over a pool.
 //! - [`serve_inbound`]: the acceptor's frame loop.
 //!
-//! - [`Libp2pStreamService`]: the [`vpn_api::StreamService`] over `libp2p-stream`, and
-//!   [`accept_streams`], the always-polled accept loop that refuses peers not allowed in.
+//! Nothing here knows libp2p: streams come from any [`vpn_api::StreamService`] (the libp2p
+//! one is `vpn_p2p::Libp2pStreamService`, beside the swarm).
 
 mod health;
 mod inbound;
-mod p2p_stream;
 mod pool;
 mod pooled;
+mod settings;
 
 pub use health::StreamHealth;
 pub use inbound::{InboundEnd, InboundLimits, InboundSink, serve_inbound};
-pub use p2p_stream::{
-    Libp2pStream, Libp2pStreamService, PACKET_PROTOCOL, PeerFilter, accept_streams,
-};
 pub use pool::StreamPool;
+pub use settings::{HealthCheckSettings, StreamPoolSettings};
 
 #[cfg(test)]
 mod tests;

@@ -5,14 +5,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::StreamPoolSettings;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use vpn_api::PeerId;
 use vpn_api::{MetricsService, StreamLease, StreamPoolService, StreamService};
 use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
-use vpn_types::{FlowKey, PeerId, StreamPoolSettings};
+use vpn_types::FlowKey;
 
 use crate::health::PeerCounters;
 use crate::pooled::{Clock, PooledStream};

@@ -11,9 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use vpn_api::PeerId;
 use vpn_api::{FrameBatch, FrameSink, MetricsService, VpnStream};
 use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
-use vpn_types::{DropReason, PeerId};
+use vpn_types::DropReason;
 use vpn_wire::{Frame, FrameDecoder};
 
 use crate::health::PeerCounters;

@@ -3,17 +3,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{HealthCheckSettings, StreamPoolSettings};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
+use vpn_api::PeerId;
 use vpn_api::{
     FrameBatch, MetricsService, StreamHealthService, StreamPoolService, StreamService, VpnStream,
 };
 use vpn_errors::{NetworkErrorKind, ServiceErrorKind, VpnError};
 use vpn_metrics::AtomicMetrics;
 use vpn_testutil::{Accepted, Faults, MemoryStreams};
-use vpn_types::{DropReason, FlowKey, HealthCheckSettings, PeerId, StreamPoolSettings};
+use vpn_types::{DropReason, FlowKey};
 use vpn_wire::{Frame, FrameDecoder};
 
 use crate::{InboundLimits, InboundSink, StreamHealth, StreamPool, serve_inbound};

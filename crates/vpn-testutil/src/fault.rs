@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+use vpn_api::PeerId;
 use vpn_api::VpnStream;
-use vpn_types::PeerId;
 
 /// What a [`FaultyStream`] does wrong. Writes are counted from 1: each call of
 /// `poll_write` that completes (or fails) is one write.

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use vpn_api::PeerId;
 use vpn_api::VpnStream;
-use vpn_types::PeerId;
 
 /// One end of an in-memory stream pair; see [`memory_stream_pair`].
 #[derive(Debug)]

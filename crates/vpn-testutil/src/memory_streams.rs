@@ -4,9 +4,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
+use vpn_api::PeerId;
 use vpn_api::{StreamService, VpnStream};
 use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
-use vpn_types::PeerId;
 
 use crate::{Faults, FaultyStream, MemoryStream, memory_stream_pair};
 

@@ -19,17 +19,13 @@ use async_trait::async_trait;
 use mockall::mock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use vpn_api::{
-    BreakerPermit, CircuitBreakerService, ConfigService, DhtRecords, FrameBatch, FrameSink,
-    IpRegistry, MetricsService, PeerDiscoveryService, RetrySchedule, RetryService,
-    StreamHealthService, StreamLease, StreamPoolService, StreamService, TunDevice, TunPacket,
-    VpnService, VpnStream,
+    BreakerPermit, CircuitBreakerService, DhtRecords, FrameBatch, FrameSink, IpRegistry,
+    MetricsService, PeerDiscoveryService, RetrySchedule, RetryService, StreamHealthService,
+    StreamLease, StreamPoolService, StreamService, TunDevice, TunPacket, VpnService, VpnStream,
 };
+use vpn_api::{BreakerState, HealthSnapshot, IpNet, MetricsSnapshot, PeerId};
 use vpn_errors::VpnError;
-use vpn_types::{
-    BreakerState, Budget, CircuitBreakerSettings, DropReason, FlowKey, HealthCheckSettings,
-    HealthSnapshot, IpNet, MetricsSnapshot, PeerId, RetrySettings, StreamPoolSettings,
-    WorkerSettings,
-};
+use vpn_types::{Budget, DropReason, FlowKey};
 
 mock! {
     /// Mock of [`VpnService`].
@@ -147,18 +143,6 @@ mock! {
         fn set_active_workers(&self, workers: u64);
         fn set_active_streams(&self, streams: u64);
         fn snapshot(&self) -> MetricsSnapshot;
-    }
-}
-
-mock! {
-    /// Mock of [`ConfigService`].
-    pub Config {}
-    impl ConfigService for Config {
-        fn worker(&self) -> WorkerSettings;
-        fn stream_pool(&self) -> StreamPoolSettings;
-        fn circuit_breaker(&self) -> CircuitBreakerSettings;
-        fn health_check(&self) -> HealthCheckSettings;
-        fn retry(&self) -> RetrySettings;
     }
 }
 

@@ -1,9 +1,10 @@
 //! Plain data types shared by every vpn-node crate.
 //!
-//! Nothing here does I/O. The types describe a packet ([`PacketInfo`]), the flow it belongs
-//! to ([`FlowKey`]), a packet waiting in a worker queue ([`QueuedPacket`]), why a packet was
-//! dropped ([`DropReason`]), snapshots of counters and states, and the settings of each
-//! component with their defaults.
+//! Nothing here does I/O and nothing depends on another crate. The types describe a packet
+//! ([`PacketInfo`]), the flow it belongs to ([`FlowKey`]), segmentation offload ([`GsoInfo`]),
+//! why a packet was dropped ([`DropReason`]) and which per-peer budget bit ([`Budget`]);
+//! [`ByteBudget`] bounds bytes held, [`WarnGate`] bounds warnings, and [`settings!`] gives every
+//! crate's settings section the same shape.
 //!
 //! ```
 //! use std::net::{IpAddr, Ipv4Addr};
@@ -25,27 +26,14 @@ mod drop;
 mod offload;
 mod packet;
 mod packet_error;
-mod queued;
-pub mod settings;
-mod snapshot;
+mod settings;
 mod warn;
 
 pub use budget::{BudgetPermit, ByteBudget};
 pub use drop::{Budget, DropReason};
-pub use ipnet::IpNet;
-pub use libp2p_identity::PeerId;
-pub use multiaddr::{self, Multiaddr};
 pub use offload::{GsoInfo, GsoType};
 pub use packet::{FlowKey, PacketInfo};
 pub use packet_error::PacketError;
-pub use queued::{QueuedPacket, SendResult};
-pub use settings::{
-    CircuitBreakerSettings, ControlSettings, DiscoverySettings, FirewallSettings,
-    HealthCheckSettings, InterfaceSettings, LimitSettings, MetricsSettings, NetworkSettings,
-    NodeSettings, PeerSettings, RetrySettings, StreamPoolSettings, Transport, VpnConfig,
-    WorkerSettings,
-};
-pub use snapshot::{BreakerState, HealthSnapshot, MetricsSnapshot, PeerHealth};
 pub use warn::WarnGate;
 
 /// The README's examples, compiled and run as doctests.

@@ -1,7 +1,7 @@
 use std::io;
 
+use vpn_api::{IpNet, PeerId};
 use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
-use vpn_types::{IpNet, PeerId};
 
 /// A violation of the frame format. The receiver resets the stream it came from.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use libp2p_core::signed_envelope::ReadPayloadError;
 use libp2p_identity::Keypair;
 use prost::Message;
 use vpn_api::IpRegistry;
-use vpn_types::{IpNet, PeerId};
+use vpn_api::{IpNet, PeerId};
 
 use crate::RecordError;
 

@@ -1,15 +1,17 @@
 use std::sync::Arc;
 
+use crate::WorkerSettings;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
+use vpn_api::PeerId;
 use vpn_api::{
     CircuitBreakerService, MetricsService, PeerDiscoveryService, RetryService, StreamLease,
     StreamPoolService,
 };
 use vpn_errors::VpnError;
 use vpn_resilience::{BreakerLayer, RetryLayer, TimeoutLayer};
-use vpn_types::{ByteBudget, FlowKey, PeerId, WorkerSettings};
+use vpn_types::{ByteBudget, FlowKey};
 
 /// The service that opens a lease: `(peer, flow) -> StreamLease` through the breaker,
 /// the time limit and retry.

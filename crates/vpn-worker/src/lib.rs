@@ -11,9 +11,13 @@
 //! packets are never retried (the inner TCP does that).
 
 mod context;
+mod queued;
+mod settings;
 mod worker;
 
 pub use context::WorkerContext;
+pub use queued::{QueuedPacket, SendResult};
+pub use settings::WorkerSettings;
 pub use worker::{Worker, WorkerFigures, WorkerHandle};
 
 #[cfg(test)]

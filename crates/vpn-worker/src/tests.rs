@@ -5,18 +5,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::{QueuedPacket, SendResult, WorkerSettings};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
+use vpn_api::PeerId;
 use vpn_api::{FrameBatch, FrameSink, MetricsService, StreamLease};
 use vpn_errors::{NetworkErrorKind, VpnError};
 use vpn_metrics::AtomicMetrics;
+use vpn_resilience::{CircuitBreakerSettings, RetrySettings};
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
 use vpn_testutil::mocks::{MockPeerDiscovery, MockStreamPool};
-use vpn_types::{
-    CircuitBreakerSettings, DropReason, FlowKey, PeerId, QueuedPacket, RetrySettings, SendResult,
-    WorkerSettings,
-};
+use vpn_types::{DropReason, FlowKey};
 use vpn_wire::{Frame, FrameDecoder};
 
 use crate::{Worker, WorkerContext, WorkerHandle};

@@ -2,13 +2,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::QueuedPacket;
 use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use vpn_api::{FrameBatch, StreamLease};
 use vpn_errors::{NetworkErrorKind, ServiceErrorKind, VpnError};
-use vpn_types::{BudgetPermit, DropReason, FlowKey, QueuedPacket};
+use vpn_types::{BudgetPermit, DropReason, FlowKey};
 use vpn_wire::{FRAME_HEADER_LEN, MAX_FRAME, SEGMENT_HEADER_LEN};
 
 use crate::WorkerContext;

@@ -11,7 +11,8 @@ pub use breaker::{Breaker, BreakerLayer};
 pub use retry::{Retry, RetryLayer};
 pub use timeout::{Timeout, TimeoutLayer};
 
-use vpn_types::{FlowKey, PeerId};
+use vpn_api::PeerId;
+use vpn_types::FlowKey;
 
 /// A request that is addressed to one peer, so a breaker can be chosen for it.
 pub trait PeerRequest {
@@ -34,14 +35,15 @@ impl PeerRequest for (PeerId, FlowKey) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{CircuitBreakerSettings, RetrySettings};
     use crate::{ExponentialBackoff, PeerBreakers};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
     use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
+    use vpn_api::BreakerState;
     use vpn_api::CircuitBreakerService;
     use vpn_errors::{NetworkErrorKind, VpnError};
-    use vpn_types::{BreakerState, CircuitBreakerSettings, RetrySettings};
 
     fn breakers(threshold: u32) -> Arc<PeerBreakers> {
         Arc::new(PeerBreakers::new(

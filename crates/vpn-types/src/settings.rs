@@ -1,11 +1,31 @@
-//! Settings of every part of the node, each with its defaults: the sections of the
-//! configuration file.
+//! The shape every settings struct of the node shares.
 //!
-//! Every struct has `Default`, a `with_<field>` builder per field, and deserializes from the
+//! Each crate defines its own section of the configuration file with [`settings!`](crate::settings!). Every struct has `Default`, a `with_<field>` builder per field, and deserializes from the
 //! configuration file with durations written with units (`"30s"`, `"250ms"`). A missing
 //! field takes its default; an unknown field is an error.
 
 /// Defines a settings struct with its documented fields, defaults and `with_*` builders.
+///
+/// The struct derives `Deserialize`, so the calling crate depends on `serde` (and on
+/// `humantime-serde` when a field is written `@serde(with = "humantime_serde")`).
+///
+/// ```
+/// use std::time::Duration;
+/// use vpn_types::settings;
+///
+/// settings! {
+///     /// How often something happens.
+///     TickSettings {
+///         /// Time between two ticks.
+///         @serde(with = "humantime_serde")
+///         interval: Duration = Duration::from_secs(1), with_interval;
+///     }
+/// }
+///
+/// let s = TickSettings::default().with_interval(Duration::from_millis(5));
+/// assert_eq!(s.interval, Duration::from_millis(5));
+/// ```
+#[macro_export]
 macro_rules! settings {
     (
         $(#[$meta:meta])*
@@ -46,14 +66,3 @@ macro_rules! settings {
         }
     };
 }
-
-mod engine;
-mod node;
-
-pub use engine::{
-    CircuitBreakerSettings, HealthCheckSettings, RetrySettings, StreamPoolSettings, WorkerSettings,
-};
-pub use node::{
-    ControlSettings, DiscoverySettings, FirewallSettings, InterfaceSettings, LimitSettings,
-    MetricsSettings, NetworkSettings, NodeSettings, PeerSettings, Transport, VpnConfig,
-};

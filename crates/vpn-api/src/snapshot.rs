@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use libp2p_identity::PeerId;
 
-use crate::{Budget, DropReason};
+use vpn_types::{Budget, DropReason};
 
 /// The state of one circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

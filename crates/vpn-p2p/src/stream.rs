@@ -12,9 +12,10 @@ use libp2p_stream::{Control, OpenStreamError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use vpn_api::PeerId;
 use vpn_api::{MetricsService, StreamService, VpnStream};
 use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
-use vpn_types::{PeerId, WarnGate};
+use vpn_types::WarnGate;
 
 /// The packet stream protocol of docs/protocol.md (section 3).
 pub const PACKET_PROTOCOL: StreamProtocol = StreamProtocol::new(vpn_wire::PROTOCOL_ID);

@@ -10,9 +10,10 @@ use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
 use serde::Deserialize;
 
-use super::{
-    CircuitBreakerSettings, HealthCheckSettings, RetrySettings, StreamPoolSettings, WorkerSettings,
-};
+use vpn_resilience::{CircuitBreakerSettings, RetrySettings};
+use vpn_stream::{HealthCheckSettings, StreamPoolSettings};
+use vpn_types::settings;
+use vpn_worker::WorkerSettings;
 
 /// Deserializes addresses and prefixes, a bare address standing for a /32 or /128.
 fn nets<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {

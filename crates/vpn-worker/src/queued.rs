@@ -3,7 +3,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::{BudgetPermit, DropReason, GsoInfo};
+use vpn_types::{BudgetPermit, DropReason, GsoInfo};
 
 /// What became of a packet: sent, or dropped for a reason.
 pub type SendResult = Result<(), DropReason>;

@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use vpn_api::{MetricsService, StreamService};
 use vpn_metrics::AtomicMetrics;
-use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode};
-use vpn_stream::{InboundLimits, Libp2pStreamService, accept_streams, serve_inbound};
+use vpn_p2p::{Keypair, Libp2pStreamService, Multiaddr, P2pConfig, P2pNode, accept_streams};
+use vpn_stream::{InboundLimits, serve_inbound};
 use vpn_wire::Frame;
 
 async fn node() -> P2pNode {
