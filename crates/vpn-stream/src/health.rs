@@ -1,6 +1,5 @@
 //! Stream health: PINGs on idle streams, and warm streams to recently used peers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,30 +7,13 @@ use crate::HealthCheckSettings;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use vpn_api::HealthSnapshot;
 use vpn_api::StreamHealthService;
-use vpn_api::{HealthSnapshot, PeerHealth};
 use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
 
 use crate::StreamPool;
+use crate::liveness::Outstanding;
 use crate::pooled::PooledStream;
-
-/// Health counters of the streams to one peer, shared by its streams and the checker.
-#[derive(Debug, Default)]
-pub(crate) struct PeerCounters {
-    pings_sent: AtomicU64,
-    pongs_received: AtomicU64,
-    pongs_missed: AtomicU64,
-    marked_unhealthy: AtomicU64,
-    last_rtt_us: AtomicU64,
-}
-
-impl PeerCounters {
-    pub(crate) fn pong(&self, rtt: Duration) {
-        self.pongs_received.fetch_add(1, Ordering::Relaxed);
-        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.last_rtt_us.store(us, Ordering::Relaxed);
-    }
-}
 
 /// The node's [`StreamHealthService`] over a [`StreamPool`].
 ///
@@ -92,7 +74,7 @@ impl Inner {
             }
         }
         for stream in failed {
-            stream.counters.marked_unhealthy_inc();
+            stream.counters.marked_unhealthy();
             tracing::info!(peer = %stream.peer, stream = stream.id, "stream stopped answering PINGs; resetting it");
             self.pool.retire_unhealthy(&stream);
         }
@@ -103,30 +85,29 @@ impl Inner {
         if stream.is_closed() {
             return false;
         }
-        let mut ping = stream.ping.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, sent)) = ping.outstanding {
-            if now.duration_since(sent) < self.settings.timeout {
-                return false;
+        let limit = self.settings.max_consecutive_failures;
+        let mut live = stream.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        match live.settle(now, self.settings.timeout, limit) {
+            Outstanding::Waiting => return false,
+            Outstanding::Missed { dead } => {
+                stream.counters.missed();
+                if dead {
+                    return true;
+                }
             }
-            ping.outstanding = None;
-            ping.missed += 1;
-            stream.counters.pongs_missed.fetch_add(1, Ordering::Relaxed);
-            if ping.missed >= self.settings.max_consecutive_failures {
-                return true;
-            }
+            Outstanding::None => {}
         }
         if stream.idle_for() >= self.settings.interval {
             let nonce = fastrand::u64(..).to_be_bytes();
             if stream.try_ping(nonce) {
-                ping.outstanding = Some((nonce, now));
-                stream.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+                live.sent(nonce, now);
+                stream.counters.ping_sent();
             } else if !stream.is_closed() {
                 // The queue is full, yet nothing was written for a whole interval: the
                 // stream's write is stuck. That counts as a missed PONG, or a stuck stream
                 // would hold its flows for ever.
-                ping.missed += 1;
-                stream.counters.pongs_missed.fetch_add(1, Ordering::Relaxed);
-                return ping.missed >= self.settings.max_consecutive_failures;
+                stream.counters.missed();
+                return live.stuck(limit);
             }
         }
         false
@@ -174,12 +155,6 @@ impl Inner {
     }
 }
 
-impl PeerCounters {
-    fn marked_unhealthy_inc(&self) {
-        self.marked_unhealthy.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 #[async_trait]
 impl StreamHealthService for StreamHealth {
     async fn start_health_checker(&self) -> Result<(), VpnError> {
@@ -205,25 +180,6 @@ impl StreamHealthService for StreamHealth {
     }
 
     fn health(&self) -> HealthSnapshot {
-        let peers = self
-            .inner
-            .pool
-            .peer_counters()
-            .into_iter()
-            .map(|(peer, c, streams, healthy_streams)| {
-                let rtt = c.last_rtt_us.load(Ordering::Relaxed);
-                PeerHealth {
-                    peer,
-                    streams,
-                    healthy_streams,
-                    pings_sent: c.pings_sent.load(Ordering::Relaxed),
-                    pongs_received: c.pongs_received.load(Ordering::Relaxed),
-                    pongs_missed: c.pongs_missed.load(Ordering::Relaxed),
-                    streams_marked_unhealthy: c.marked_unhealthy.load(Ordering::Relaxed),
-                    last_rtt: (rtt > 0).then(|| Duration::from_micros(rtt)),
-                }
-            })
-            .collect();
-        HealthSnapshot { peers }
+        HealthSnapshot { peers: self.inner.pool.peer_health() }
     }
 }

@@ -14,6 +14,7 @@
 
 mod health;
 mod inbound;
+mod liveness;
 mod pool;
 mod pooled;
 mod settings;

@@ -11,12 +11,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vpn_api::PeerId;
 use vpn_api::{MetricsService, StreamLease, StreamPoolService, StreamService};
+use vpn_api::{PeerHealth, PeerId};
 use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
 use vpn_types::FlowKey;
 
-use crate::health::PeerCounters;
+use crate::liveness::PeerCounters;
 use crate::pooled::{Clock, PooledStream};
 
 /// The streams to one peer.
@@ -127,7 +127,7 @@ struct Shared {
 ///   its stream at once, so every stream opened is either in the pool or closed.
 /// - Each stream has one task that owns it (see [`crate`]); a failed stream is dropped from
 ///   the pool and its lessees move to another on their next lease.
-/// - Streams with no lease and no traffic for `stream_idle_timeout` are closed by a cleanup
+/// - Streams with no lease and no packet written for `stream_idle_timeout` are closed by a cleanup
 ///   that runs every `cleanup_interval` once [`StreamPool::start`] was called.
 #[derive(Clone)]
 pub struct StreamPool {
@@ -228,15 +228,16 @@ impl StreamPool {
             .collect()
     }
 
-    /// Health counters of every peer in the pool, with its streams (all, and healthy).
-    pub(crate) fn peer_counters(&self) -> Vec<(PeerId, Arc<PeerCounters>, u32, u32)> {
+    /// The health of every peer in the pool, with its streams (all, and healthy).
+    pub(crate) fn peer_health(&self) -> Vec<PeerHealth> {
         self.lock()
             .peers
             .iter()
             .map(|(peer, p)| {
                 let open = p.streams.iter().filter(|s| !s.is_closed()).count();
                 let healthy = p.streams.iter().filter(|s| s.usable()).count();
-                (*peer, p.counters.clone(), open as u32, healthy as u32)
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                p.counters.health(*peer, count(open), count(healthy))
             })
             .collect()
     }
@@ -279,7 +280,7 @@ impl StreamPool {
             state.peers.retain(|_, p| {
                 p.prune();
                 p.streams.retain(|s| {
-                    let keep = s.leases() > 0 || s.idle_for() < idle;
+                    let keep = s.leases() > 0 || s.data_idle_for() < idle;
                     if !keep {
                         retired.push(s.clone());
                     }

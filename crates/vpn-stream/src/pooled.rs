@@ -17,7 +17,7 @@ use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
 use vpn_types::DropReason;
 use vpn_wire::{Frame, FrameDecoder};
 
-use crate::health::PeerCounters;
+use crate::liveness::{Liveness, PeerCounters};
 
 /// Most bytes gathered from queued batches into one write.
 const COALESCE_BYTES: usize = 256 * 1024;
@@ -40,13 +40,6 @@ impl Clock {
     }
 }
 
-/// The PING now out on a stream, and the misses so far.
-#[derive(Debug, Default)]
-pub(crate) struct PingState {
-    pub(crate) outstanding: Option<([u8; 8], Instant)>,
-    pub(crate) missed: u32,
-}
-
 /// How a stream is to end when the pool lets it go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -65,11 +58,15 @@ pub(crate) struct PooledStream {
     closed: AtomicBool,
     healthy: AtomicBool,
     leases: AtomicUsize,
+    /// Any write, PINGs included: a stream that writes proves itself without a PING.
     last_write_ms: AtomicU64,
+    /// The last write that carried packets: what the pool's idle clean-up goes by, so that
+    /// the health checker's PINGs do not keep an unused stream open for ever.
+    last_data_ms: AtomicU64,
     clock: Clock,
     stop: CancellationToken,
     reset_on_stop: AtomicBool,
-    pub(crate) ping: Mutex<PingState>,
+    pub(crate) liveness: Mutex<Liveness>,
     pub(crate) counters: Arc<PeerCounters>,
 }
 
@@ -93,10 +90,11 @@ impl PooledStream {
             healthy: AtomicBool::new(true),
             leases: AtomicUsize::new(0),
             last_write_ms: AtomicU64::new(clock.now_ms()),
+            last_data_ms: AtomicU64::new(clock.now_ms()),
             clock,
             stop: CancellationToken::new(),
             reset_on_stop: AtomicBool::new(false),
-            ping: Mutex::new(PingState::default()),
+            liveness: Mutex::new(Liveness::default()),
             counters,
         });
         tracker.spawn(StreamTask { stream, rx, shared: shared.clone(), metrics }.run());
@@ -124,9 +122,18 @@ impl PooledStream {
         let _ = self.leases.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
-    /// Time since the last successful write.
+    /// Time since the last successful write of any kind.
     pub(crate) fn idle_for(&self) -> Duration {
-        let last = self.last_write_ms.load(Ordering::Acquire);
+        self.since(&self.last_write_ms)
+    }
+
+    /// Time since the last successful write that carried packets.
+    pub(crate) fn data_idle_for(&self) -> Duration {
+        self.since(&self.last_data_ms)
+    }
+
+    fn since(&self, mark: &AtomicU64) -> Duration {
+        let last = mark.load(Ordering::Acquire);
         Duration::from_millis(self.clock.now_ms().saturating_sub(last))
     }
 
@@ -149,13 +156,10 @@ impl PooledStream {
 
     /// A PONG arrived: the stream is alive, whichever PING it answers.
     fn on_pong(&self, nonce: [u8; 8]) {
-        let mut ping = self.ping.lock().unwrap_or_else(|e| e.into_inner());
-        ping.missed = 0;
-        if let Some((sent, at)) = ping.outstanding
-            && sent == nonce
-        {
-            ping.outstanding = None;
-            self.counters.pong(at.elapsed());
+        let rtt =
+            self.liveness.lock().unwrap_or_else(|e| e.into_inner()).pong(nonce, Instant::now());
+        if let Some(rtt) = rtt {
+            self.counters.pong(rtt);
         }
     }
 
@@ -274,7 +278,11 @@ impl StreamTask {
         match result {
             Ok(()) => {
                 self.metrics.record_sent(packets, bytes);
-                self.shared.last_write_ms.store(self.shared.clock.now_ms(), Ordering::Release);
+                let now = self.shared.clock.now_ms();
+                self.shared.last_write_ms.store(now, Ordering::Release);
+                if packets > 0 {
+                    self.shared.last_data_ms.store(now, Ordering::Release);
+                }
                 Ok(())
             }
             Err(e) => {

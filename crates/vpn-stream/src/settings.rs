@@ -12,7 +12,8 @@ settings! {
         min_streams_per_peer: usize = 1, with_min_streams_per_peer;
         /// Most streams open to one peer.
         max_streams_per_peer: usize = 4, with_max_streams_per_peer;
-        /// A stream with no traffic for this long is closed (down to the minimum).
+        /// A stream with no lease that carried no packet for this long is closed (health PINGs
+        /// do not count; the warmer reopens streams to peers still in use).
         @serde(with = "humantime_serde")
         stream_idle_timeout: Duration = Duration::from_secs(300), with_stream_idle_timeout;
         /// How often idle streams are looked for.

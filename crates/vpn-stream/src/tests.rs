@@ -458,6 +458,36 @@ async fn answering_stream_stays_healthy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn answered_pings_do_not_keep_an_unused_stream_open() {
+    let mut f = fixture(settings());
+    f.pool.start();
+    let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    lease.sink.send_frames(batch(1, 1)).await.unwrap();
+    let far = f.accepted.recv().await.unwrap();
+    tokio::spawn(serve_inbound(Box::new(far.stream), |_| {}, InboundLimits::default()));
+    f.pool.release(lease, true);
+    let mut answered = 0;
+    for _ in 0..12 {
+        if f.pool.active_streams() == 0 {
+            break;
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        health.check_once();
+        // Let the PING cross and the PONG come back, unless the stream just closed.
+        let pongs = || health.health().peers.first().map(|p| (p.pings_sent, p.pongs_received));
+        settle(|| pongs().is_none_or(|(sent, got)| sent == got)).await;
+        answered = pongs().map_or(answered, |(_, got)| got);
+    }
+    // Every PING was answered, yet the stream carried no packet for the idle timeout (60 s)
+    // and the clean-up closed it.
+    assert!(answered >= 4, "{answered} PONGs before the close");
+    assert_eq!(f.pool.active_streams(), 0);
+    f.pool.stop().await;
+    assert_eq!(f.streams.live(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn busy_streams_are_not_pinged() {
     let mut f = fixture(settings());
     let health = StreamHealth::new(f.pool.clone(), health_settings(), 1);
