@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use vpn_api::VpnService;
 use vpn_errors::ServiceError;
-use vpn_service::{CREATE_TUN, TunSource, VpnNode, create_identity, load_identity};
+use vpn_metrics::AtomicMetrics;
+use vpn_service::{CREATE_TUN, VpnNode, create_identity, load_identity};
 
 /// A peer-to-peer mesh VPN over libp2p.
 #[derive(Debug, Parser)]
@@ -269,10 +270,12 @@ async fn up(config_path: &Path) -> Result<()> {
     let keypair = load_identity(&config.node.identity_file)?;
     let metrics_listen = config.metrics.listen;
     let socket = config.control.socket.clone();
-    let node = Arc::new(VpnNode::new(config, keypair, TunSource::Kernel));
+    // The program's node: every part the default, the counters kept for Prometheus.
+    let metrics = Arc::new(AtomicMetrics::new());
+    let node = Arc::new(VpnNode::builder(config, keypair).metrics(metrics.clone()).build());
     node.start().await.context("the node could not start")?;
     if let Some(addr) = metrics_listen {
-        tokio::spawn(serve_metrics(addr, node.clone()));
+        tokio::spawn(serve_metrics(addr, metrics));
     }
     let control = match vpn_service::serve_control(&socket, node.clone()).await {
         Ok(task) => Some(task),
@@ -302,7 +305,7 @@ async fn up(config_path: &Path) -> Result<()> {
 }
 
 /// Serves the Prometheus text exposition to every connection on `addr`.
-async fn serve_metrics(addr: std::net::SocketAddr, node: Arc<VpnNode>) {
+async fn serve_metrics(addr: std::net::SocketAddr, metrics: Arc<AtomicMetrics>) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -312,7 +315,7 @@ async fn serve_metrics(addr: std::net::SocketAddr, node: Arc<VpnNode>) {
     };
     tracing::info!(%addr, "serving metrics");
     while let Ok((mut conn, _)) = listener.accept().await {
-        let mut body = node.metrics_registry().render_prometheus();
+        let mut body = metrics.render_prometheus();
         let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
         body.push_str(&format!(
             "# HELP vpn_runtime_tasks Tasks alive in the node's runtime.\n# TYPE vpn_runtime_tasks gauge\nvpn_runtime_tasks {tasks}\n"

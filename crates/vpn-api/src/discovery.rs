@@ -26,6 +26,16 @@ pub trait PeerDiscoveryService: Send + Sync {
     ///
     /// Errors: a network error of kind `NoPeer` when nothing is known of the peer.
     async fn virtual_ips(&self, peer: &PeerId) -> Result<Vec<IpNet>, VpnError>;
+
+    /// Whether `peer` holds `ip` as far as this node knows now, without waiting (the
+    /// receiver asks this of every packet): `Some(true)` when it does, `Some(false)` when
+    /// the address is someone else's or in conflict, `None` when nothing is known yet and
+    /// [`peer_for_ip`](Self::peer_for_ip) must tell. The default knows nothing, so every
+    /// source is looked up.
+    fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
+        let _ = (peer, ip);
+        None
+    }
 }
 
 /// The DHT as the discovery service needs it: store and find opaque records.

@@ -275,30 +275,6 @@ impl KadDiscovery {
         self
     }
 
-    /// Whether `peer` holds `ip` as far as this node knows now, without waiting:
-    /// `Some(true)` when a configured claim, the address's cached owner or an unexpired
-    /// checked record of the peer says so; `Some(false)` when it is configured or cached as
-    /// someone else's, or in conflict (several valid claims: nobody's); `None` when nothing
-    /// is known. The conflict and the cached owner are looked at before the peer's own
-    /// records, and what a record proved ends when the record expires.
-    pub fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
-        if let Some((_, owner)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
-            return Some(owner == peer);
-        }
-        let cached = self.resolver.cached(ip);
-        if let Some(Cached { conflict: true, .. }) = cached {
-            return Some(false);
-        }
-        if let Some(Cached { peer: Some(owner), .. }) = cached {
-            return Some(owner == *peer);
-        }
-        let nets = self.resolver.known_nets(peer);
-        if nets.is_some_and(|nets| nets.iter().any(|n| n.contains(&ip))) {
-            return Some(true);
-        }
-        cached.map(|_| false)
-    }
-
     /// Conflicting claims seen so far (two valid owners of one address).
     pub fn conflicts(&self) -> u64 {
         self.resolver.conflicts.load(Ordering::Relaxed)
@@ -387,6 +363,30 @@ impl PeerDiscoveryService for KadDiscovery {
                 NetworkError::new(NetworkErrorKind::NoPeer, "addresses of a peer").with_peer(*peer),
             )
         })
+    }
+
+    /// Whether `peer` holds `ip` as far as this node knows now, without waiting:
+    /// `Some(true)` when a configured claim, the address's cached owner or an unexpired
+    /// checked record of the peer says so; `Some(false)` when it is configured or cached as
+    /// someone else's, or in conflict (several valid claims: nobody's); `None` when nothing
+    /// is known. The conflict and the cached owner are looked at before the peer's own
+    /// records, and what a record proved ends when the record expires.
+    fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
+        if let Some((_, owner)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
+            return Some(owner == peer);
+        }
+        let cached = self.resolver.cached(ip);
+        if let Some(Cached { conflict: true, .. }) = cached {
+            return Some(false);
+        }
+        if let Some(Cached { peer: Some(owner), .. }) = cached {
+            return Some(owner == *peer);
+        }
+        let nets = self.resolver.known_nets(peer);
+        if nets.is_some_and(|nets| nets.iter().any(|n| n.contains(&ip))) {
+            return Some(true);
+        }
+        cached.map(|_| false)
     }
 }
 

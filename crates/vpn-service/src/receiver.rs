@@ -3,9 +3,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use vpn_api::{IpNet, PeerId};
+use vpn_api::{IpNet, PeerDiscoveryService, PeerId};
 use vpn_config::FirewallSettings;
-use vpn_discovery::KadDiscovery;
 use vpn_types::DropReason;
 use vpn_utils::validate_ip_packet;
 
@@ -22,7 +21,7 @@ pub enum Verdict {
 
 /// The receiver checks of docs/protocol.md (section 4), for packets from peers.
 pub struct InboundCheck {
-    discovery: Arc<KadDiscovery>,
+    discovery: Arc<dyn PeerDiscoveryService>,
     ours: Vec<IpNet>,
     firewall: FirewallSettings,
 }
@@ -30,7 +29,11 @@ pub struct InboundCheck {
 impl InboundCheck {
     /// Checks against what `discovery` knows of peers, our addresses and routes `ours`, and
     /// `firewall`.
-    pub fn new(discovery: Arc<KadDiscovery>, ours: Vec<IpNet>, firewall: FirewallSettings) -> Self {
+    pub fn new(
+        discovery: Arc<dyn PeerDiscoveryService>,
+        ours: Vec<IpNet>,
+        firewall: FirewallSettings,
+    ) -> Self {
         Self { discovery, ours, firewall }
     }
 
@@ -58,7 +61,6 @@ impl InboundCheck {
 
     /// The verdict once the owner of `src` was looked up.
     pub async fn check_after_lookup(&self, peer: &PeerId, src: IpAddr) -> Verdict {
-        use vpn_api::PeerDiscoveryService;
         match self.discovery.peer_for_ip(src).await {
             Ok(owner) if owner == *peer => Verdict::Accept,
             _ => Verdict::Drop(DropReason::Spoofed),

@@ -19,10 +19,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use vpn_api::{MetricsSnapshot, PeerId};
-use vpn_api::{PeerDiscoveryService, TunPacket, VpnService};
+use vpn_api::{TunPacket, VpnService};
 use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode};
 use vpn_p2p::{Libp2pStream, PACKET_PROTOCOL};
-use vpn_service::{TunSource, VpnNode};
+use vpn_service::VpnNode;
 use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
 use vpn_types::{Budget, DropReason};
 use vpn_wire::{Frame, SegmentHeader, record_key};
@@ -158,7 +158,7 @@ async fn lab() -> (Shared, Member, mpsc::UnboundedReceiver<TunPacket>) {
     let (tun, mut victim_os) = MemoryTun::new("victim", 1400, 1024);
     let victim_config =
         config(VICTIM, &[(&member_key, MEMBER, None), (&attacker_key, ATTACKER, None)], "");
-    let victim = VpnNode::new(victim_config, victim_key.clone(), TunSource::Given(Arc::new(tun)));
+    let victim = VpnNode::builder(victim_config, victim_key.clone()).tun(Arc::new(tun)).build();
     victim.start().await.unwrap();
     let victim_id = victim.local_peer_id();
     let victim_addr = victim.listen_addrs().await.remove(0);
@@ -169,7 +169,7 @@ async fn lab() -> (Shared, Member, mpsc::UnboundedReceiver<TunPacket>) {
         &[(&victim_key, VICTIM, Some(&victim_addr)), (&attacker_key, ATTACKER, None)],
         "",
     );
-    let member = VpnNode::new(member_config, member_key, TunSource::Given(Arc::new(tun)));
+    let member = VpnNode::builder(member_config, member_key).tun(Arc::new(tun)).build();
     member.start().await.unwrap();
 
     let mut attacker_config =

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use vpn_api::{PeerDiscoveryService, TunPacket, VpnService};
+use vpn_api::{TunPacket, VpnService};
 use vpn_p2p::{Keypair, Multiaddr};
-use vpn_service::{TunSource, VpnNode};
+use vpn_service::VpnNode;
 use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
 use vpn_types::{DropReason, GsoInfo, GsoType};
 
@@ -49,7 +49,7 @@ fn config(
 
 async fn start(key: &Keypair, config: vpn_config::VpnConfig) -> Member {
     let (tun, os) = MemoryTun::new("mem", 1400, 1024);
-    let node = VpnNode::new(config, key.clone(), TunSource::Given(Arc::new(tun)));
+    let node = VpnNode::builder(config, key.clone()).tun(Arc::new(tun)).build();
     node.start().await.unwrap();
     Member { node, os }
 }

@@ -45,6 +45,7 @@ mock! {
     impl PeerDiscoveryService for PeerDiscovery {
         async fn peer_for_ip(&self, ip: IpAddr) -> Result<PeerId, VpnError>;
         async fn sync_to_dht(&self) -> Result<(), VpnError>;
+        fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool>;
         async fn virtual_ips(&self, peer: &PeerId) -> Result<Vec<IpNet>, VpnError>;
     }
 }

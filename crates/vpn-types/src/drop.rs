@@ -90,8 +90,8 @@ impl fmt::Display for DropReason {
 }
 
 /// What one peer may make the node hold, each bounded by a setting of
-/// [`LimitSettings`](crate::LimitSettings) (or, for the record store, of
-/// [`DiscoverySettings`](crate::DiscoverySettings)). Every time one bites it is counted.
+/// `[limits]` (`vpn_config::LimitSettings`; for the record store, of `[discovery]`,
+/// `vpn_config::DiscoverySettings`). Every time one bites it is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Budget {
