@@ -94,6 +94,7 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
         "vpn-node status and peers answer on a's control socket ({} peers listed)",
         peers.matches("peer_id").count()
     );
+    vpn_node_ping(lab, config)?;
 
     let target = lab.node("b")?.overlay.clone();
     let tcp = lab.iperf("a", "b", &target, &[])?;
@@ -171,6 +172,38 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
 }
 
 /// The TCP checksum errors the kernel of `node`'s namespace has counted.
+/// `vpn-node ping` from a: b by overlay address (JSON: every PING answered, b's peer ID, the
+/// connection to b's underlay address), and c by peer ID (the summary line for a person).
+fn vpn_node_ping(lab: &Lab, config: &str) -> Result<()> {
+    let binary = lab.binary().to_str().context("binary")?;
+    let b = lab.node("b")?;
+    let args = ["ping", b.overlay.as_str(), "--config", config, "--count", "3", "--json"];
+    let answer = String::from_utf8_lossy(&lab::run(binary, &args)?.stdout).into_owned();
+    let value: serde_json::Value =
+        serde_json::from_str(&answer).with_context(|| format!("ping answer: {answer}"))?;
+    let path = value.pointer("/path/0").and_then(serde_json::Value::as_str).unwrap_or("");
+    let rtts: Vec<f64> = value
+        .get("rtt_ms")
+        .and_then(serde_json::Value::as_array)
+        .map(|r| r.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    let named_b = value.get("peer_id").and_then(serde_json::Value::as_str) == Some(&b.peer_id);
+    if !named_b || rtts.len() != 3 || !path.contains(&format!("/{}/", b.underlay)) {
+        bail!("`vpn-node ping {}` from a: {answer}", b.overlay);
+    }
+    let c = lab.node("c")?;
+    let args = ["ping", c.peer_id.as_str(), "--config", config, "--count", "1"];
+    let text = String::from_utf8_lossy(&lab::run(binary, &args)?.stdout).into_owned();
+    if !text.contains(&c.peer_id) || !text.contains("1 sent, 1 answered") {
+        bail!("`vpn-node ping <c's peer ID>` from a:\n{text}");
+    }
+    let avg = rtts.iter().sum::<f64>() / 3.0;
+    println!(
+        "vpn-node ping from a: b by address 3/3 answered (avg {avg:.3} ms, via {path}); c by peer ID 1/1"
+    );
+    Ok(())
+}
+
 fn tcp_csum_errors(lab: &Lab, node: &str) -> Result<u64> {
     let snmp = lab.exec(node, &["cat", "/proc/net/snmp"])?;
     csum_errors(&String::from_utf8_lossy(&snmp.stdout)).context("no InCsumErrors in /proc/net/snmp")

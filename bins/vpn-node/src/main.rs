@@ -57,6 +57,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pings a peer over the tunnel: the path to it and the round trip of the tunnel's own
+    /// PING frames, a second apart.
+    Ping {
+        /// An overlay address (its owner is looked up) or a peer ID.
+        target: String,
+        /// The configuration file naming the control socket.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// PINGs to send.
+        #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(vpn_service::MAX_PINGS)))]
+        count: u32,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints a completion script for a shell (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -106,21 +121,9 @@ async fn readiness(node: &VpnNode) -> String {
     format!("ready: peer {} overlay {overlay} listen {listen} tun {tun}", node.local_peer_id())
 }
 
-/// The chain of causes on one line, each said once: our errors already name their source
-/// in their message, and a cause whose text the line holds is not repeated.
+/// The chain of causes on one line, each said once.
 fn report(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
+    vpn_service::error_chain(error.as_ref())
 }
 
 /// What the operator can do about an error we recognise.
@@ -172,6 +175,7 @@ async fn run() -> Result<()> {
         Command::Id { config, identity } => id(config.as_deref(), identity.as_deref()),
         Command::Status { config, json } => ask(&config, "status", json).await,
         Command::Peers { config, json } => ask(&config, "peers", json).await,
+        Command::Ping { target, config, count, json } => ping(&config, &target, count, json).await,
     }
 }
 
@@ -224,6 +228,64 @@ async fn ask(config: &Path, request: &str, json: bool) -> Result<()> {
     render(&value, 0, &mut out);
     print!("{out}");
     Ok(())
+}
+
+async fn ping(config: &Path, target: &str, count: u32, json: bool) -> Result<()> {
+    target.parse::<vpn_service::PingTarget>().map_err(anyhow::Error::msg)?;
+    let socket = load_config(config)?.control.socket;
+    let reply = vpn_service::query_control(&socket, &format!("ping {target} {count}")).await?;
+    let value: serde_json::Value =
+        serde_json::from_str(&reply).context("the node's answer is not JSON")?;
+    if let Some(error) = value.get("error").and_then(serde_json::Value::as_str) {
+        anyhow::bail!("ping {target}: {error}");
+    }
+    let received = value.get("received").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    if json {
+        println!("{reply}");
+    } else {
+        print!("{}", ping_text(target, &value));
+    }
+    anyhow::ensure!(received > 0, "ping {target}: no PONG came back");
+    Ok(())
+}
+
+/// A ping answer for a person: the path, each round trip, and a summary.
+fn ping_text(target: &str, value: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let text = |key: &str| value.get(key).and_then(serde_json::Value::as_str).unwrap_or("-");
+    let number = |v: &serde_json::Value| v.as_f64();
+    let path: Vec<&str> = value
+        .get("path")
+        .and_then(serde_json::Value::as_array)
+        .map(|p| p.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let via = if path.is_empty() { "-".to_owned() } else { path.join(", ") };
+    let mut out = format!("PING {target}: peer {} via {via}\n", text("peer_id"));
+    if let Some(open) = value.get("open_ms").and_then(number) {
+        let _ = writeln!(out, "stream opened in {open:.3} ms");
+    }
+    let rtts: Vec<Option<f64>> = value
+        .get("rtt_ms")
+        .and_then(serde_json::Value::as_array)
+        .map(|r| r.iter().map(number).collect())
+        .unwrap_or_default();
+    for (seq, rtt) in rtts.iter().enumerate() {
+        match rtt {
+            Some(ms) => writeln!(out, "seq {}: {ms:.3} ms", seq + 1),
+            None => writeln!(out, "seq {}: lost (no PONG in time)", seq + 1),
+        }
+        .unwrap_or_default();
+    }
+    let answered: Vec<f64> = rtts.iter().flatten().copied().collect();
+    let _ = write!(out, "{} sent, {} answered", rtts.len(), answered.len());
+    if !answered.is_empty() {
+        let min = answered.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = answered.iter().copied().fold(0.0, f64::max);
+        let avg = answered.iter().sum::<f64>() / answered.len() as f64;
+        let _ = write!(out, "; rtt min/avg/max {min:.3}/{avg:.3}/{max:.3} ms");
+    }
+    out.push('\n');
+    out
 }
 
 /// Renders a JSON answer as indented `key: value` lines.
@@ -338,7 +400,7 @@ async fn serve_metrics(addr: std::net::SocketAddr, metrics: Arc<AtomicMetrics>) 
 
 #[cfg(test)]
 mod tests {
-    use super::{Cli, hint, report};
+    use super::{Cli, hint, ping_text, report};
     use clap::CommandFactory;
     use std::io;
     use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
@@ -384,5 +446,23 @@ mod tests {
         let unreadable = anyhow::Error::new(io::Error::from(io::ErrorKind::PermissionDenied))
             .context("reading /etc/vpn-node/config.toml");
         assert_eq!(hint(&unreadable), None);
+    }
+
+    #[test]
+    fn a_ping_answer_reads_as_path_round_trips_and_summary() {
+        let answer = serde_json::json!({
+            "peer_id": "12D3KooWpeer", "address": "100.64.0.2", "path": ["/ip4/198.18.0.2/tcp/4001"],
+            "open_ms": 1.5, "sent": 3, "received": 2, "rtt_ms": [0.5, null, 1.5],
+        });
+        let text = ping_text("100.64.0.2", &answer);
+        assert_eq!(
+            text,
+            "PING 100.64.0.2: peer 12D3KooWpeer via /ip4/198.18.0.2/tcp/4001\n\
+             stream opened in 1.500 ms\n\
+             seq 1: 0.500 ms\n\
+             seq 2: lost (no PONG in time)\n\
+             seq 3: 1.500 ms\n\
+             3 sent, 2 answered; rtt min/avg/max 0.500/1.000/1.500 ms\n"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The local control socket: `vpn-node status` and `vpn-node peers` ask a running node.
 //!
-//! One request per connection: a line `status` or `peers`; the answer is one line of JSON.
+//! One request per connection: a line `status`, `peers` or `ping <overlay address | peer ID>
+//! <count>`; the answer is one line of JSON (`{"error": ...}` when the request failed).
 
-use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,46 +13,25 @@ use tokio::task::JoinHandle;
 use vpn_api::VpnService;
 use vpn_types::{Budget, DropReason};
 
-use crate::VpnNode;
-
-/// A JSON string literal.
-fn json_str(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_list(items: impl IntoIterator<Item = String>) -> String {
-    format!("[{}]", items.into_iter().collect::<Vec<_>>().join(","))
-}
+use crate::ping::PingTarget;
+use crate::{VpnNode, json};
 
 /// The answer to `status`.
 pub async fn status_json(node: &VpnNode) -> String {
     let m = node.metrics();
     let drops = DropReason::ALL
         .iter()
-        .map(|r| format!("{}:{}", json_str(r.as_str()), m.dropped(*r)))
+        .map(|r| format!("{}:{}", json::string(r.as_str()), m.dropped(*r)))
         .collect::<Vec<_>>();
     let budgets = Budget::ALL
         .iter()
-        .map(|b| format!("{}:{}", json_str(b.as_str()), m.exceeded(*b)))
+        .map(|b| format!("{}:{}", json::string(b.as_str()), m.exceeded(*b)))
         .collect::<Vec<_>>();
     format!(
         "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"records_refused\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}}}}}}",
-        json_str(&node.local_peer_id().to_string()),
-        json_list(node.own_addresses().iter().map(|a| json_str(&a.to_string()))),
-        json_list(node.listen_addrs().await.iter().map(|a| json_str(&a.to_string()))),
+        json::string(&node.local_peer_id().to_string()),
+        json::list(node.own_addresses().iter().map(|a| json::string(&a.to_string()))),
+        json::list(node.listen_addrs().await.iter().map(|a| json::string(&a.to_string()))),
         m.packets_sent,
         m.bytes_sent,
         m.packets_received,
@@ -76,7 +55,7 @@ pub async fn peers_json(node: &VpnNode) -> String {
             let h = health.peers.iter().find(|h| h.peer == *peer);
             format!(
                 "{{\"peer_id\":{},\"connected\":true,\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":{}}}",
-                json_str(&peer.to_string()),
+                json::string(&peer.to_string()),
                 h.map_or(0, |h| h.streams),
                 h.map_or(0, |h| h.healthy_streams),
                 h.and_then(|h| h.last_rtt).map_or_else(|| "null".to_owned(), |r| format!("{:.3}", r.as_secs_f64() * 1e3)),
@@ -86,12 +65,27 @@ pub async fn peers_json(node: &VpnNode) -> String {
     peers.extend(health.peers.iter().filter(|h| !connected.contains(&h.peer)).map(|h| {
         format!(
             "{{\"peer_id\":{},\"connected\":false,\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":null}}",
-            json_str(&h.peer.to_string()),
+            json::string(&h.peer.to_string()),
             h.streams,
             h.healthy_streams
         )
     }));
-    format!("{{\"peers\":{}}}", json_list(peers))
+    format!("{{\"peers\":{}}}", json::list(peers))
+}
+
+/// The answer to `ping <target> <count>`.
+async fn ping_json(node: &VpnNode, target: &str, count: &str) -> String {
+    let target = match target.parse::<PingTarget>() {
+        Ok(target) => target,
+        Err(e) => return json::error(&e),
+    };
+    let Ok(count) = count.parse::<u32>() else {
+        return json::error(&format!("{count:?} is not a number of PINGs"));
+    };
+    match node.ping(target, count).await {
+        Ok(report) => report.to_json(),
+        Err(e) => json::error(&crate::error_chain(&e)),
+    }
 }
 
 async fn answer(conn: UnixStream, node: Arc<VpnNode>) -> io::Result<()> {
@@ -99,13 +93,15 @@ async fn answer(conn: UnixStream, node: Arc<VpnNode>) -> io::Result<()> {
     let mut line = String::new();
     // A request is one short line; nothing longer is read.
     BufReader::new(read.take(256)).read_line(&mut line).await?;
-    let reply = match line.trim() {
-        "status" => status_json(&node).await,
-        "peers" => peers_json(&node).await,
-        other => format!(
-            "{{\"error\":{}}}",
-            json_str(&format!("unknown request {other:?}; ask `status` or `peers`"))
-        ),
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let reply = match words.as_slice() {
+        ["status"] => status_json(&node).await,
+        ["peers"] => peers_json(&node).await,
+        ["ping", target, count] => ping_json(&node, target, count).await,
+        _ => json::error(&format!(
+            "unknown request {:?}; ask `status`, `peers` or `ping <target> <count>`",
+            line.trim()
+        )),
     };
     write.write_all(reply.as_bytes()).await?;
     write.write_all(b"\n").await?;
@@ -164,14 +160,4 @@ pub async fn query_control(path: &Path, request: &str) -> io::Result<String> {
     let mut reply = String::new();
     BufReader::new(conn).read_line(&mut reply).await?;
     Ok(reply.trim_end().to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::json_str;
-
-    #[test]
-    fn strings_are_escaped() {
-        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
-    }
 }

@@ -16,7 +16,9 @@ mod control;
 mod fault;
 mod identity;
 mod inbound;
+mod json;
 mod node;
+mod ping;
 mod publisher;
 mod receiver;
 mod tasks;
@@ -26,7 +28,26 @@ pub use builder::VpnNodeBuilder;
 pub use control::{peers_json, query_control, serve_control, status_json};
 pub use identity::{create_identity, load_identity};
 pub use node::{CREATE_TUN, VpnNode};
+pub use ping::{MAX_PINGS, PingReport, PingTarget};
 pub use receiver::{InboundCheck, Verdict};
+
+/// An error and its chain of causes on one line, each said once: our errors already name
+/// their source in their message, and a cause whose text the line holds is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        cause = error.source();
+    }
+    line
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

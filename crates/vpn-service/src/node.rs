@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use vpn_api::{
     CircuitBreakerService, MetricsService, MetricsSnapshot, PeerDiscoveryService, PeerId,
@@ -13,7 +14,7 @@ use vpn_api::{
 use vpn_config::VpnConfig;
 use vpn_discovery::{KadDiscovery, StaticRegistry, record_filter};
 use vpn_dispatcher::Dispatcher;
-use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
+use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
 use vpn_p2p::{
     Keypair, Libp2pStreamService, Multiaddr, P2pConfig, P2pHandle, P2pNode, accept_streams,
 };
@@ -28,10 +29,15 @@ use crate::budget::PeerBudgets;
 use crate::builder::{Given, VpnNodeBuilder};
 use crate::fault::Fault;
 use crate::inbound::{Delivery, Receiver, serve_peers};
+#[cfg(doc)]
+use crate::ping::MAX_PINGS;
+use crate::ping::{PingReport, PingTarget, ping_over};
 use crate::tasks::Tasks;
 
 /// Inbound streams waiting to be served.
 const ACCEPT_BACKLOG: usize = 64;
+/// Time between two PINGs of `ping`.
+const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The start-up step that creates the TUN device: the operation a
 /// [`ServiceError`] names when that step fails.
@@ -43,6 +49,8 @@ struct Parts {
     tasks: Tasks,
     p2p: Option<P2pNode>,
     discovery: Option<Arc<dyn PeerDiscoveryService>>,
+    /// The stream service (given, or over the swarm), for `ping`.
+    streams: Option<Arc<dyn StreamService>>,
     /// The default pool, which the node stops (a given one is its giver's).
     pool: Option<StreamPool>,
     health: Option<Arc<dyn StreamHealthService>>,
@@ -180,6 +188,52 @@ impl VpnNode {
         health.as_ref().map(|h| h.health()).unwrap_or_default()
     }
 
+    /// Pings `target` over the tunnel: opens a VPN stream to its peer and sends `count`
+    /// PING frames (at most [`MAX_PINGS`], a second apart), each answered by a PONG within
+    /// `health_check.timeout` or counted lost.
+    ///
+    /// Errors: the node is not started; nobody holds the address; the stream could not be
+    /// opened in `stream_pool.open_timeout`, or failed.
+    pub async fn ping(&self, target: PingTarget, count: u32) -> Result<PingReport, VpnError> {
+        let (discovery, streams, handle) = {
+            let parts = self.parts.lock().await;
+            let Some(parts) = parts.as_ref() else {
+                let idle = ServiceError::new(ServiceErrorKind::NotStarted, "vpn node", "ping");
+                return Err(VpnError::Service(idle));
+            };
+            let handle = parts.p2p.as_ref().map(|p| p.handle().clone());
+            (parts.discovery.clone(), parts.streams.clone(), handle)
+        };
+        let unavailable = |what| {
+            VpnError::Service(ServiceError::new(ServiceErrorKind::Unavailable, what, "ping"))
+        };
+        let (peer, address) = match target {
+            PingTarget::Peer(peer) => (peer, None),
+            PingTarget::Address(ip) => {
+                let discovery = discovery.ok_or_else(|| unavailable("discovery"))?;
+                (discovery.peer_for_ip(ip).await?, Some(ip))
+            }
+        };
+        let streams = streams.ok_or_else(|| unavailable("stream service"))?;
+        let started = tokio::time::Instant::now();
+        let limit = self.config.stream_pool.open_timeout;
+        let mut stream =
+            tokio::time::timeout(limit, streams.open_stream(peer)).await.map_err(|_| {
+                let late = NetworkError::new(NetworkErrorKind::Timeout, "open stream");
+                VpnError::Network(late.with_peer(peer))
+            })??;
+        let open = started.elapsed();
+        let timeout = self.config.health_check.timeout;
+        let rtts = ping_over(&mut stream, count, PING_INTERVAL, timeout).await;
+        let _ = tokio::time::timeout(PING_INTERVAL, stream.shutdown()).await;
+        let path = match handle {
+            Some(handle) => handle.connections().await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let path = path.into_iter().filter(|(p, _)| *p == peer).map(|(_, a)| a).collect();
+        Ok(PingReport { peer, address, path, open, rtts: rtts? })
+    }
+
     /// This node's overlay addresses and routed prefixes.
     pub fn own_addresses(&self) -> Vec<IpNet> {
         let node = &self.config.node;
@@ -218,7 +272,13 @@ impl VpnNode {
             None => self.kad_discovery(swarm(handle.as_ref(), "start discovery")?, &registry),
         };
         parts.discovery = Some(discovery.clone());
-        let pool = self.start_pool(parts, &mut given, handle.as_ref()).await?;
+        parts.streams = match given.streams.take() {
+            Some(streams) => Some(streams),
+            None => handle.as_ref().map(|h| {
+                Arc::new(Libp2pStreamService::new(h.stream_control())) as Arc<dyn StreamService>
+            }),
+        };
+        let pool = self.start_pool(parts, &mut given).await?;
         let dispatcher = self.start_dispatcher(&mut given, discovery.clone(), pool);
         parts.dispatcher = Some(dispatcher.clone());
         let tun = match given.tun.take() {
@@ -287,18 +347,16 @@ impl VpnNode {
         &self,
         parts: &mut Parts,
         given: &mut Given,
-        handle: Option<&P2pHandle>,
     ) -> Result<Arc<dyn StreamPoolService>, VpnError> {
         let config = &self.config;
         let (pool, default_health): (Arc<dyn StreamPoolService>, _) = match given.pool.take() {
             Some(pool) => (pool, None),
             None => {
-                let streams: Arc<dyn StreamService> = match given.streams.take() {
-                    Some(streams) => streams,
-                    None => Arc::new(Libp2pStreamService::new(
-                        swarm(handle, "open streams")?.stream_control(),
-                    )),
-                };
+                let streams = parts.streams.clone().ok_or_else(|| {
+                    let missing =
+                        ServiceError::new(ServiceErrorKind::NotStarted, "libp2p", "open streams");
+                    startup("open streams", VpnError::Service(missing))
+                })?;
                 let pool =
                     StreamPool::new(streams, self.metrics.clone(), config.stream_pool.clone());
                 pool.start();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use vpn_api::{TunPacket, VpnService};
 use vpn_p2p::{Keypair, Multiaddr};
-use vpn_service::VpnNode;
+use vpn_service::{PingTarget, VpnNode};
 use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
 use vpn_types::{DropReason, GsoInfo, GsoType};
 
@@ -92,6 +92,18 @@ async fn packets_cross_and_a_dht_only_peer_is_reached() {
 
     crosses(&a, &mut b, ping("100.64.0.1", "100.64.0.2", 1)).await;
     crosses(&b, &mut a, ping("100.64.0.2", "100.64.0.1", 2)).await;
+
+    // `vpn-node ping`: by address and by peer ID, over the tunnel's PING frames, with the
+    // connection it took.
+    let report = a.node.ping(PingTarget::Address("100.64.0.2".parse().unwrap()), 2).await.unwrap();
+    assert_eq!(report.peer, b.node.local_peer_id());
+    assert_eq!(report.rtts.len(), 2);
+    assert!(report.rtts.iter().all(Option::is_some), "every PING answered: {report:?}");
+    assert!(!report.path.is_empty(), "the connection to B is named");
+    let by_id = b.node.ping(PingTarget::Peer(a.node.local_peer_id()), 1).await.unwrap();
+    assert_eq!((by_id.address, by_id.rtts.len()), (None, 1));
+    let unknown = a.node.ping(PingTarget::Address("100.64.0.99".parse().unwrap()), 1).await;
+    assert!(unknown.is_err(), "nobody holds 100.64.0.99");
 
     // An offload super-packet crosses as one SEGMENTED frame and comes out as the segments
     // the sender's kernel would have made (this receiver's TUN takes no offload).
