@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
 use vpn_api::VpnService;
 use vpn_errors::ServiceError;
 use vpn_metrics::AtomicMetrics;
@@ -18,8 +19,70 @@ use vpn_service::{CREATE_TUN, VpnNode, create_identity, load_identity};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// How log lines are written: plain text (colours only at a terminal) or one JSON
+    /// object per event.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Plain text; colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The logger's filter, which `[log] level` sets and `reload` changes (unless `RUST_LOG`
+/// is set: it takes the configuration's place).
+#[derive(Clone)]
+struct Logs {
+    filter: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    from_env: bool,
+}
+
+impl Logs {
+    /// Writes log lines to stderr in `format`, at `info` (or `RUST_LOG`) until a
+    /// configuration says otherwise.
+    fn init(format: LogFormat) -> Self {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let from_env = std::env::var_os("RUST_LOG").is_some();
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        let registry = tracing_subscriber::registry().with(filter);
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        match format {
+            // Colours only for a person at a terminal, not in a journal or a log file.
+            LogFormat::Text => registry
+                .with(layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+                .init(),
+            LogFormat::Json => registry.with(layer.json()).init(),
+        }
+        Self { filter: handle, from_env }
+    }
+
+    /// The filter `level` stands for. Errors: it is not a filter (the key is named).
+    fn parse(level: &str) -> Result<EnvFilter> {
+        EnvFilter::try_new(level).map_err(|e| {
+            anyhow::Error::new(vpn_errors::ConfigError::new(
+                "log.level",
+                format!("{level:?}"),
+                e.to_string(),
+            ))
+        })
+    }
+
+    /// Puts `level` in force, unless `RUST_LOG` chose the filter.
+    fn apply(&self, level: EnvFilter) -> Result<()> {
+        if !self.from_env {
+            self.filter.reload(level).context("cannot change the log filter")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +134,15 @@ enum Command {
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Makes the running node read its configuration file again and apply `[[peers]]`,
+    /// `network.allowed_peers`, `[firewall]` and `[log]` without dropping established
+    /// flows (SIGHUP does the same). A change only a restart applies is named, and nothing
+    /// is applied.
+    Reload {
+        /// The configuration file naming the control socket.
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Prints a completion script for a shell (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -155,27 +227,21 @@ fn limit_malloc_arenas() {
 }
 
 async fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in a journal or a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let logs = Logs::init(cli.log_format);
+    match cli.command {
         Command::Init { dir, address } => init(&dir, &address),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "vpn-node", &mut std::io::stdout());
             Ok(())
         }
         Command::Man => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
-        Command::Up { config } => up(&config).await,
+        Command::Up { config } => up(&config, logs).await,
         Command::Id { config, identity } => id(config.as_deref(), identity.as_deref()),
         Command::Status { config, json } => ask(&config, "status", json).await,
         Command::Peers { config, json } => ask(&config, "peers", json).await,
         Command::Ping { target, config, count, json } => ping(&config, &target, count, json).await,
+        Command::Reload { config } => reload(&config).await,
     }
 }
 
@@ -327,8 +393,9 @@ fn render(value: &serde_json::Value, depth: usize, out: &mut String) {
     }
 }
 
-async fn up(config_path: &Path) -> Result<()> {
+async fn up(config_path: &Path, logs: Logs) -> Result<()> {
     let config = load_config(config_path)?;
+    logs.apply(Logs::parse(&config.log.level)?)?;
     let keypair = load_identity(&config.node.identity_file)?;
     let metrics_listen = config.metrics.listen;
     let socket = config.control.socket.clone();
@@ -339,7 +406,16 @@ async fn up(config_path: &Path) -> Result<()> {
     if let Some(addr) = metrics_listen {
         tokio::spawn(serve_metrics(addr, metrics));
     }
-    let control = match vpn_service::serve_control(&socket, node.clone()).await {
+    let reloader: vpn_service::Reloader = {
+        let (path, node, logs) = (config_path.to_owned(), node.clone(), logs.clone());
+        Arc::new(move || {
+            let (path, node, logs) = (path.clone(), node.clone(), logs.clone());
+            Box::pin(async move { reload_from(&path, &node, &logs).await.map_err(|e| report(&e)) })
+        })
+    };
+    let control = match vpn_service::serve_control(&socket, node.clone(), Some(reloader.clone()))
+        .await
+    {
         Ok(task) => Some(task),
         Err(e) => {
             tracing::warn!(socket = %socket.display(), error = %e, "no control socket: `status` and `peers` will not answer");
@@ -349,10 +425,17 @@ async fn up(config_path: &Path) -> Result<()> {
     println!("{}", readiness(&node).await);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let fault = tokio::select! {
-        _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); None }
-        _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); None }
-        fault = node.fatal_fault() => Some(fault),
+    let mut hangup = signal(SignalKind::hangup())?;
+    let fault = loop {
+        tokio::select! {
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break None }
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break None }
+            _ = hangup.recv() => match reloader().await {
+                Ok(changed) => tracing::info!(?changed, "SIGHUP: configuration reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+            },
+            fault = node.fatal_fault() => break Some(fault),
+        }
     };
     if let Some(control) = control {
         control.abort();
@@ -364,6 +447,38 @@ async fn up(config_path: &Path) -> Result<()> {
         Some(fault) => Err(anyhow::anyhow!("{fault}: stopped")),
         None => Ok(()),
     }
+}
+
+/// Reads the configuration at `path` again and applies it to `node` and the logger: the
+/// sections that changed, or why nothing was applied.
+async fn reload_from(path: &Path, node: &VpnNode, logs: &Logs) -> Result<Vec<&'static str>> {
+    let config = load_config(path)?;
+    let level = Logs::parse(&config.log.level)?;
+    let changed = node.reload(config).await.context("the running node refused the change")?;
+    logs.apply(level)?;
+    Ok(changed)
+}
+
+/// `vpn-node reload`: asks the running node to reload, and says what changed.
+async fn reload(config: &Path) -> Result<()> {
+    let socket = load_config(config)?.control.socket;
+    let reply = vpn_service::query_control(&socket, "reload").await?;
+    let value: serde_json::Value =
+        serde_json::from_str(&reply).context("the node's answer is not JSON")?;
+    if let Some(error) = value.get("error").and_then(serde_json::Value::as_str) {
+        bail!("reload: {error}");
+    }
+    let changed: Vec<&str> = value
+        .get("reloaded")
+        .and_then(serde_json::Value::as_array)
+        .map(|c| c.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    if changed.is_empty() {
+        println!("reloaded: nothing changed");
+    } else {
+        println!("reloaded: {}", changed.join(", "));
+    }
+    Ok(())
 }
 
 /// Serves the Prometheus text exposition to every connection on `addr`.

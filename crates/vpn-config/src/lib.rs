@@ -31,7 +31,8 @@ pub use error::ConfigLoadError;
 pub use load::{TEMPLATE, load_file, load_file_with_env, load_str};
 pub use settings::{
     ControlSettings, DiscoverySettings, FirewallSettings, InterfaceSettings, LimitSettings,
-    MetricsSettings, NetworkSettings, NodeSettings, PeerSettings, Transport, VpnConfig,
+    LogSettings, MetricsSettings, NetworkSettings, NodeSettings, PeerSettings, Transport,
+    VpnConfig,
 };
 pub use validate::validate;
 

@@ -200,6 +200,16 @@ settings! {
 }
 
 settings! {
+    /// What the node logs.
+    LogSettings {
+        /// Which events are written, as a tracing filter: a level (`error`, `warn`, `info`,
+        /// `debug`, `trace`) or directives such as `info,vpn_stream=debug`. `RUST_LOG`, when
+        /// set, takes its place. Applied again by `vpn-node reload`.
+        level: String = "info".to_owned(), with_level;
+    }
+}
+
+settings! {
     /// The whole configuration file, one field per section.
     VpnConfig {
         /// `[node]`
@@ -218,6 +228,8 @@ settings! {
         metrics: MetricsSettings = MetricsSettings::default(), with_metrics;
         /// `[control]`
         control: ControlSettings = ControlSettings::default(), with_control;
+        /// `[log]`
+        log: LogSettings = LogSettings::default(), with_log;
         /// `[worker]`
         worker: WorkerSettings = WorkerSettings::default(), with_worker;
         /// `[stream_pool]`

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -234,8 +234,8 @@ pub struct KadDiscovery {
     resolver: Arc<Resolver>,
     keypair: Keypair,
     own: Vec<IpNet>,
-    /// Configured claims, most specific first.
-    configured: Vec<(IpNet, PeerId)>,
+    /// Configured claims, most specific first (replaced by `vpn-node reload`).
+    configured: RwLock<Vec<(IpNet, PeerId)>>,
     last_seq: AtomicU64,
 }
 
@@ -248,10 +248,9 @@ impl KadDiscovery {
         registry: Arc<dyn IpRegistry>,
         keypair: Keypair,
         own: Vec<IpNet>,
-        mut configured: Vec<(IpNet, PeerId)>,
+        configured: Vec<(IpNet, PeerId)>,
         settings: DiscoverySettings,
     ) -> Self {
-        configured.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         let resolver = Resolver {
             dht,
             registry,
@@ -263,7 +262,29 @@ impl KadDiscovery {
             conflicts: AtomicU64::new(0),
             warnings: vpn_types::WarnGate::per_peer(),
         };
-        Self { resolver: Arc::new(resolver), keypair, own, configured, last_seq: AtomicU64::new(0) }
+        let discovery = Self {
+            resolver: Arc::new(resolver),
+            keypair,
+            own,
+            configured: RwLock::new(Vec::new()),
+            last_seq: AtomicU64::new(0),
+        };
+        discovery.set_configured(configured);
+        discovery
+    }
+
+    /// Puts new configured claims in force (`vpn-node reload`) and forgets every cached
+    /// answer, so no address is still placed by the claims that were replaced.
+    pub fn set_configured(&self, mut configured: Vec<(IpNet, PeerId)>) {
+        configured.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        *self.configured.write().unwrap_or_else(PoisonError::into_inner) = configured;
+        self.clear_cache();
+    }
+
+    /// The configured claim that covers `ip`, if any: its owner.
+    fn configured_owner(&self, ip: IpAddr) -> Option<PeerId> {
+        let configured = self.configured.read().unwrap_or_else(PoisonError::into_inner);
+        configured.iter().find(|(net, _)| net.contains(&ip)).map(|(_, peer)| *peer)
     }
 
     /// Counts the answers the cache forgets to make room in `metrics`
@@ -300,8 +321,8 @@ impl KadDiscovery {
 #[async_trait]
 impl PeerDiscoveryService for KadDiscovery {
     async fn peer_for_ip(&self, ip: IpAddr) -> Result<PeerId, VpnError> {
-        if let Some((_, peer)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
-            return Ok(*peer);
+        if let Some(peer) = self.configured_owner(ip) {
+            return Ok(peer);
         }
         if let Some(answer) = self.answer_from_cache(ip) {
             return answer;
@@ -353,8 +374,10 @@ impl PeerDiscoveryService for KadDiscovery {
     }
 
     async fn virtual_ips(&self, peer: &PeerId) -> Result<Vec<IpNet>, VpnError> {
-        let configured: Vec<IpNet> =
-            self.configured.iter().filter(|(_, p)| p == peer).map(|(n, _)| *n).collect();
+        let configured: Vec<IpNet> = {
+            let configured = self.configured.read().unwrap_or_else(PoisonError::into_inner);
+            configured.iter().filter(|(_, p)| p == peer).map(|(n, _)| *n).collect()
+        };
         if !configured.is_empty() {
             return Ok(configured);
         }
@@ -372,8 +395,8 @@ impl PeerDiscoveryService for KadDiscovery {
     /// is known. The conflict and the cached owner are looked at before the peer's own
     /// records, and what a record proved ends when the record expires.
     fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
-        if let Some((_, owner)) = self.configured.iter().find(|(net, _)| net.contains(&ip)) {
-            return Some(owner == peer);
+        if let Some(owner) = self.configured_owner(ip) {
+            return Some(owner == *peer);
         }
         let cached = self.resolver.cached(ip);
         if let Some(Cached { conflict: true, .. }) = cached {

@@ -15,7 +15,7 @@ mod lru;
 mod registry;
 
 pub use kad::{KadDiscovery, record_filter, unix_now};
-pub use registry::StaticRegistry;
+pub use registry::{LiveRegistry, StaticRegistry};
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use vpn_api::IpRegistry;
 use vpn_api::{IpNet, PeerId};
@@ -70,6 +71,40 @@ impl IpRegistry for StaticRegistry {
     }
 }
 
+/// A [`StaticRegistry`] that can be replaced while the node runs (`vpn-node reload`): every
+/// holder (the stream acceptor, the record filter, discovery) asks the new one from its next
+/// question on.
+#[derive(Debug, Default)]
+pub struct LiveRegistry(RwLock<Arc<StaticRegistry>>);
+
+impl LiveRegistry {
+    /// Starts with `registry`.
+    pub fn new(registry: StaticRegistry) -> Self {
+        Self(RwLock::new(Arc::new(registry)))
+    }
+
+    /// The registry in force now.
+    pub fn current(&self) -> Arc<StaticRegistry> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `registry` in force.
+    pub fn replace(&self, registry: StaticRegistry) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(registry);
+    }
+
+    /// Whether `peer` may join the VPN at all, by the registry in force.
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        self.current().is_member(peer)
+    }
+}
+
+impl IpRegistry for LiveRegistry {
+    fn may_hold(&self, peer: &PeerId, net: &IpNet) -> bool {
+        self.current().may_hold(peer, net)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +140,18 @@ mod tests {
         );
         assert!(!registry.may_hold(&stranger, &net("100.64.0.9/32")));
         assert!(registry.is_member(&b) && registry.is_member(&c) && !registry.is_member(&stranger));
+    }
+
+    #[test]
+    fn a_replaced_registry_answers_from_then_on() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let overlay = vec![net("100.64.0.0/10")];
+        let live = LiveRegistry::new(StaticRegistry::new(vec![], [a], overlay.clone()));
+        assert!(live.is_member(&a) && !live.is_member(&b));
+        assert!(live.may_hold(&a, &net("100.64.0.9/32")));
+        live.replace(StaticRegistry::new(vec![(b, net("100.64.0.9/32"))], [a], overlay));
+        assert!(live.is_member(&b));
+        assert!(!live.may_hold(&a, &net("100.64.0.9/32")), "now b's");
+        assert!(live.may_hold(&b, &net("100.64.0.9/32")));
     }
 }

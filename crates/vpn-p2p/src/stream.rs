@@ -1,5 +1,6 @@
 //! VPN streams over `libp2p-stream`.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -141,13 +142,17 @@ impl StreamService for Libp2pStreamService {
 /// peers `allow` refuses are reset at once, and streams the receiver is too slow to take
 /// are reset too, both counted as stream errors.
 ///
+/// Returns the accepted streams and the accept loop, which the caller runs (spawns, under
+/// whatever owns its tasks); the loop ends when the swarm stops or the receiver is dropped.
+///
 /// Errors: a service error when something else already accepts the protocol.
 pub fn accept_streams(
     control: &mut Control,
     allow: PeerFilter,
     metrics: Arc<dyn MetricsService>,
     backlog: usize,
-) -> Result<mpsc::Receiver<Box<dyn VpnStream>>, VpnError> {
+) -> Result<(mpsc::Receiver<Box<dyn VpnStream>>, impl Future<Output = ()> + Send + 'static), VpnError>
+{
     let mut incoming = control.accept(PACKET_PROTOCOL).map_err(|_| {
         VpnError::Service(ServiceError::new(
             ServiceErrorKind::AlreadyStarted,
@@ -156,7 +161,7 @@ pub fn accept_streams(
         ))
     })?;
     let (tx, rx) = mpsc::channel(backlog.max(1));
-    tokio::spawn(async move {
+    let accept = async move {
         let warnings = WarnGate::per_peer();
         while let Some((peer, stream)) = incoming.next().await {
             if !allow(&peer) {
@@ -178,6 +183,6 @@ pub fn accept_streams(
                 Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
-    });
-    Ok(rx)
+    };
+    Ok((rx, accept))
 }

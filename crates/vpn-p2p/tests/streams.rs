@@ -30,9 +30,10 @@ async fn allowed_peers_stream_frames_and_others_are_refused() {
     let b_id = b.handle().local_peer_id();
     let metrics = Arc::new(AtomicMetrics::new());
     let mut control = a.handle().stream_control();
-    let mut inbound =
+    let (mut inbound, accept) =
         accept_streams(&mut control, Arc::new(move |peer| *peer == b_id), metrics.clone(), 8)
             .unwrap();
+    tokio::spawn(accept);
     let (tx, mut delivered) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(stream) = inbound.recv().await {

@@ -1,10 +1,13 @@
 //! The local control socket: `vpn-node status` and `vpn-node peers` ask a running node.
 //!
-//! One request per connection: a line `status`, `peers` or `ping <overlay address | peer ID>
-//! <count>`; the answer is one line of JSON (`{"error": ...}` when the request failed).
+//! One request per connection: a line `status`, `peers`, `ping <overlay address | peer ID>
+//! <count>` or `reload`; the answer is one line of JSON (`{"error": ...}` when the request
+//! failed).
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -88,7 +91,28 @@ async fn ping_json(node: &VpnNode, target: &str, count: &str) -> String {
     }
 }
 
-async fn answer(conn: UnixStream, node: Arc<VpnNode>) -> io::Result<()> {
+/// What the `reload` request runs: reads the configuration file again and applies it.
+/// Answers the sections that changed, or why nothing was applied.
+pub type Reloader = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<Vec<&'static str>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The answer to `reload`.
+async fn reload_json(reload: Option<&Reloader>) -> String {
+    let Some(reload) = reload else {
+        return json::error("this node cannot reload its configuration");
+    };
+    match reload().await {
+        Ok(changed) => {
+            format!("{{\"reloaded\":{}}}", json::list(changed.iter().map(|s| json::string(s))))
+        }
+        Err(e) => json::error(&e),
+    }
+}
+
+async fn answer(conn: UnixStream, node: Arc<VpnNode>, reload: Option<Reloader>) -> io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     // A request is one short line; nothing longer is read.
@@ -98,8 +122,9 @@ async fn answer(conn: UnixStream, node: Arc<VpnNode>) -> io::Result<()> {
         ["status"] => status_json(&node).await,
         ["peers"] => peers_json(&node).await,
         ["ping", target, count] => ping_json(&node, target, count).await,
+        ["reload"] => reload_json(reload.as_ref()).await,
         _ => json::error(&format!(
-            "unknown request {:?}; ask `status`, `peers` or `ping <target> <count>`",
+            "unknown request {:?}; ask `status`, `peers`, `ping <target> <count>` or `reload`",
             line.trim()
         )),
     };
@@ -108,9 +133,14 @@ async fn answer(conn: UnixStream, node: Arc<VpnNode>) -> io::Result<()> {
     write.shutdown().await
 }
 
-/// Serves the control socket at `path` for `node` until the task is aborted. A stale socket
-/// file left by a node that died is replaced; one a running node answers on is not.
-pub async fn serve_control(path: &Path, node: Arc<VpnNode>) -> io::Result<JoinHandle<()>> {
+/// Serves the control socket at `path` for `node` until the task is aborted; `reload`
+/// answers the `reload` request. A stale socket file left by a node that died is replaced;
+/// one a running node answers on is not.
+pub async fn serve_control(
+    path: &Path,
+    node: Arc<VpnNode>,
+    reload: Option<Reloader>,
+) -> io::Result<JoinHandle<()>> {
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             return Err(io::Error::new(
@@ -129,9 +159,9 @@ pub async fn serve_control(path: &Path, node: Arc<VpnNode>) -> io::Result<JoinHa
     Ok(tokio::spawn(async move {
         let _remove = RemoveOnDrop(path);
         while let Ok((conn, _)) = listener.accept().await {
-            let node = node.clone();
+            let (node, reload) = (node.clone(), reload.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(conn, node).await {
+                if let Err(e) = answer(conn, node, reload).await {
                     tracing::debug!(error = %e, "control request failed");
                 }
             });

@@ -21,11 +21,12 @@ mod node;
 mod ping;
 mod publisher;
 mod receiver;
+mod reload;
 mod tasks;
 mod tun_reader;
 
 pub use builder::VpnNodeBuilder;
-pub use control::{peers_json, query_control, serve_control, status_json};
+pub use control::{Reloader, peers_json, query_control, serve_control, status_json};
 pub use identity::{create_identity, load_identity};
 pub use node::{CREATE_TUN, VpnNode};
 pub use ping::{MAX_PINGS, PingReport, PingTarget};

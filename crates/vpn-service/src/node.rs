@@ -1,6 +1,6 @@
 //! The node: its parts, how they start in stages, and how they stop.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -12,7 +12,7 @@ use vpn_api::{
     VpnStream,
 };
 use vpn_config::VpnConfig;
-use vpn_discovery::{KadDiscovery, StaticRegistry, record_filter};
+use vpn_discovery::{KadDiscovery, LiveRegistry, StaticRegistry, record_filter};
 use vpn_dispatcher::Dispatcher;
 use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
 use vpn_p2p::{
@@ -56,6 +56,12 @@ struct Parts {
     health: Option<Arc<dyn StreamHealthService>>,
     dispatcher: Option<Dispatcher>,
     tun: Option<Arc<dyn TunDevice>>,
+    /// Who may join and hold what; `reload` replaces it.
+    registry: Option<Arc<LiveRegistry>>,
+    /// The default discovery, whose configured claims `reload` replaces.
+    kad: Option<Arc<KadDiscovery>>,
+    /// The receive path's shared state, whose firewall `reload` replaces.
+    receiver: Option<Arc<Receiver>>,
 }
 
 impl Parts {
@@ -84,7 +90,8 @@ impl Parts {
 /// A vpn-node: the [`VpnService`] over discovery, streams and a TUN device, built by
 /// [`VpnNode::builder`].
 pub struct VpnNode {
-    config: VpnConfig,
+    /// The configuration in force (`reload` replaces it).
+    config: RwLock<Arc<VpnConfig>>,
     keypair: Keypair,
     metrics: Arc<dyn MetricsService>,
     given: Mutex<Given>,
@@ -129,7 +136,7 @@ impl VpnNode {
         given: Given,
     ) -> Self {
         Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
             keypair,
             metrics,
             given: Mutex::new(given),
@@ -144,6 +151,17 @@ impl VpnNode {
     /// it and, for a program, exits with an error, rather than run on black-holed.
     pub async fn fatal_fault(&self) -> String {
         self.fault.wait().await
+    }
+
+    /// The configuration in force.
+    fn config(&self) -> Arc<VpnConfig> {
+        self.config.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The claims of other peers in `registry`, as discovery resolves them first.
+    fn configured_claims(&self, registry: &StaticRegistry) -> Vec<(IpNet, PeerId)> {
+        let local = self.local_peer_id();
+        registry.claims().iter().filter(|(p, _)| *p != local).map(|(p, n)| (*n, *p)).collect()
     }
 
     /// This node's peer ID.
@@ -216,14 +234,14 @@ impl VpnNode {
         };
         let streams = streams.ok_or_else(|| unavailable("stream service"))?;
         let started = tokio::time::Instant::now();
-        let limit = self.config.stream_pool.open_timeout;
+        let limit = self.config().stream_pool.open_timeout;
         let mut stream =
             tokio::time::timeout(limit, streams.open_stream(peer)).await.map_err(|_| {
                 let late = NetworkError::new(NetworkErrorKind::Timeout, "open stream");
                 VpnError::Network(late.with_peer(peer))
             })??;
         let open = started.elapsed();
-        let timeout = self.config.health_check.timeout;
+        let timeout = self.config().health_check.timeout;
         let rtts = ping_over(&mut stream, count, PING_INTERVAL, timeout).await;
         let _ = tokio::time::timeout(PING_INTERVAL, stream.shutdown()).await;
         let path = match handle {
@@ -234,9 +252,63 @@ impl VpnNode {
         Ok(PingReport { peer, address, path, open, rtts: rtts? })
     }
 
+    /// Applies a new configuration to the running node without touching established
+    /// flows: `[[peers]]` (except their routes), `network.allowed_peers` and `[firewall]`
+    /// take effect at once; `[log]` is the caller's (the program's logger). Returns the
+    /// sections that changed.
+    ///
+    /// Errors: the node is not started; or the new configuration changes a section only a
+    /// restart applies (each is named, and nothing is applied).
+    pub async fn reload(&self, new: VpnConfig) -> Result<Vec<&'static str>, VpnError> {
+        let parts = self.parts.lock().await;
+        let Some(parts) = parts.as_ref() else {
+            let idle = ServiceError::new(ServiceErrorKind::NotStarted, "vpn node", "reload");
+            return Err(VpnError::Service(idle));
+        };
+        let old = self.config();
+        let change = crate::reload::compare(&old, &new);
+        if !change.fixed.is_empty() {
+            return Err(VpnError::Config(vpn_errors::ConfigError::new(
+                change.fixed.join(", "),
+                "(changed)",
+                "cannot change while the node runs; nothing was applied (restart the node to apply it)",
+            )));
+        }
+        let registry = StaticRegistry::from_config(self.local_peer_id(), &new);
+        if let Some(kad) = &parts.kad {
+            kad.set_configured(self.configured_claims(&registry));
+        }
+        if let Some(live) = &parts.registry {
+            live.replace(registry);
+        }
+        if let Some(receiver) = &parts.receiver {
+            receiver.check.set_firewall(new.firewall.clone());
+        }
+        if let Some(p2p) = &parts.p2p {
+            // New or moved peers: the swarm learns where they are, and says hello.
+            for peer in
+                new.peers.iter().filter(|p| !p.endpoints.is_empty() && !old.peers.contains(p))
+            {
+                let (handle, id, addrs) =
+                    (p2p.handle().clone(), peer.peer_id, peer.endpoints.clone());
+                let _ = handle.add_addresses(id, addrs.clone()).await;
+                let limit = new.network.dial_timeout;
+                parts.tasks.spawn(async move {
+                    if let Ok(Err(e)) = tokio::time::timeout(limit, handle.dial(id, addrs)).await {
+                        tracing::debug!(peer = %id, error = %e, "cannot dial a peer added by reload");
+                    }
+                });
+            }
+        }
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+        tracing::info!(changed = ?change.live, "configuration reloaded");
+        Ok(change.live)
+    }
+
     /// This node's overlay addresses and routed prefixes.
     pub fn own_addresses(&self) -> Vec<IpNet> {
-        let node = &self.config.node;
+        let config = self.config();
+        let node = &config.node;
         let v4 = node.address.map(|a| IpNet::from(std::net::IpAddr::V4(a.addr())));
         let v6 = node.address6.map(|a| IpNet::from(std::net::IpAddr::V6(a.addr())));
         v4.into_iter().chain(v6).chain(node.routes.iter().copied()).collect()
@@ -245,7 +317,8 @@ impl VpnNode {
     /// The overlay's networks and every route into the tunnel: no underlay address lies
     /// in them.
     fn overlay_nets(&self) -> Vec<IpNet> {
-        let (node, peers) = (&self.config.node, &self.config.peers);
+        let config = self.config();
+        let (node, peers) = (&config.node, &config.peers);
         let v4 = node.address.map(|a| IpNet::V4(a.trunc()));
         let v6 = node.address6.map(|a| IpNet::V6(a.trunc()));
         let routes = node.routes.iter().chain(peers.iter().flat_map(|p| p.routes.iter()));
@@ -262,14 +335,21 @@ impl VpnNode {
             );
             startup("start", VpnError::Service(spent))
         })?;
-        let registry = Arc::new(StaticRegistry::from_config(self.local_peer_id(), &self.config));
+        let local = self.local_peer_id();
+        let registry =
+            Arc::new(LiveRegistry::new(StaticRegistry::from_config(local, &self.config())));
+        parts.registry = Some(registry.clone());
         if given.needs_swarm() {
             parts.p2p = Some(self.start_swarm(&registry).await?);
         }
         let handle = parts.p2p.as_ref().map(|p| p.handle().clone());
-        let discovery = match given.discovery.take() {
+        let discovery: Arc<dyn PeerDiscoveryService> = match given.discovery.take() {
             Some(discovery) => discovery,
-            None => self.kad_discovery(swarm(handle.as_ref(), "start discovery")?, &registry),
+            None => {
+                let kad = self.kad_discovery(swarm(handle.as_ref(), "start discovery")?, &registry);
+                parts.kad = Some(kad.clone());
+                kad
+            }
         };
         parts.discovery = Some(discovery.clone());
         parts.streams = match given.streams.take() {
@@ -288,20 +368,23 @@ impl VpnNode {
         parts.tun = Some(tun.clone());
         let inbound = match given.inbound.take() {
             Some(inbound) => inbound,
-            None => self.accept(swarm(handle.as_ref(), "accept streams")?, &registry)?,
+            None => {
+                self.accept(swarm(handle.as_ref(), "accept streams")?, &registry, &parts.tasks)?
+            }
         };
         let receiver = self.receiver(discovery.clone(), tun.clone());
+        parts.receiver = Some(receiver.clone());
         parts.tasks.spawn(serve_peers(inbound, receiver, parts.tasks.clone()));
         parts.tasks.spawn(crate::tun_reader::read_tun(tun, dispatcher, self.fault.clone()));
-        let every = self.config.discovery.republish_interval;
+        let every = self.config().discovery.republish_interval;
         parts.tasks.spawn(crate::publisher::publish(discovery, every));
         tracing::info!(peer = %self.local_peer_id(), "vpn node started");
         Ok(())
     }
 
     /// The libp2p swarm: listening, bootstrap, and the DHT's record filter.
-    async fn start_swarm(&self, registry: &Arc<StaticRegistry>) -> Result<P2pNode, VpnError> {
-        let config = &self.config;
+    async fn start_swarm(&self, registry: &Arc<LiveRegistry>) -> Result<P2pNode, VpnError> {
+        let config = self.config();
         let mut p2p = P2pConfig::new(self.keypair.clone(), config.network.listen.clone());
         p2p.bootstrap = config.network.bootstrap.clone();
         p2p.known_peers = config.peers.iter().map(|p| (p.peer_id, p.endpoints.clone())).collect();
@@ -323,21 +406,15 @@ impl VpnNode {
     }
 
     /// Kademlia discovery of signed IP records over the swarm's DHT.
-    fn kad_discovery(
-        &self,
-        handle: &P2pHandle,
-        registry: &Arc<StaticRegistry>,
-    ) -> Arc<dyn PeerDiscoveryService> {
-        let local = self.local_peer_id();
-        let configured =
-            registry.claims().iter().filter(|(p, _)| *p != local).map(|(p, n)| (*n, *p)).collect();
+    fn kad_discovery(&self, handle: &P2pHandle, registry: &Arc<LiveRegistry>) -> Arc<KadDiscovery> {
+        let configured = self.configured_claims(&registry.current());
         let discovery = KadDiscovery::new(
             Arc::new(handle.clone()),
             registry.clone(),
             self.keypair.clone(),
             self.own_addresses(),
             configured,
-            self.config.discovery.clone(),
+            self.config().discovery.clone(),
         );
         Arc::new(discovery.with_metrics(self.metrics.clone()))
     }
@@ -348,7 +425,7 @@ impl VpnNode {
         parts: &mut Parts,
         given: &mut Given,
     ) -> Result<Arc<dyn StreamPoolService>, VpnError> {
-        let config = &self.config;
+        let config = self.config();
         let (pool, default_health): (Arc<dyn StreamPoolService>, _) = match given.pool.take() {
             Some(pool) => (pool, None),
             None => {
@@ -382,7 +459,7 @@ impl VpnNode {
         discovery: Arc<dyn PeerDiscoveryService>,
         pool: Arc<dyn StreamPoolService>,
     ) -> Dispatcher {
-        let config = &self.config;
+        let config = self.config();
         let breakers: Arc<dyn CircuitBreakerService> = match given.breakers.take() {
             Some(breakers) => breakers,
             None => Arc::new(PeerBreakers::new(config.circuit_breaker.clone())),
@@ -406,7 +483,7 @@ impl VpnNode {
 
     /// The kernel TUN device, with the overlay addresses and the peers' routes.
     async fn create_tun(&self) -> Result<Arc<dyn TunDevice>, VpnError> {
-        let config = &self.config;
+        let config = self.config();
         let address = config.node.address.ok_or_else(|| {
             let unset = vpn_errors::ConfigError::new("node.address", "(unset)", "must be set");
             startup(CREATE_TUN, VpnError::Config(unset))
@@ -431,13 +508,17 @@ impl VpnNode {
     fn accept(
         &self,
         handle: &P2pHandle,
-        registry: &Arc<StaticRegistry>,
+        registry: &Arc<LiveRegistry>,
+        tasks: &Tasks,
     ) -> Result<mpsc::Receiver<Box<dyn VpnStream>>, VpnError> {
         let mut control = handle.stream_control();
         let members = registry.clone();
         let allow = Arc::new(move |peer: &PeerId| members.is_member(peer));
-        accept_streams(&mut control, allow, self.metrics.clone(), ACCEPT_BACKLOG)
-            .map_err(|e| startup("accept streams", e))
+        let (inbound, accept) =
+            accept_streams(&mut control, allow, self.metrics.clone(), ACCEPT_BACKLOG)
+                .map_err(|e| startup("accept streams", e))?;
+        tasks.spawn(accept);
+        Ok(inbound)
     }
 
     /// What every inbound stream shares: checks, the way to the TUN, budgets, warnings.
@@ -446,7 +527,7 @@ impl VpnNode {
         discovery: Arc<dyn PeerDiscoveryService>,
         tun: Arc<dyn TunDevice>,
     ) -> Arc<Receiver> {
-        let config = &self.config;
+        let config = self.config();
         Arc::new(Receiver {
             check: InboundCheck::new(discovery, self.own_addresses(), config.firewall.clone()),
             delivery: Delivery {

@@ -1,7 +1,7 @@
 //! The receiver: checks every packet a peer sends before it reaches the TUN.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use vpn_api::{IpNet, PeerDiscoveryService, PeerId};
 use vpn_config::FirewallSettings;
@@ -23,7 +23,8 @@ pub enum Verdict {
 pub struct InboundCheck {
     discovery: Arc<dyn PeerDiscoveryService>,
     ours: Vec<IpNet>,
-    firewall: FirewallSettings,
+    /// Replaced by `vpn-node reload`.
+    firewall: RwLock<FirewallSettings>,
 }
 
 impl InboundCheck {
@@ -34,7 +35,12 @@ impl InboundCheck {
         ours: Vec<IpNet>,
         firewall: FirewallSettings,
     ) -> Self {
-        Self { discovery, ours, firewall }
+        Self { discovery, ours, firewall: RwLock::new(firewall) }
+    }
+
+    /// Puts `firewall` in force from the next packet on.
+    pub fn set_firewall(&self, firewall: FirewallSettings) {
+        *self.firewall.write().unwrap_or_else(PoisonError::into_inner) = firewall;
     }
 
     /// The verdict on `packet` from `peer`: a whole IP packet whose length field agrees;
@@ -47,10 +53,12 @@ impl InboundCheck {
         if !self.ours.iter().any(|net| net.contains(&info.dst_ip)) {
             return Verdict::Drop(DropReason::NotOurs);
         }
-        let denied_port =
-            info.dst_port.is_some_and(|port| self.firewall.deny_ports.contains(&port));
-        if denied_port || self.firewall.deny_protocols.contains(&info.protocol) {
-            return Verdict::Drop(DropReason::Firewall);
+        {
+            let firewall = self.firewall.read().unwrap_or_else(PoisonError::into_inner);
+            let denied_port = info.dst_port.is_some_and(|port| firewall.deny_ports.contains(&port));
+            if denied_port || firewall.deny_protocols.contains(&info.protocol) {
+                return Verdict::Drop(DropReason::Firewall);
+            }
         }
         match self.discovery.holds_now(peer, info.src_ip) {
             Some(true) => Verdict::Accept,

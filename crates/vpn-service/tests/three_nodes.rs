@@ -164,7 +164,7 @@ async fn packets_cross_and_a_dht_only_peer_is_reached() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("a.sock");
     let a_node = Arc::new(a.node);
-    let server = vpn_service::serve_control(&socket, a_node.clone()).await.unwrap();
+    let server = vpn_service::serve_control(&socket, a_node.clone(), None).await.unwrap();
     let status = vpn_service::query_control(&socket, "status").await.unwrap();
     assert!(status.contains(&format!("\"peer_id\":\"{}\"", a_node.local_peer_id())), "{status}");
     assert!(status.contains("\"addresses\":[\"100.64.0.1/32\"]"), "{status}");
@@ -173,6 +173,8 @@ async fn packets_cross_and_a_dht_only_peer_is_reached() {
     assert!(peers.contains(&b.node.local_peer_id().to_string()), "{peers}");
     assert!(peers.contains(&c.node.local_peer_id().to_string()), "{peers}");
     assert!(vpn_service::query_control(&socket, "nonsense").await.unwrap().contains("error"));
+    let reload = vpn_service::query_control(&socket, "reload").await.unwrap();
+    assert!(reload.contains("cannot reload"), "no reloader was given: {reload}");
     server.abort();
     let _ = server.await;
     assert!(!socket.exists(), "the socket file goes with the server");
@@ -182,6 +184,67 @@ async fn packets_cross_and_a_dht_only_peer_is_reached() {
     assert!(m.packets_sent >= 2 && m.packets_received >= 3, "{m:?}");
     for member in [&a, &b, &c] {
         member.node.stop().await.unwrap();
+        member.node.stop().await.unwrap();
+    }
+}
+
+/// Injects `packet` into `from` until it comes out of `to`'s TUN (a few tries: the sender
+/// may still be backing off from the streams it was refused).
+async fn reaches(from: &Member, to: &mut Member, packet: Bytes) {
+    for _ in 0..40 {
+        from.os.inject(packet.clone()).await;
+        if let Ok(out) =
+            tokio::time::timeout(Duration::from_millis(500), to.os.next_written()).await
+        {
+            assert_eq!(out.unwrap().data, packet);
+            return;
+        }
+    }
+    panic!("the packet never arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_added_by_reload_is_reached_and_established_flows_go_on() {
+    let (ka, kb, kd) =
+        (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = start(&ka, config("100.64.0.1", None, &[(&kb, "100.64.0.2")], &[])).await;
+    let boot = bootstrap_addr(&a).await;
+    let mut b = start(&kb, config("100.64.0.2", Some(&boot), &[(&ka, "100.64.0.1")], &[])).await;
+    let mut d = start(&kd, config("100.64.0.4", Some(&boot), &[(&ka, "100.64.0.1")], &[])).await;
+    crosses(&a, &mut b, ping("100.64.0.1", "100.64.0.2", 1)).await;
+    crosses(&b, &mut a, ping("100.64.0.2", "100.64.0.1", 2)).await;
+
+    // A does not know D yet: D's stream is refused.
+    let refused = a.node.metrics().stream_errors;
+    d.os.inject(ping("100.64.0.4", "100.64.0.1", 3)).await;
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        while a.node.metrics().stream_errors == refused {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "A refused D's stream");
+    assert!(a.os.try_written().is_none());
+
+    // A change only a restart applies is refused, naming the section; nothing changes.
+    let mut moved = config("100.64.0.1", None, &[(&kb, "100.64.0.2"), (&kd, "100.64.0.4")], &[]);
+    moved.worker.max_workers = 8;
+    let err = a.node.reload(moved).await.unwrap_err().to_string();
+    assert!(err.contains("worker") && err.contains("restart"), "{err}");
+
+    // Reloaded with D among its peers, A takes D's packets and reaches D; the flow to B
+    // goes on over the stream it had.
+    let streams_before = a.node.metrics().active_streams;
+    let added = config("100.64.0.1", None, &[(&kb, "100.64.0.2"), (&kd, "100.64.0.4")], &[]);
+    assert_eq!(a.node.reload(added).await.unwrap(), vec!["peers"]);
+    reaches(&d, &mut a, ping("100.64.0.4", "100.64.0.1", 4)).await;
+    crosses(&a, &mut d, ping("100.64.0.1", "100.64.0.4", 5)).await;
+    crosses(&a, &mut b, ping("100.64.0.1", "100.64.0.2", 6)).await;
+    let health = a.node.stream_health();
+    let to_b = health.peers.iter().find(|p| p.peer == b.node.local_peer_id()).unwrap();
+    assert_eq!(to_b.streams_marked_unhealthy, 0);
+    assert!(a.node.metrics().active_streams > streams_before, "a stream to D was added");
+    for member in [&a, &b, &d] {
         member.node.stop().await.unwrap();
     }
 }
