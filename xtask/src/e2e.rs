@@ -167,8 +167,89 @@ fn scenario(lab: &mut Lab, forger: &Path) -> Result<()> {
         "b stopped and started again: a reaches it {:.1} s after the restart",
         restarted.elapsed().as_secs_f64()
     );
+    reload_adds_a_peer(lab)?;
     println!("e2e: all checks passed");
     Ok(())
+}
+
+/// A fourth node, d, knows a; a does not know d and refuses it. While a TCP flow runs from
+/// a to b, a's configuration gains d: `vpn-node reload` first refuses a file that also
+/// changes `[worker]` (naming it), then applies the peer; d and a reach each other, SIGHUP
+/// reloads too, and the flow to b runs to its end.
+fn reload_adds_a_peer(lab: &mut Lab) -> Result<()> {
+    lab.add_node("d", 4)?;
+    let a = lab.node("a")?;
+    let (a_overlay, a_overlay6) = (a.overlay.clone(), a.overlay6.clone());
+    let (a_peer, a_underlay) = (a.peer_id.clone(), a.underlay.clone());
+    let a_config = a.dir.join("vpn-node.toml").to_str().context("config path")?.to_owned();
+    let d = lab.node("d")?;
+    let (d_overlay, d_overlay6, d_peer, d_underlay) =
+        (d.overlay.clone(), d.overlay6.clone(), d.peer_id.clone(), d.underlay.clone());
+    let d_config = format!(
+        "[node]\nidentity_file = \"identity.key\"\naddress = \"{d_overlay}/10\"\naddress6 = \"{d_overlay6}/64\"\n\
+         [interface]\nname = \"vpn-d\"\n\
+         [network]\nlisten = [\"/ip4/{d_underlay}/tcp/4001\"]\n\
+         [discovery]\nmdns = false\nnegative_cache_ttl = \"1s\"\n\
+         [metrics]\nlisten = \"127.0.0.1:9464\"\n[control]\nsocket = \"{}\"\n\
+         [[peers]]\npeer_id = \"{a_peer}\"\naddresses = [\"{a_overlay}\", \"{a_overlay6}\"]\nendpoints = [\"/ip4/{a_underlay}/tcp/4001\"]\n",
+        d.dir.join("control.sock").display()
+    );
+    std::fs::write(d.dir.join("vpn-node.toml"), d_config)?;
+    lab.start("d")?;
+    lab.wait_up("d", Duration::from_secs(20))?;
+    let early = lab.exec("d", &["ping", "-c", "2", "-W", "1", &a_overlay])?;
+    if early.status.success() {
+        bail!("a answered d before d was in its configuration");
+    }
+    let binary = lab.binary().to_str().context("binary")?.to_owned();
+    let b_overlay = lab.node("b")?.overlay.clone();
+    let lab: &Lab = lab;
+    std::thread::scope(|scope| -> Result<()> {
+        let flow = scope.spawn(|| lab.iperf_for("a", "b", &b_overlay, &[], Duration::from_secs(8)));
+        // The flow is under way once b has taken a few thousand packets more.
+        let received = |lab: &Lab| lab.counter("b", "vpn_packets_received_total").unwrap_or(0);
+        let (before, start) = (received(lab), Instant::now());
+        while received(lab) < before + 2000 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let peer_block = format!(
+            "[[peers]]\npeer_id = \"{d_peer}\"\naddresses = [\"{d_overlay}\", \"{d_overlay6}\"]\nendpoints = [\"/ip4/{d_underlay}/tcp/4001\"]\n"
+        );
+        lab.edit_config("a", |text| format!("{text}{peer_block}[worker]\nmax_workers = 64\n"))?;
+        let refused = lab.exec("a", &[&binary, "reload", "--config", &a_config])?;
+        let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+        if refused.status.success() || !said.contains("worker") || !said.contains("restart") {
+            bail!("`vpn-node reload` took a change to [worker]: {said}");
+        }
+        lab.edit_config("a", |text| text.replace("[worker]\nmax_workers = 64\n", ""))?;
+        let applied = lab.exec("a", &[&binary, "reload", "--config", &a_config])?;
+        let said = String::from_utf8_lossy(&applied.stdout).into_owned();
+        if !applied.status.success() || said.trim() != "reloaded: peers" {
+            bail!("`vpn-node reload` on a: {said}{}", String::from_utf8_lossy(&applied.stderr));
+        }
+        let d_to_a = lab.ping_until("d", &a_overlay, Duration::from_secs(30))?;
+        let a_to_d = lab.ping_until("a", &d_overlay6, Duration::from_secs(30))?;
+        let pid = lab.pid("a").context("a's PID")?.to_string();
+        lab::run("kill", &["-HUP", &pid])?;
+        let start = Instant::now();
+        while !lab.log("a").contains("SIGHUP: configuration reloaded") {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("a did not log the reload on SIGHUP");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let report = flow.join().map_err(|_| anyhow::anyhow!("the iperf3 thread panicked"))??;
+        let bps = json_number(&report, "/end/sum_received/bits_per_second").unwrap_or(0.0);
+        let retransmits = json_number(&report, "/end/sum_sent/retransmits").unwrap_or(f64::NAN);
+        if bps <= 0.0 {
+            bail!("the flow from a to b did not survive the reload: {report}");
+        }
+        println!(
+            "reload: a change to [worker] refused and named; d added to a live: d -> a {d_to_a}, a -> d (IPv6) {a_to_d}; SIGHUP reloads too; a -> b TCP across the reloads: {:.2} Gbit/s, {retransmits} retransmits",
+            bps / 1e9
+        );
+        Ok(())
+    })
 }
 
 /// The TCP checksum errors the kernel of `node`'s namespace has counted.

@@ -126,7 +126,7 @@ impl Lab {
     fn build_network(&mut self) -> Result<()> {
         // A lab of the same name left by a killed run (the same PID in another container)
         // has no owner any more: remove it first.
-        for stale in ["sw", "a", "b", "c"].map(|n| format!("{}{n}", self.prefix)) {
+        for stale in ["sw", "a", "b", "c", "d"].map(|n| format!("{}{n}", self.prefix)) {
             let _ =
                 Command::new("ip").args(["netns", "del", &stale]).stderr(Stdio::null()).status();
         }
@@ -134,53 +134,59 @@ impl Lab {
         ip(&["-n", &self.switch, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &self.switch, "link", "set", "br0", "up"])?;
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            let n = i + 1;
-            let netns = format!("{}{name}", self.prefix);
-            ip(&["netns", "add", &netns])?;
-            ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-            let (inner, outer) =
-                (format!("{}{name}0", self.prefix), format!("{}{name}1", self.prefix));
-            ip(&[
-                "link",
-                "add",
-                &inner,
-                "netns",
-                &netns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &outer,
-                "netns",
-                &self.switch,
-            ])?;
-            ip(&["-n", &netns, "link", "set", &inner, "name", "eth0"])?;
-            ip(&["-n", &netns, "addr", "add", &format!("198.18.0.{n}/24"), "dev", "eth0"])?;
-            ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &self.switch, "link", "set", &outer, "master", "br0", "up"])?;
-            let dir = self.root.join(name);
-            let init = run(
-                self.binary.to_str().context("binary path")?,
-                &[
-                    "init",
-                    "--dir",
-                    dir.to_str().context("dir")?,
-                    "--address",
-                    &format!("100.64.0.{n}/10"),
-                ],
-            )?;
-            let peer_id = String::from_utf8_lossy(&init.stdout).trim().to_owned();
-            self.nodes.push(Node {
-                name: (*name).to_owned(),
-                netns,
-                underlay: format!("198.18.0.{n}"),
-                overlay: format!("100.64.0.{n}"),
-                overlay6: format!("fd00::{n}"),
-                peer_id,
-                dir,
-                process: None,
-            });
+            self.add_node(name, i + 1)?;
         }
+        Ok(())
+    }
+
+    /// Adds node `name`, the `n`th: its namespace on the switch at 198.18.0.`n`, its
+    /// folder with a new identity and the overlay addresses 100.64.0.`n` and fd00::`n`.
+    /// No configuration is written.
+    pub fn add_node(&mut self, name: &str, n: usize) -> Result<()> {
+        let netns = format!("{}{name}", self.prefix);
+        ip(&["netns", "add", &netns])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        let (inner, outer) = (format!("{}{name}0", self.prefix), format!("{}{name}1", self.prefix));
+        ip(&[
+            "link",
+            "add",
+            &inner,
+            "netns",
+            &netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outer,
+            "netns",
+            &self.switch,
+        ])?;
+        ip(&["-n", &netns, "link", "set", &inner, "name", "eth0"])?;
+        ip(&["-n", &netns, "addr", "add", &format!("198.18.0.{n}/24"), "dev", "eth0"])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &self.switch, "link", "set", &outer, "master", "br0", "up"])?;
+        let dir = self.root.join(name);
+        let init = run(
+            self.binary.to_str().context("binary path")?,
+            &[
+                "init",
+                "--dir",
+                dir.to_str().context("dir")?,
+                "--address",
+                &format!("100.64.0.{n}/10"),
+            ],
+        )?;
+        let peer_id = String::from_utf8_lossy(&init.stdout).trim().to_owned();
+        self.nodes.push(Node {
+            name: name.to_owned(),
+            netns,
+            underlay: format!("198.18.0.{n}"),
+            overlay: format!("100.64.0.{n}"),
+            overlay6: format!("fd00::{n}"),
+            peer_id,
+            dir,
+            process: None,
+        });
         Ok(())
     }
 
