@@ -10,11 +10,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use vpn_api::{IpNet, PeerId};
-use vpn_api::{MetricsService, PeerDiscoveryService, TunPacket};
+use vpn_api::{MetricsService, TunPacket};
 use vpn_dispatcher::Dispatcher;
 use vpn_errors::{NetworkErrorKind, VpnError};
 use vpn_metrics::AtomicMetrics;
@@ -22,31 +21,25 @@ use vpn_resilience::{CircuitBreakerSettings, RetrySettings};
 use vpn_resilience::{ExponentialBackoff, PeerBreakers};
 use vpn_stream::StreamPoolSettings;
 use vpn_stream::{InboundLimits, StreamPool, serve_inbound};
+use vpn_testutil::mocks::MockPeerDiscovery;
 use vpn_testutil::{Faults, MemoryStreams, PacketBuilder};
 use vpn_types::DropReason;
 use vpn_utils::extract_ip_and_ports;
 use vpn_wire::Frame;
 use vpn_worker::WorkerSettings;
 
-/// Every address in 100.64.0.0/16 belongs to one peer.
-struct OnePeer(PeerId);
-
-#[async_trait]
-impl PeerDiscoveryService for OnePeer {
-    async fn peer_for_ip(&self, ip: IpAddr) -> Result<PeerId, VpnError> {
-        let range: IpNet = "100.64.0.0/16".parse().unwrap();
+/// Discovery in which every address in 100.64.0.0/16 belongs to one peer.
+fn one_peer(peer: PeerId) -> MockPeerDiscovery {
+    let range: IpNet = "100.64.0.0/16".parse().unwrap();
+    let mut discovery = MockPeerDiscovery::new();
+    discovery.expect_peer_for_ip().returning(move |ip| {
         if range.contains(&ip) {
-            Ok(self.0)
+            Ok(peer)
         } else {
             Err(VpnError::network(NetworkErrorKind::NoPeer, "resolve"))
         }
-    }
-    async fn sync_to_dht(&self) -> Result<(), VpnError> {
-        Ok(())
-    }
-    async fn virtual_ips(&self, _peer: &PeerId) -> Result<Vec<IpNet>, VpnError> {
-        Ok(vec!["100.64.0.0/16".parse().unwrap()])
-    }
+    });
+    discovery
 }
 
 struct Engine {
@@ -70,7 +63,7 @@ fn engine(faults: Vec<Faults>) -> Engine {
     // A generous bound: these tests count packets, they do not time anything.
     let settings = WorkerSettings::default().with_send_timeout(Duration::from_secs(60));
     let ctx = vpn_worker::WorkerContext::new(
-        Arc::new(OnePeer(peer)),
+        Arc::new(one_peer(peer)),
         Arc::new(pool.clone()),
         Arc::new(PeerBreakers::new(CircuitBreakerSettings::default())),
         Arc::new(ExponentialBackoff::new(RetrySettings::default())),

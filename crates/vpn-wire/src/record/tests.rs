@@ -1,12 +1,13 @@
 use super::*;
+use vpn_testutil::mocks::MockRegistry;
 
-/// Lets each listed peer hold addresses inside its listed prefixes.
-struct Allow(Vec<(PeerId, IpNet)>);
-
-impl IpRegistry for Allow {
-    fn may_hold(&self, peer: &PeerId, net: &IpNet) -> bool {
-        self.0.iter().any(|(p, range)| p == peer && range.contains(net))
-    }
+/// A registry that lets each listed peer hold addresses inside its listed prefixes.
+fn allow(list: Vec<(PeerId, IpNet)>) -> MockRegistry {
+    let mut registry = MockRegistry::new();
+    registry
+        .expect_may_hold()
+        .returning(move |peer, net| list.iter().any(|(p, range)| p == peer && range.contains(net)));
+    registry
 }
 
 const NOW: u64 = 1_800_000_000;
@@ -21,13 +22,13 @@ fn net(text: &str) -> IpNet {
 
 struct Fixture {
     key: Keypair,
-    registry: Allow,
+    registry: MockRegistry,
 }
 
 impl Fixture {
     fn new() -> Self {
         let key = Keypair::generate_ed25519();
-        let registry = Allow(vec![
+        let registry = allow(vec![
             (key.public().to_peer_id(), net("100.64.0.0/24")),
             (key.public().to_peer_id(), net("fd00::/64")),
         ]);
