@@ -6,8 +6,9 @@
 //!   forgets breakers unused for `idle_eviction`.
 //! - [`ExponentialBackoff`]: a [`vpn_api::RetryService`].
 //! - [`BreakerLayer`], [`RetryLayer`], [`TimeoutLayer`]: the same as tower layers, for a
-//!   service whose requests name a peer ([`PeerRequest`]) and whose errors are
-//!   [`vpn_errors::VpnError`]s.
+//!   service whose requests name a peer ([`PeerRequest`]), with any error type that a
+//!   [`vpn_errors::VpnError`] converts into (the layers' own refusals and timeouts) and that
+//!   the retry schedule can judge ([`Retryable`]): `VpnError` itself, or tower's `BoxError`.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -33,7 +34,9 @@ mod settings;
 
 pub use backoff::{BackoffSchedule, ExponentialBackoff};
 pub use breaker::CircuitBreaker;
-pub use layer::{Breaker, BreakerLayer, PeerRequest, Retry, RetryLayer, Timeout, TimeoutLayer};
+pub use layer::{
+    Breaker, BreakerLayer, PeerRequest, Retry, RetryLayer, Retryable, Timeout, TimeoutLayer,
+};
 pub use peer_breakers::PeerBreakers;
 pub use settings::{CircuitBreakerSettings, RetrySettings};
 

@@ -30,8 +30,9 @@ impl<S> Layer<S> for BreakerLayer {
 }
 
 /// The service made by [`BreakerLayer`]: refuses calls while the peer's breaker is open
-/// (with a `CircuitOpen` network error) and records every outcome. A call dropped before
-/// it finished (cancelled, timed out) counts as a failure.
+/// (with a `CircuitOpen` network error, converted into the inner service's error type) and
+/// records every outcome. A call dropped before it finished (cancelled, timed out) counts
+/// as a failure.
 #[derive(Clone)]
 pub struct Breaker<S> {
     inner: S,
@@ -62,23 +63,24 @@ impl Drop for Outcome {
 
 impl<S, Req> Service<Req> for Breaker<S>
 where
-    S: Service<Req, Error = VpnError>,
+    S: Service<Req>,
+    S::Error: From<VpnError> + Send + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     Req: PeerRequest,
 {
     type Response = S::Response;
-    type Error = VpnError;
-    type Future = BoxFuture<'static, Result<S::Response, VpnError>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), VpnError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = match self.breakers.try_acquire(&req.peer()) {
             Ok(permit) => permit,
-            Err(refused) => return Box::pin(std::future::ready(Err(refused))),
+            Err(refused) => return Box::pin(std::future::ready(Err(refused.into()))),
         };
         let outcome = Outcome { breakers: self.breakers.clone(), permit: Some(permit) };
         let call = self.inner.call(req);

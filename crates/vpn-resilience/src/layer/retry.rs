@@ -4,7 +4,8 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use tower::{Layer, Service, ServiceExt};
 use vpn_api::RetryService;
-use vpn_errors::VpnError;
+
+use super::Retryable;
 
 /// Retries failed calls on the schedule of a [`RetryService`].
 #[derive(Clone)]
@@ -29,7 +30,8 @@ impl<S> Layer<S> for RetryLayer {
 
 /// The service made by [`RetryLayer`]: calls a clone of the inner service again with a
 /// clone of the request until it succeeds or the schedule gives up, and returns the first
-/// success or the last error.
+/// success or the last error. The schedule judges each error as the [`VpnError`] its
+/// [`Retryable`] impl shows.
 #[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
@@ -38,16 +40,17 @@ pub struct Retry<S> {
 
 impl<S, Req> Service<Req> for Retry<S>
 where
-    S: Service<Req, Error = VpnError> + Clone + Send + 'static,
+    S: Service<Req> + Clone + Send + 'static,
+    S::Error: Retryable + Send,
     S::Future: Send,
     S::Response: Send,
     Req: Clone + Send + 'static,
 {
     type Response = S::Response;
-    type Error = VpnError;
-    type Future = BoxFuture<'static, Result<S::Response, VpnError>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), VpnError>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         // Each attempt waits for its own clone to be ready.
         Poll::Ready(Ok(()))
     }
@@ -61,7 +64,7 @@ where
                     Ok(response) => return Ok(response),
                     Err(error) => error,
                 };
-                match schedule.next_delay(&error) {
+                match error.judged_as(|e| schedule.next_delay(e)) {
                     Some(delay) => tokio::time::sleep(delay).await,
                     None => return Err(error),
                 }

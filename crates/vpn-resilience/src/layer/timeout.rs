@@ -27,7 +27,7 @@ impl<S> Layer<S> for TimeoutLayer {
 }
 
 /// The service made by [`TimeoutLayer`]: a call not done within the limit is dropped and
-/// fails with a `Timeout` network error.
+/// fails with a `Timeout` network error (converted into the inner service's error type).
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
@@ -36,14 +36,15 @@ pub struct Timeout<S> {
 
 impl<S, Req> Service<Req> for Timeout<S>
 where
-    S: Service<Req, Error = VpnError>,
+    S: Service<Req>,
+    S::Error: From<VpnError>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
-    type Error = VpnError;
-    type Future = BoxFuture<'static, Result<S::Response, VpnError>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), VpnError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
@@ -55,7 +56,8 @@ where
                 Err(VpnError::Network(NetworkError::new(
                     NetworkErrorKind::Timeout,
                     "call within time limit",
-                )))
+                ))
+                .into())
             })
         })
     }
