@@ -30,7 +30,7 @@ impl<S> Layer<S> for RetryLayer {
 
 /// The service made by [`RetryLayer`]: calls a clone of the inner service again with a
 /// clone of the request until it succeeds or the schedule gives up, and returns the first
-/// success or the last error. The schedule judges each error as the [`VpnError`] its
+/// success or the last error. The schedule judges each error as the [`VpnError`](vpn_errors::VpnError) its
 /// [`Retryable`] impl shows.
 #[derive(Clone)]
 pub struct Retry<S> {
