@@ -195,7 +195,7 @@ fn reload_adds_a_peer(lab: &mut Lab) -> Result<()> {
         d.dir.join("control.sock").display()
     );
     std::fs::write(d.dir.join("vpn-node.toml"), d_config)?;
-    lab.start("d")?;
+    lab.start_with("d", &["--log-format", "json"])?;
     lab.wait_up("d", Duration::from_secs(20))?;
     let early = lab.exec("d", &["ping", "-c", "2", "-W", "1", &a_overlay])?;
     if early.status.success() {
@@ -238,6 +238,15 @@ fn reload_adds_a_peer(lab: &mut Lab) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // d logs in JSON: every line but the readiness line is one event object.
+        let log = lab.log("d");
+        let events: Vec<&str> = log.lines().filter(|l| !l.starts_with("ready: ")).collect();
+        let json = |line: &str| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.get("level").is_some())
+        };
+        if events.is_empty() || !events.iter().all(|l| json(l)) {
+            bail!("d was started with --log-format json, yet logged:\n{log}");
+        }
         let report = flow.join().map_err(|_| anyhow::anyhow!("the iperf3 thread panicked"))??;
         let bps = json_number(&report, "/end/sum_received/bits_per_second").unwrap_or(0.0);
         let retransmits = json_number(&report, "/end/sum_sent/retransmits").unwrap_or(f64::NAN);
@@ -245,8 +254,9 @@ fn reload_adds_a_peer(lab: &mut Lab) -> Result<()> {
             bail!("the flow from a to b did not survive the reload: {report}");
         }
         println!(
-            "reload: a change to [worker] refused and named; d added to a live: d -> a {d_to_a}, a -> d (IPv6) {a_to_d}; SIGHUP reloads too; a -> b TCP across the reloads: {:.2} Gbit/s, {retransmits} retransmits",
-            bps / 1e9
+            "reload: a change to [worker] refused and named; d added to a live: d -> a {d_to_a}, a -> d (IPv6) {a_to_d}; SIGHUP reloads too; a -> b TCP across the reloads: {:.2} Gbit/s, {retransmits} retransmits; d's log ({} events) is JSON",
+            bps / 1e9,
+            events.len()
         );
         Ok(())
     })

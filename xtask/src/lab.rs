@@ -271,6 +271,11 @@ impl Lab {
 
     /// Starts `vpn-node up` in the node's namespace, logging to its folder.
     pub fn start(&mut self, name: &str) -> Result<()> {
+        self.start_with(name, &[])
+    }
+
+    /// [`Lab::start`] with `options` given to `vpn-node` before `up`.
+    pub fn start_with(&mut self, name: &str, options: &[&str]) -> Result<()> {
         let binary = self.binary.clone();
         let config = self.node(name)?.dir.join("vpn-node.toml");
         let config = config.to_str().context("config path")?.to_owned();
@@ -286,6 +291,7 @@ impl Lab {
         if !wrap.is_empty() {
             words.push(&node_binary);
         }
+        words.extend(options);
         words.extend(["up", "--config", &config]);
         let child = self
             .spawn(name, &binary, &words, &[("RUST_LOG", &log_filter())])
