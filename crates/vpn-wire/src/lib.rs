@@ -33,6 +33,7 @@
 // A RecordError names up to two peers (large), but records are checked off the packet path.
 #![allow(clippy::result_large_err)]
 
+mod cert;
 mod codec;
 mod decoder;
 mod error;
@@ -40,6 +41,10 @@ mod frame;
 mod record;
 mod segment;
 
+pub use cert::{
+    CERT_DOMAIN, CERT_PAYLOAD_TYPE, CERT_VERSION, CertError, Certificate, MAX_CERT_BYTES,
+    MAX_CERT_NAME, MAX_CERT_NETS,
+};
 pub use codec::FrameCodec;
 pub use decoder::FrameDecoder;
 pub use error::{FrameError, RecordError};

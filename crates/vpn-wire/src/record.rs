@@ -54,12 +54,12 @@ pub fn record_key(addr: IpAddr) -> Vec<u8> {
 }
 
 /// Canonical text of an address or prefix: a bare address for a host prefix.
-fn net_to_text(net: &IpNet) -> String {
+pub(crate) fn net_to_text(net: &IpNet) -> String {
     if net.prefix_len() == net.max_prefix_len() { net.addr().to_string() } else { net.to_string() }
 }
 
 /// Parses canonical text; anything that would print differently is refused.
-fn net_from_text(text: &str) -> Result<IpNet, RecordError> {
+pub(crate) fn net_from_text(text: &str) -> Result<IpNet, RecordError> {
     let bad = || RecordError::BadAddress(text.to_owned());
     let net = if text.contains('/') {
         let net: IpNet = text.parse().map_err(|_| bad())?;
