@@ -262,7 +262,6 @@ fn reload_adds_a_peer(lab: &mut Lab) -> Result<()> {
     })
 }
 
-/// The TCP checksum errors the kernel of `node`'s namespace has counted.
 /// `vpn-node ping` from a: b by overlay address (JSON: every PING answered, b's peer ID, the
 /// connection to b's underlay address), and c by peer ID (the summary line for a person).
 fn vpn_node_ping(lab: &Lab, config: &str) -> Result<()> {
@@ -295,6 +294,7 @@ fn vpn_node_ping(lab: &Lab, config: &str) -> Result<()> {
     Ok(())
 }
 
+/// The TCP checksum errors the kernel of `node`'s namespace has counted.
 fn tcp_csum_errors(lab: &Lab, node: &str) -> Result<u64> {
     let snmp = lab.exec(node, &["cat", "/proc/net/snmp"])?;
     csum_errors(&String::from_utf8_lossy(&snmp.stdout)).context("no InCsumErrors in /proc/net/snmp")

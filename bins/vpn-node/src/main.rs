@@ -50,8 +50,10 @@ impl Logs {
     fn init(format: LogFormat) -> Self {
         use tracing_subscriber::layer::SubscriberExt as _;
         use tracing_subscriber::util::SubscriberInitExt as _;
-        let from_env = std::env::var_os("RUST_LOG").is_some();
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // A `RUST_LOG` that is not a filter is passed over, as if unset.
+        let from_env = EnvFilter::try_from_default_env().ok();
+        let filter_from_env = from_env.is_some();
+        let filter = from_env.unwrap_or_else(|| EnvFilter::new("info"));
         let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
         let registry = tracing_subscriber::registry().with(filter);
         let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
@@ -62,7 +64,7 @@ impl Logs {
                 .init(),
             LogFormat::Json => registry.with(layer.json()).init(),
         }
-        Self { filter: handle, from_env }
+        Self { filter: handle, from_env: filter_from_env }
     }
 
     /// The filter `level` stands for. Errors: it is not a filter (the key is named).
@@ -399,6 +401,10 @@ async fn up(config_path: &Path, logs: Logs) -> Result<()> {
     let keypair = load_identity(&config.node.identity_file)?;
     let metrics_listen = config.metrics.listen;
     let socket = config.control.socket.clone();
+    // Signals first: a SIGHUP or SIGTERM while the node starts must not kill it outright.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     // The program's node: every part the default, the counters kept for Prometheus.
     let metrics = Arc::new(AtomicMetrics::new());
     let node = Arc::new(VpnNode::builder(config, keypair).metrics(metrics.clone()).build());
@@ -423,9 +429,6 @@ async fn up(config_path: &Path, logs: Logs) -> Result<()> {
         }
     };
     println!("{}", readiness(&node).await);
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     let fault = loop {
         tokio::select! {
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break None }

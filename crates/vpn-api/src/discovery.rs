@@ -30,12 +30,10 @@ pub trait PeerDiscoveryService: Send + Sync {
     /// Whether `peer` holds `ip` as far as this node knows now, without waiting (the
     /// receiver asks this of every packet): `Some(true)` when it does, `Some(false)` when
     /// the address is someone else's or in conflict, `None` when nothing is known yet and
-    /// [`peer_for_ip`](Self::peer_for_ip) must tell. The default knows nothing, so every
-    /// source is looked up.
-    fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool> {
-        let _ = (peer, ip);
-        None
-    }
+    /// [`peer_for_ip`](Self::peer_for_ip) must tell. An implementation that keeps no
+    /// answers makes every packet wait for a lookup, within each peer's lookup budget: keep
+    /// what `peer_for_ip` found.
+    fn holds_now(&self, peer: &PeerId, ip: IpAddr) -> Option<bool>;
 }
 
 /// The DHT as the discovery service needs it: store and find opaque records.

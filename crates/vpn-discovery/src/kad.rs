@@ -269,15 +269,22 @@ impl KadDiscovery {
             configured: RwLock::new(Vec::new()),
             last_seq: AtomicU64::new(0),
         };
-        discovery.set_configured(configured);
+        discovery.set_configured(configured, |_| true);
         discovery
     }
 
-    /// Puts new configured claims in force (`vpn-node reload`) and forgets every cached
-    /// answer, so no address is still placed by the claims that were replaced.
-    pub fn set_configured(&self, mut configured: Vec<(IpNet, PeerId)>) {
+    /// Puts new configured claims in force (`vpn-node reload`, after the registry the
+    /// records are checked against was replaced) and forgets every cached answer and every
+    /// recorded peer `keep` refuses, so no address is still placed by claims or records that
+    /// no longer hold.
+    pub fn set_configured(
+        &self,
+        mut configured: Vec<(IpNet, PeerId)>,
+        keep: impl Fn(&PeerId) -> bool,
+    ) {
         configured.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         *self.configured.write().unwrap_or_else(PoisonError::into_inner) = configured;
+        lock(&self.resolver.known).retain(|peer, _| keep(peer));
         self.clear_cache();
     }
 

@@ -38,6 +38,9 @@ impl PeerDiscoveryService for OnePeer {
     async fn virtual_ips(&self, _peer: &PeerId) -> Result<Vec<IpNet>, VpnError> {
         Ok(Vec::new())
     }
+    fn holds_now(&self, peer: &PeerId, _ip: IpAddr) -> Option<bool> {
+        Some(*peer == self.0)
+    }
 }
 
 const BATCH: usize = 20_000;

@@ -9,10 +9,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use vpn_api::VpnService;
 use vpn_types::{Budget, DropReason};
 
@@ -91,6 +92,11 @@ async fn ping_json(node: &VpnNode, target: &str, count: &str) -> String {
     }
 }
 
+/// Requests answered at once; a connection beyond them is closed unanswered.
+const CONCURRENT_REQUESTS: usize = 8;
+/// A request line must arrive within this.
+const REQUEST_READ_LIMIT: Duration = Duration::from_secs(5);
+
 /// What the `reload` request runs: reads the configuration file again and applies it.
 /// Answers the sections that changed, or why nothing was applied.
 pub type Reloader = Arc<
@@ -115,8 +121,12 @@ async fn reload_json(reload: Option<&Reloader>) -> String {
 async fn answer(conn: UnixStream, node: Arc<VpnNode>, reload: Option<Reloader>) -> io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
-    // A request is one short line; nothing longer is read.
-    BufReader::new(read.take(256)).read_line(&mut line).await?;
+    // A request is one short line, sent at once; nothing longer is read.
+    let mut reader = BufReader::new(read.take(256));
+    // Bounded: a client that connects and says nothing does not hold a request slot.
+    tokio::time::timeout(REQUEST_READ_LIMIT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     let words: Vec<&str> = line.split_whitespace().collect();
     let reply = match words.as_slice() {
         ["status"] => status_json(&node).await,
@@ -158,13 +168,25 @@ pub async fn serve_control(
     let path: PathBuf = path.to_owned();
     Ok(tokio::spawn(async move {
         let _remove = RemoveOnDrop(path);
-        while let Ok((conn, _)) = listener.accept().await {
-            let (node, reload) = (node.clone(), reload.clone());
-            tokio::spawn(async move {
-                if let Err(e) = answer(conn, node, reload).await {
-                    tracing::debug!(error = %e, "control request failed");
+        // The requests under way end with the server (the set aborts them when dropped).
+        let mut requests = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((conn, _)) = accepted else { break };
+                    if requests.len() >= CONCURRENT_REQUESTS {
+                        // Busy: the client sees the connection close and can ask again.
+                        continue;
+                    }
+                    let (node, reload) = (node.clone(), reload.clone());
+                    requests.spawn(async move {
+                        if let Err(e) = answer(conn, node, reload).await {
+                            tracing::debug!(error = %e, "control request failed");
+                        }
+                    });
                 }
-            });
+                Some(_) = requests.join_next(), if !requests.is_empty() => {}
+            }
         }
     }))
 }

@@ -27,6 +27,11 @@ impl Fault {
         self.raise(format!("the TUN device {} is gone", tun.name()));
     }
 
+    /// Forgets the fault of an earlier run (a node started again).
+    pub(crate) fn clear(&self) {
+        self.0.send_replace(None);
+    }
+
     /// The fault, once one was raised.
     pub(crate) async fn wait(&self) -> String {
         let mut seen = self.0.subscribe();

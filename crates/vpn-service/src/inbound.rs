@@ -14,6 +14,8 @@ use vpn_stream::{InboundEnd, InboundLimits, InboundSink, serve_inbound};
 use vpn_types::{Budget, DropReason, GsoInfo, WarnGate};
 use vpn_wire::Frame;
 
+use vpn_discovery::LiveRegistry;
+
 use crate::budget::{LookupHold, PeerBudgets, StreamSlot};
 use crate::fault::Fault;
 use crate::tasks::Tasks;
@@ -91,6 +93,9 @@ pub(crate) struct Receiver {
     pub(crate) limits: InboundLimits,
     /// Warnings about what peers did, at most one per peer and kind every few seconds.
     pub(crate) warnings: WarnGate<(PeerId, &'static str)>,
+    /// Who may send to us, when the node admits streams itself (a reload can take a peer
+    /// out while its stream is open); `None` when the builder was given admitted streams.
+    pub(crate) members: Option<Arc<LiveRegistry>>,
 }
 
 /// Serves every stream peers open to us, each on its own task (owned by `tasks`), within
@@ -128,8 +133,18 @@ struct PeerSink<'a> {
 }
 
 impl PeerSink<'_> {
+    /// Whether the sender may still send to us (a reload can take it out while its stream
+    /// is open).
+    fn is_member(&self) -> bool {
+        self.receiver.members.as_ref().is_none_or(|members| members.is_member(&self.peer))
+    }
+
     fn judge(&mut self, packet: Bytes, gso: Option<GsoInfo>) {
         let Receiver { check, delivery, budgets, .. } = self.receiver;
+        if !self.is_member() {
+            // Neither delivered nor looked up; the stream is reset at the end of this read.
+            return delivery.metrics.record_drop(DropReason::NotMember);
+        }
         match check.check(&self.peer, &packet) {
             Verdict::Accept => delivery.accept(&mut self.batch, packet, gso),
             Verdict::Drop(reason) => delivery.metrics.record_drop(reason),
@@ -170,7 +185,20 @@ impl InboundSink for PeerSink<'_> {
     }
 
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        self.receiver.delivery.write(&mut self.batch)
+        let (receiver, member) = (self.receiver, self.is_member());
+        let batch = &mut self.batch;
+        async move {
+            if !member {
+                // A reload took the peer out: what it sent is dropped and its stream reset.
+                receiver.delivery.metrics.record_drops(DropReason::NotMember, batch.len() as u64);
+                batch.clear();
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the peer is no longer a member",
+                ));
+            }
+            receiver.delivery.write(batch).await
+        }
     }
 }
 
@@ -235,8 +263,10 @@ async fn serve_peer(
                 tracing::warn!(%peer, error = %e, held_back, "peer broke the wire protocol; stream reset");
             }
         }
-        // The fault was raised by the write that failed.
-        InboundEnd::Sink(e) => tracing::debug!(%peer, error = %e, "inbound stream ended: no TUN"),
+        // The fault (no TUN, or no longer a member) was counted where it was met.
+        InboundEnd::Sink(e) => {
+            tracing::debug!(%peer, error = %e, "inbound stream reset by the receiver")
+        }
         InboundEnd::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         InboundEnd::Io(e) => tracing::debug!(%peer, error = %e, "inbound stream ended"),
         InboundEnd::Idle => {

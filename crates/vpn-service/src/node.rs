@@ -36,6 +36,9 @@ use crate::tasks::Tasks;
 
 /// Inbound streams waiting to be served.
 const ACCEPT_BACKLOG: usize = 64;
+/// Why a node given its own TUN device or inbound streams does not start twice.
+const ONE_START: &str = "the TUN device or inbound streams given to the builder serve one start \
+                         (the node let go of them when it stopped); build a new node";
 /// Time between two PINGs of `ping`.
 const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -232,6 +235,9 @@ impl VpnNode {
                 (discovery.peer_for_ip(ip).await?, Some(ip))
             }
         };
+        if peer == self.local_peer_id() {
+            return Err(unavailable("this node itself (ping another node)"));
+        }
         let streams = streams.ok_or_else(|| unavailable("stream service"))?;
         let started = tokio::time::Instant::now();
         let limit = self.config().stream_pool.open_timeout;
@@ -274,15 +280,30 @@ impl VpnNode {
                 "cannot change while the node runs; nothing was applied (restart the node to apply it)",
             )));
         }
-        let registry = StaticRegistry::from_config(self.local_peer_id(), &new);
-        if let Some(kad) = &parts.kad {
-            kad.set_configured(self.configured_claims(&registry));
+        let membership = change.live.iter().any(|s| *s == "peers" || *s == "network.allowed_peers");
+        if change.live.contains(&"peers") && parts.kad.is_none() {
+            // The builder was given its discovery: its configured peers are the giver's.
+            return Err(VpnError::Service(ServiceError::new(
+                ServiceErrorKind::Unavailable,
+                "the given discovery service (its peers are its own)",
+                "reload [[peers]]",
+            )));
         }
-        if let Some(live) = &parts.registry {
-            live.replace(registry);
-        }
+        // From here on nothing waits: the change is applied whole, or (dropped) not at all.
+        let new = Arc::new(new);
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = new.clone();
         if let Some(receiver) = &parts.receiver {
             receiver.check.set_firewall(new.firewall.clone());
+        }
+        if membership && let Some(live) = &parts.registry {
+            // The registry first: lookups judge records against it, and the cache is
+            // emptied after it is in force.
+            let registry = StaticRegistry::from_config(self.local_peer_id(), &new);
+            let claims = self.configured_claims(&registry);
+            live.replace(registry);
+            if let Some(kad) = &parts.kad {
+                kad.set_configured(claims, |peer| live.is_member(peer));
+            }
         }
         if let Some(p2p) = &parts.p2p {
             // New or moved peers: the swarm learns where they are, and says hello.
@@ -291,16 +312,15 @@ impl VpnNode {
             {
                 let (handle, id, addrs) =
                     (p2p.handle().clone(), peer.peer_id, peer.endpoints.clone());
-                let _ = handle.add_addresses(id, addrs.clone()).await;
                 let limit = new.network.dial_timeout;
                 parts.tasks.spawn(async move {
+                    let _ = handle.add_addresses(id, addrs.clone()).await;
                     if let Ok(Err(e)) = tokio::time::timeout(limit, handle.dial(id, addrs)).await {
                         tracing::debug!(peer = %id, error = %e, "cannot dial a peer added by reload");
                     }
                 });
             }
         }
-        *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
         tracing::info!(changed = ?change.live, "configuration reloaded");
         Ok(change.live)
     }
@@ -328,12 +348,11 @@ impl VpnNode {
     /// Starts the parts in order; each stage names itself in its error.
     async fn start_parts(&self, parts: &mut Parts) -> Result<(), VpnError> {
         let mut given = lock(&self.given).for_start().ok_or_else(|| {
-            let spent = ServiceError::new(
-                ServiceErrorKind::Stopped,
-                "given TUN or inbound streams",
-                "reuse",
-            );
-            startup("start", VpnError::Service(spent))
+            // "vpn node start: unavailable: the TUN device or inbound streams given to the
+            // builder serve one start ..."
+            let spent = ServiceError::new(ServiceErrorKind::Unavailable, "vpn node", "start")
+                .with_source(ONE_START);
+            VpnError::Service(spent)
         })?;
         let local = self.local_peer_id();
         let registry =
@@ -366,13 +385,14 @@ impl VpnNode {
             None => self.create_tun().await?,
         };
         parts.tun = Some(tun.clone());
-        let inbound = match given.inbound.take() {
-            Some(inbound) => inbound,
+        let (inbound, members) = match given.inbound.take() {
+            Some(inbound) => (inbound, None),
             None => {
-                self.accept(swarm(handle.as_ref(), "accept streams")?, &registry, &parts.tasks)?
+                let handle = swarm(handle.as_ref(), "accept streams")?;
+                (self.accept(handle, &registry, &parts.tasks)?, Some(registry.clone()))
             }
         };
-        let receiver = self.receiver(discovery.clone(), tun.clone());
+        let receiver = self.receiver(discovery.clone(), tun.clone(), members);
         parts.receiver = Some(receiver.clone());
         parts.tasks.spawn(serve_peers(inbound, receiver, parts.tasks.clone()));
         parts.tasks.spawn(crate::tun_reader::read_tun(tun, dispatcher, self.fault.clone()));
@@ -526,6 +546,7 @@ impl VpnNode {
         &self,
         discovery: Arc<dyn PeerDiscoveryService>,
         tun: Arc<dyn TunDevice>,
+        members: Option<Arc<LiveRegistry>>,
     ) -> Arc<Receiver> {
         let config = self.config();
         Arc::new(Receiver {
@@ -542,6 +563,7 @@ impl VpnNode {
                 write: config.limits.inbound_write_timeout,
             },
             warnings: WarnGate::per_peer(),
+            members,
         })
     }
 }
@@ -557,6 +579,7 @@ impl VpnService for VpnNode {
                 "start",
             )));
         }
+        self.fault.clear();
         let mut parts = Parts::default();
         match self.start_parts(&mut parts).await {
             Ok(()) => {

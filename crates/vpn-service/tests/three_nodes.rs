@@ -244,6 +244,24 @@ async fn a_peer_added_by_reload_is_reached_and_established_flows_go_on() {
     let to_b = health.peers.iter().find(|p| p.peer == b.node.local_peer_id()).unwrap();
     assert_eq!(to_b.streams_marked_unhealthy, 0);
     assert!(a.node.metrics().active_streams > streams_before, "a stream to D was added");
+
+    // Reloaded without D again, A drops what D sends on the stream it still has, as not a
+    // member, and resets that stream; B's flow goes on.
+    let removed = config("100.64.0.1", None, &[(&kb, "100.64.0.2")], &[]);
+    assert_eq!(a.node.reload(removed).await.unwrap(), vec!["peers"]);
+    let dropped = |a: &Member| a.node.metrics().dropped(DropReason::NotMember);
+    let cut = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut seq = 7;
+        while dropped(&a) == 0 {
+            d.os.inject(ping("100.64.0.4", "100.64.0.1", seq)).await;
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "A dropped D's packets as not a member");
+    assert!(a.os.try_written().is_none(), "nothing of D's reached A's TUN");
+    crosses(&a, &mut b, ping("100.64.0.1", "100.64.0.2", 99)).await;
     for member in [&a, &b, &d] {
         member.node.stop().await.unwrap();
     }

@@ -33,11 +33,13 @@ pub enum DropReason {
     TunError,
     /// The sending peer was over one of its budgets (see [`Budget`]).
     OverBudget,
+    /// The sending peer is no longer a member (a reload took it out); its stream is reset.
+    NotMember,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of a reason is its position here).
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::QueueFull,
         DropReason::WorkerLimit,
         DropReason::NoPeer,
@@ -52,6 +54,7 @@ impl DropReason {
         DropReason::Shutdown,
         DropReason::TunError,
         DropReason::OverBudget,
+        DropReason::NotMember,
     ];
 
     /// The number of reasons.
@@ -79,6 +82,7 @@ impl DropReason {
             DropReason::Shutdown => "shutdown",
             DropReason::TunError => "tun_error",
             DropReason::OverBudget => "over_budget",
+            DropReason::NotMember => "not_member",
         }
     }
 }
