@@ -85,7 +85,13 @@ impl LiveRegistry {
 
     /// The registry in force now.
     pub fn current(&self) -> Arc<StaticRegistry> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.read().clone()
+    }
+
+    /// The registry in force, borrowed (the receiver asks per packet: no reference count
+    /// is touched).
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<StaticRegistry>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Puts `registry` in force.
@@ -95,13 +101,13 @@ impl LiveRegistry {
 
     /// Whether `peer` may join the VPN at all, by the registry in force.
     pub fn is_member(&self, peer: &PeerId) -> bool {
-        self.current().is_member(peer)
+        self.read().is_member(peer)
     }
 }
 
 impl IpRegistry for LiveRegistry {
     fn may_hold(&self, peer: &PeerId, net: &IpNet) -> bool {
-        self.current().may_hold(peer, net)
+        self.read().may_hold(peer, net)
     }
 }
 
