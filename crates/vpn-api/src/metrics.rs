@@ -1,5 +1,5 @@
 use crate::MetricsSnapshot;
-use vpn_types::{Budget, DropReason};
+use vpn_types::{Budget, DropReason, PeerRefusal};
 
 /// The node's counters. Every method is cheap, lock-free and never waits: they are called
 /// on the packet path.
@@ -30,6 +30,9 @@ pub trait MetricsService: Send + Sync {
     /// Counts one time a peer's `budget` bit (a stream refused, a packet dropped, an entry
     /// forgotten).
     fn record_budget_exceeded(&self, budget: Budget);
+
+    /// A peer's connection was closed before it proved itself a member.
+    fn record_peer_refused(&self, why: PeerRefusal);
 
     /// Counts one DHT record a peer asked us to store that we refused (invalid, under a key
     /// its owner does not publish it under, a second owner's, or over its owner's quota).

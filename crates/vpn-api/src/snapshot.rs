@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use libp2p_identity::PeerId;
 
-use vpn_types::{Budget, DropReason};
+use vpn_types::{Budget, DropReason, PeerRefusal};
 
 /// The state of one circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +34,9 @@ pub struct MetricsSnapshot {
     pub drops: [u64; DropReason::COUNT],
     /// Times a peer's budget bit, indexed by [`Budget::index`].
     pub budgets: [u64; Budget::COUNT],
+    /// Peers refused before they proved themselves members, indexed by
+    /// [`PeerRefusal::index`].
+    pub peers_refused: [u64; PeerRefusal::COUNT],
     /// DHT records peers asked us to store that we refused.
     pub records_refused: u64,
     /// Workers alive now.
@@ -46,6 +49,11 @@ impl MetricsSnapshot {
     /// Packets dropped for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// Peers refused for `why`.
+    pub fn refused(&self, why: PeerRefusal) -> u64 {
+        self.peers_refused.get(why.index()).copied().unwrap_or(0)
     }
 
     /// Times `budget` bit.

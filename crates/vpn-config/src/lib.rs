@@ -31,10 +31,10 @@ pub use error::ConfigLoadError;
 pub use load::{TEMPLATE, load_file, load_file_with_env, load_str};
 pub use settings::{
     ControlSettings, DiscoverySettings, FirewallSettings, InterfaceSettings, LimitSettings,
-    LogSettings, MetricsSettings, NetworkSettings, NodeSettings, PeerSettings, Transport,
-    VpnConfig,
+    LogSettings, MembershipSettings, MetricsSettings, NetworkSettings, NodeSettings, PeerSettings,
+    Transport, VpnConfig,
 };
-pub use validate::validate;
+pub use validate::{parse_ca_key, validate};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -11,10 +11,11 @@ use crate::{ConfigLoadError, validate};
 pub const TEMPLATE: &str = include_str!("template.toml");
 
 /// Keys whose environment override is a comma-separated list.
-const LIST_KEYS: [&str; 6] = [
+const LIST_KEYS: [&str; 7] = [
     "network.listen",
     "network.bootstrap",
     "network.allowed_peers",
+    "membership.ca",
     "node.routes",
     "firewall.deny_ports",
     "firewall.deny_protocols",
@@ -26,7 +27,8 @@ pub fn load_file(path: &Path) -> Result<VpnConfig, ConfigLoadError> {
 }
 
 /// Loads `path` with the `VPN_*` variables among `env` applied on top. A relative
-/// `node.identity_file` is taken from the file's directory.
+/// `node.identity_file`, `membership.certificate` or `membership.revocations` is taken from
+/// the file's directory.
 pub fn load_file_with_env(
     path: &Path,
     env: impl IntoIterator<Item = (String, String)>,
@@ -34,10 +36,14 @@ pub fn load_file_with_env(
     let text = fs::read_to_string(path)
         .map_err(|source| ConfigLoadError::Read { path: path.to_owned(), source })?;
     let mut config = load_str(&text, env)?;
-    if let Some(dir) = path.parent()
-        && config.node.identity_file.is_relative()
-    {
-        config.node.identity_file = dir.join(&config.node.identity_file);
+    if let Some(dir) = path.parent() {
+        let membership = &mut config.membership;
+        let files = [Some(&mut config.node.identity_file), membership.certificate.as_mut()];
+        for file in files.into_iter().chain([membership.revocations.as_mut()]).flatten() {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
     }
     Ok(config)
 }

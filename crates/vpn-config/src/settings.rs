@@ -210,6 +210,32 @@ settings! {
 }
 
 settings! {
+    /// Membership by certificate: peers that present a certificate from a trusted network
+    /// CA are members, besides `[[peers]]`, bootstrap peers and `network.allowed_peers`.
+    MembershipSettings {
+        /// Trusted network CA public keys, each the text of a `ca.pub` written by
+        /// `vpn-node ca init` (hex).
+        ca: Vec<String> = Vec::new(), with_ca;
+        /// This node's certificate (`vpn-node ca sign`). A relative path is taken from the
+        /// configuration file's directory.
+        certificate: Option<PathBuf> = None, with_certificate;
+        /// A revocation list from the CA (`vpn-node ca revoke`), read at start. A relative
+        /// path is taken from the configuration file's directory.
+        revocations: Option<PathBuf> = None, with_revocations;
+        /// A connection whose peer has not proven itself a member after this long is closed.
+        @serde(with = "humantime_serde")
+        timeout: Duration = Duration::from_secs(10), with_timeout;
+        /// Most connections at once whose peers have not proven themselves yet: the rest of
+        /// `network.max_connections` is kept for members.
+        max_unproven: u32 = 128, with_max_unproven;
+        /// Most of those from one IP address.
+        max_unproven_per_ip: u32 = 8, with_max_unproven_per_ip;
+        /// Most incoming connections still in their handshake.
+        max_pending_incoming: u32 = 64, with_max_pending_incoming;
+    }
+}
+
+settings! {
     /// The whole configuration file, one field per section.
     VpnConfig {
         /// `[node]`
@@ -242,6 +268,8 @@ settings! {
         retry: RetrySettings = RetrySettings::default(), with_retry;
         /// `[limits]`
         limits: LimitSettings = LimitSettings::default(), with_limits;
+        /// `[membership]`
+        membership: MembershipSettings = MembershipSettings::default(), with_membership;
     }
 }
 

@@ -49,7 +49,49 @@ pub fn validate(config: &VpnConfig) -> Vec<ConfigError> {
     discovery(&mut c, &config.discovery);
     limits(&mut c, config);
     peers(&mut c, config);
+    membership(&mut c, config);
     c.0
+}
+
+/// A trusted CA public key from its text (hex of the protobuf-encoded key).
+pub fn parse_ca_key(text: &str) -> Result<libp2p_identity::PublicKey, String> {
+    let text = text.trim();
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .filter(|_| text.len().is_multiple_of(2))
+        .ok_or("is not hex")?;
+    libp2p_identity::PublicKey::try_decode_protobuf(&bytes)
+        .map_err(|_| "is not a public key (the text of a ca.pub)".to_owned())
+}
+
+fn membership(c: &mut Checks, config: &VpnConfig) {
+    let m = &config.membership;
+    for key in &m.ca {
+        if let Err(rule) = parse_ca_key(key) {
+            c.require(false, "membership.ca", key, rule);
+        }
+    }
+    c.require(
+        m.certificate.is_none() || !m.ca.is_empty(),
+        "membership.certificate",
+        m.certificate.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        "needs membership.ca: the CA that signed it",
+    );
+    c.positive("membership.timeout", m.timeout);
+    c.at_least("membership.max_unproven", u64::from(m.max_unproven), 1);
+    c.at_least("membership.max_unproven_per_ip", u64::from(m.max_unproven_per_ip), 1);
+    c.at_least("membership.max_pending_incoming", u64::from(m.max_pending_incoming), 1);
+    c.require(
+        m.max_unproven < config.network.max_connections,
+        "membership.max_unproven",
+        m.max_unproven,
+        format!(
+            "must be below network.max_connections ({}): members need the rest",
+            config.network.max_connections
+        ),
+    );
 }
 
 fn node(c: &mut Checks, config: &VpnConfig) {

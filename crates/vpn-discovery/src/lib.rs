@@ -12,9 +12,11 @@
 
 mod kad;
 mod lru;
+mod membership;
 mod registry;
 
 pub use kad::{KadDiscovery, record_filter, unix_now};
+pub use membership::{MAX_CERTIFIED, Membership};
 pub use registry::{LiveRegistry, StaticRegistry};
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use vpn_api::MetricsService;
 use vpn_api::MetricsSnapshot;
-use vpn_types::{Budget, DropReason};
+use vpn_types::{Budget, DropReason, PeerRefusal};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
@@ -18,6 +18,11 @@ struct DropLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BudgetLabels {
     budget: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: String,
 }
 
 /// Lock-free counters, registered for Prometheus exposition.
@@ -34,6 +39,7 @@ pub struct AtomicMetrics {
     records_refused: Counter,
     drops: [Counter; DropReason::COUNT],
     budgets: [Counter; Budget::COUNT],
+    refusals: [Counter; PeerRefusal::COUNT],
     active_workers: Gauge,
     active_streams: Gauge,
 }
@@ -97,6 +103,15 @@ impl AtomicMetrics {
         );
         let budgets = Budget::ALL
             .map(|b| family.get_or_create(&BudgetLabels { budget: b.as_str().to_owned() }).clone());
+        let family = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "peers_refused",
+            "Connections closed before their peer proved itself a member, by reason",
+            family.clone(),
+        );
+        let refusals = PeerRefusal::ALL.map(|r| {
+            family.get_or_create(&RefusalLabels { reason: r.as_str().to_owned() }).clone()
+        });
         let active_workers = gauge(&mut registry, "active_workers", "Flow workers alive");
         let active_streams = gauge(&mut registry, "active_streams", "Streams open to peers");
         Self {
@@ -109,6 +124,7 @@ impl AtomicMetrics {
             records_refused,
             drops,
             budgets,
+            refusals,
             active_workers,
             active_streams,
         }
@@ -154,6 +170,12 @@ impl MetricsService for AtomicMetrics {
         }
     }
 
+    fn record_peer_refused(&self, why: PeerRefusal) {
+        if let Some(counter) = self.refusals.get(why.index()) {
+            counter.inc();
+        }
+    }
+
     fn record_refused_record(&self) {
         self.records_refused.inc();
     }
@@ -177,6 +199,7 @@ impl MetricsService for AtomicMetrics {
             circuit_open_drops: drops.get(DropReason::CircuitOpen.index()).copied().unwrap_or(0),
             drops,
             budgets: self.budgets.each_ref().map(Counter::get),
+            peers_refused: self.refusals.each_ref().map(Counter::get),
             records_refused: self.records_refused.get(),
             active_workers: gauge_value(&self.active_workers),
             active_streams: gauge_value(&self.active_streams),

@@ -3,10 +3,21 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
+use vpn_types::PeerRefusal;
 
 /// Decides whether a record another peer asks us to store may be stored: called with the
 /// key, the new value, and the value stored now under that key, if any.
 pub type RecordFilter = Arc<dyn Fn(&[u8], &[u8], Option<&[u8]>) -> bool + Send + Sync>;
+
+/// Who is a member: the membership exchange asks it about every peer that connects.
+pub trait Admission: Send + Sync {
+    /// The certificate this node presents (empty: none; a configured peer needs none).
+    fn certificate(&self) -> Vec<u8>;
+    /// Whether `peer`, presenting `certificate` (empty: none), is a member; why not if not.
+    fn admit(&self, peer: &PeerId, certificate: &[u8]) -> Result<(), String>;
+    /// A peer was refused or did not prove itself in time, and its connections closed.
+    fn refused(&self, peer: &PeerId, why: PeerRefusal);
+}
 
 /// What the swarm needs to start.
 #[derive(Clone)]
@@ -45,6 +56,17 @@ pub struct P2pConfig {
     /// A ping unanswered for this long closes its connection: a connection that carries
     /// nothing any more (a frozen peer, a lost path) is replaced by a fresh dial.
     pub ping_timeout: Duration,
+    /// Who is a member; none takes every peer that proves its peer ID.
+    pub admission: Option<Arc<dyn Admission>>,
+    /// A connection whose peer has not proven itself a member after this long is closed.
+    pub membership_timeout: Duration,
+    /// Most connections at once whose peers have not proven themselves yet (the rest of
+    /// `max_connections` is for members), and most of them from one IP address.
+    pub max_unproven: usize,
+    /// Most unproven connections from one IP address.
+    pub max_unproven_per_ip: usize,
+    /// Most incoming connections still in their handshake.
+    pub max_pending_incoming: u32,
 }
 
 impl P2pConfig {
@@ -66,6 +88,11 @@ impl P2pConfig {
             dial_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(10),
+            admission: None,
+            membership_timeout: Duration::from_secs(10),
+            max_unproven: 128,
+            max_unproven_per_ip: 8,
+            max_pending_incoming: 64,
         }
     }
 }

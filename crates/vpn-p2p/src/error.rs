@@ -1,7 +1,7 @@
 use vpn_errors::{NetworkError, NetworkErrorKind, ServiceError, ServiceErrorKind, VpnError};
 
 /// What went wrong in the swarm.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum P2pError {
     /// The swarm could not be built or could not listen.

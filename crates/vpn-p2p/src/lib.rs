@@ -18,15 +18,19 @@
 mod behaviour;
 mod config;
 mod error;
+mod exchange;
+mod gate;
 mod node;
 mod stream;
 mod transport;
 
-pub use config::{P2pConfig, RecordFilter};
+pub use config::{Admission, P2pConfig, RecordFilter};
 pub use error::P2pError;
+pub use exchange::MEMBERSHIP_PROTOCOL;
 pub use node::{P2pHandle, P2pNode};
 pub use stream::{Libp2pStream, Libp2pStreamService, PACKET_PROTOCOL, PeerFilter, accept_streams};
 pub use transport::{HEAD_START, HeadStart, kind_of};
+pub use vpn_types::PeerRefusal;
 
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,12 +11,13 @@ use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, Recor
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping, request_response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
-use crate::{P2pConfig, P2pError, RecordFilter};
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, MembersEvent};
+use crate::exchange::Verdict;
+use crate::{Admission, P2pConfig, P2pError, PeerRefusal, RecordFilter};
 
 /// How long a stop waits for connections to close gracefully.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
@@ -30,6 +32,8 @@ const REPLACE_OLDER_THAN: Duration = Duration::from_secs(2);
 /// that reconnects must get through while its dead connections still count, to replace
 /// them. The event loop closes whatever is over the limit once it has replaced them.
 pub(crate) const REPLACEMENT_ROOM: u32 = 2;
+/// How often connections of peers not proven members in time are looked for.
+const MEMBERSHIP_TICK: Duration = Duration::from_millis(500);
 /// How often the routing table is refreshed from the peers in it.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
 
@@ -63,6 +67,11 @@ enum Command {
     },
     Connections {
         reply: oneshot::Sender<Vec<(PeerId, Multiaddr)>>,
+    },
+    /// The peer is no member any more: close its connections and drop it from the
+    /// routing table.
+    Expel {
+        peer: PeerId,
     },
     /// Close every connection, telling the peers, and end the task.
     Shutdown,
@@ -134,7 +143,7 @@ impl P2pNode {
         wait_for_listeners(&mut swarm, listeners).await?;
         for (peer, addrs) in &config.known_peers {
             for addr in addrs {
-                swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+                swarm.behaviour_mut().gate.inner.kad.add_address(peer, addr.clone());
             }
             // Say hello: a peer that knew us at an old address (we restarted on another
             // port, or moved) learns the new one from this connection.
@@ -147,13 +156,13 @@ impl P2pNode {
         }
         for addr in &config.bootstrap {
             if let Some(peer) = peer_of(addr) {
-                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                swarm.behaviour_mut().gate.inner.kad.add_address(&peer, addr.clone());
             }
             if let Err(e) = swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
-        let control = swarm.behaviour().stream.new_control();
+        let control = swarm.behaviour().gate.inner.stream.new_control();
         let local = *swarm.local_peer_id();
         let (commands, rx) = mpsc::channel(64);
         let task = tokio::spawn(
@@ -167,6 +176,9 @@ impl P2pNode {
                 max_per_peer: config.max_connections_per_peer,
                 filter: config.record_filter,
                 warnings: vpn_types::WarnGate::per_peer(),
+                admission: config.admission,
+                membership_timeout: config.membership_timeout,
+                refused: std::collections::HashSet::new(),
             }
             .run(),
         );
@@ -197,7 +209,7 @@ impl P2pNode {
 }
 
 /// The peer ID at the end of a multiaddr, if any.
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(peer) => Some(peer),
         _ => None,
@@ -262,6 +274,13 @@ struct EventLoop {
     filter: Option<RecordFilter>,
     /// Warnings about records a peer sent, at most one per peer every few seconds.
     warnings: vpn_types::WarnGate<PeerId>,
+    /// Who is a member; none: every peer.
+    admission: Option<Arc<dyn Admission>>,
+    /// An unproven connection is closed after this long.
+    membership_timeout: Duration,
+    /// Peers refused, to be disconnected once our answer is out (at most the unproven
+    /// connections' number).
+    refused: std::collections::HashSet<PeerId>,
 }
 
 /// One open connection, as the event loop keeps track of it.
@@ -272,7 +291,7 @@ struct Connection {
 }
 
 /// The IP address at the start of a multiaddr, if any.
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
@@ -283,7 +302,7 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
 impl EventLoop {
     /// Refreshes the routing table from the peers in it, if there are any.
     fn refresh_routing_table(&mut self) {
-        let kad = &mut self.swarm.behaviour_mut().kad;
+        let kad = &mut self.swarm.behaviour_mut().gate.inner.kad;
         if kad.kbuckets().any(|bucket| bucket.num_entries() > 0) {
             // Fails only with an empty table, which was just ruled out.
             let _ = kad.bootstrap();
@@ -292,6 +311,7 @@ impl EventLoop {
 
     async fn run(mut self) {
         let mut refresh = tokio::time::interval(BOOTSTRAP_EVERY);
+        let mut deadline = tokio::time::interval(MEMBERSHIP_TICK);
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -301,6 +321,7 @@ impl EventLoop {
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = refresh.tick() => self.refresh_routing_table(),
+                _ = deadline.tick() => self.close_unproven(),
             }
         }
     }
@@ -319,8 +340,13 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Dial { peer, addrs, reply } => {
-                if self.swarm.is_connected(&peer) {
+                if self.swarm.behaviour().gate.is_open(&peer) {
                     let _ = reply.send(Ok(()));
+                    return;
+                }
+                if self.swarm.is_connected(&peer) {
+                    // Connected, not proven yet: answered when the exchange ends.
+                    self.dials.entry(peer).or_default().replies.push(reply);
                     return;
                 }
                 // New addresses are dialed even while another dial is under way: that one
@@ -353,14 +379,14 @@ impl EventLoop {
             }
             Command::AddAddresses { peer, addrs } => {
                 for addr in addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    self.swarm.behaviour_mut().gate.inner.kad.add_address(&peer, addr);
                 }
             }
             Command::PutRecord { key, value, ttl, reply } => {
                 let mut record = Record::new(RecordKey::new(&key), value);
                 record.publisher = Some(*self.swarm.local_peer_id());
                 record.expires = Some(std::time::Instant::now() + ttl);
-                match self.swarm.behaviour_mut().kad.put_record(record, Quorum::One) {
+                match self.swarm.behaviour_mut().gate.inner.kad.put_record(record, Quorum::One) {
                     Ok(id) => {
                         self.pending.insert(id, Pending::Put { reply });
                     }
@@ -370,7 +396,7 @@ impl EventLoop {
                 }
             }
             Command::GetRecords { key, reply } => {
-                let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
+                let id = self.swarm.behaviour_mut().gate.inner.kad.get_record(RecordKey::new(&key));
                 self.pending.insert(id, Pending::Get { found: Vec::new(), reply });
             }
             Command::ListenAddrs { reply } => {
@@ -380,6 +406,12 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::Shutdown => {}
+            Command::Expel { peer } => {
+                let behaviour = self.swarm.behaviour_mut();
+                behaviour.gate.forget(&peer);
+                behaviour.gate.inner.kad.remove_peer(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Connections { reply } => {
                 let all = self.connections.iter().flat_map(|(peer, conns)| {
                     conns.iter().map(|c| (*peer, c.endpoint.get_remote_address().clone()))
@@ -391,12 +423,12 @@ impl EventLoop {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Kad(event))) => {
+                self.on_kad(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Identify(
+                identify::Event::Received { peer_id, info, .. },
+            ))) if info.protocols.contains(&KAD_PROTOCOL) => {
                 // A peer's loopback addresses reach it only from its own host.
                 let local = self.connections.get(&peer_id).is_some_and(|conns| {
                     conns.iter().any(|c| {
@@ -406,39 +438,62 @@ impl EventLoop {
                 for addr in info.listen_addrs {
                     let loopback = ip_of(&addr).is_some_and(|ip| ip.is_loopback());
                     if (local || !loopback) && !self.in_overlay(&addr) {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        self.swarm.behaviour_mut().gate.inner.kad.add_address(&peer_id, addr);
                     }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let found: Vec<_> =
                     found.into_iter().filter(|(_, a)| !self.in_overlay(a)).collect();
+                // Whoever answers on the local link is dialed; the routing table takes it
+                // once it proves itself a member.
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "found on the local link");
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    let opts = DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .addresses(addrs)
+                        .build();
+                    let _ = self.swarm.dial(opts);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Ping(ping::Event {
                 peer,
                 connection,
                 result: Err(error),
-            })) if !matches!(error, ping::Failure::Unsupported) => {
+            }))) if !matches!(error, ping::Failure::Unsupported) => {
                 // The connection carries nothing any more; the next stream dials anew.
                 tracing::warn!(%peer, %error, "connection stopped answering pings; closing it");
                 self.swarm.close_connection(connection);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+            SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
                 tracing::debug!(peer = %peer_id, ?endpoint, "connected");
+                if num_established.get() == 1 {
+                    self.present_to(peer_id);
+                }
                 self.on_connected(peer_id, connection_id, endpoint);
-                for reply in self.dials.remove(&peer_id).unwrap_or_default().replies {
-                    let _ = reply.send(Ok(()));
+                if self.swarm.behaviour().gate.is_open(&peer_id) {
+                    self.answer_dials(peer_id, Ok(()));
+                } else if let Some(dials) = self.dials.get_mut(&peer_id) {
+                    // The dial went through; its callers wait for the exchange.
+                    dials.attempts = 0;
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 if matches!(error, DialError::NoAddresses) {
                     // Peer routing: ask the DHT where the peer is, and dial it when found;
                     // the caller's retry or the next packet finds it connected.
-                    let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    let id = self.swarm.behaviour_mut().gate.inner.kad.get_closest_peers(peer);
                     self.pending.insert(id, Pending::FindPeer(peer));
                 }
                 // Callers wait while another dial of theirs may still get through.
@@ -446,10 +501,8 @@ impl EventLoop {
                     dials.attempts = dials.attempts.saturating_sub(1);
                     dials.attempts == 0
                 });
-                if settled {
-                    for reply in self.dials.remove(&peer).unwrap_or_default().replies {
-                        let _ = reply.send(Err(P2pError::Dial(error.to_string())));
-                    }
+                if settled && !self.swarm.is_connected(&peer) {
+                    self.answer_dials(peer, Err(P2pError::Dial(error.to_string())));
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
@@ -460,12 +513,152 @@ impl EventLoop {
                         self.connections.remove(&peer_id);
                     }
                 }
+                let waiting = self.dials.get(&peer_id).is_some_and(|d| d.attempts == 0);
+                if waiting && !self.swarm.is_connected(&peer_id) {
+                    let closed = "the connection closed before membership was proven";
+                    self.answer_dials(peer_id, Err(P2pError::Dial(closed.to_owned())));
+                }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => self.on_address_gone(&address),
             _ => {}
+        }
+    }
+
+    /// Sends `peer` our certificate (the membership exchange's request).
+    fn present_to(&mut self, peer: PeerId) {
+        let certificate = self.admission.as_ref().map(|a| a.certificate()).unwrap_or_default();
+        self.swarm.behaviour_mut().membership.send_request(&peer, certificate);
+    }
+
+    /// The membership exchange: a peer's certificate to judge, or its answer to ours.
+    fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Verdict>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let verdict = match &self.admission {
+                    Some(admission) => admission.admit(&peer, &request),
+                    None => Ok(()),
+                };
+                let answer = match verdict {
+                    Ok(()) => {
+                        // Open before answering: the peer's first stream may follow the answer.
+                        if self.swarm.behaviour_mut().gate.checked(peer) {
+                            self.opened(peer);
+                        }
+                        Verdict::Accepted
+                    }
+                    Err(why) => {
+                        if let Some(held_back) = self.warnings.admit(peer) {
+                            tracing::warn!(%peer, held_back, "refused a peer that is no member: {why}");
+                        }
+                        self.refuse(peer, PeerRefusal::NotMember);
+                        let error = P2pError::Dial(format!("{peer} is no member: {why}"));
+                        self.answer_dials(peer, Err(error));
+                        Verdict::Refused(why)
+                    }
+                };
+                let _ = self.swarm.behaviour_mut().membership.send_response(channel, answer);
+            }
+            Event::Message { peer, message: Message::Response { response, .. }, .. } => {
+                match response {
+                    Verdict::Accepted => {
+                        if self.swarm.behaviour_mut().gate.accepted(peer) {
+                            self.opened(peer);
+                        }
+                    }
+                    Verdict::Refused(why) => {
+                        let error = P2pError::Dial(format!("{peer} does not take us: {why}"));
+                        self.answer_dials(peer, Err(error));
+                        if let Some(held_back) = self.warnings.admit(peer) {
+                            tracing::warn!(%peer, held_back, "the peer does not take us for a member: {why}");
+                        }
+                        self.refuse(peer, PeerRefusal::RefusedUs);
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "membership exchange failed");
+                // The connection it went out on closed while another is up: again there.
+                if matches!(error, request_response::OutboundFailure::ConnectionClosed)
+                    && self.swarm.is_connected(&peer)
+                {
+                    self.present_to(peer);
+                }
+            }
+            Event::ResponseSent { peer, .. } | Event::InboundFailure { peer, .. } => {
+                if self.refused.remove(&peer) {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+    }
+
+    /// Answers everyone waiting for a connection to `peer`.
+    fn answer_dials(&mut self, peer: PeerId, result: Result<(), P2pError>) {
+        for reply in self.dials.remove(&peer).unwrap_or_default().replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    /// `peer` is proven a member both ways: everything runs. It enters the routing table
+    /// and whoever waits for it is answered.
+    fn opened(&mut self, peer: PeerId) {
+        self.add_to_routing_table(peer);
+        self.answer_dials(peer, Ok(()));
+    }
+
+    /// Books `peer` as refused (`why`), to be disconnected once our answer is out.
+    fn refuse(&mut self, peer: PeerId, why: PeerRefusal) {
+        if why == PeerRefusal::NotMember {
+            self.refused.insert(peer);
+        }
+        if let Some(admission) = &self.admission {
+            admission.refused(&peer, why);
+        }
+    }
+
+    /// A proven member enters the routing table at the addresses we dialed it on (identify
+    /// adds the ones it listens on).
+    fn add_to_routing_table(&mut self, peer: PeerId) {
+        let dialed: Vec<Multiaddr> = self
+            .connections
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| match &c.endpoint {
+                ConnectedPoint::Dialer { address, .. } => Some(address.clone()),
+                ConnectedPoint::Listener { .. } => None,
+            })
+            .collect();
+        for addr in dialed {
+            self.swarm.behaviour_mut().gate.inner.kad.add_address(&peer, addr);
+        }
+    }
+
+    /// Closes connections whose peers have not proven themselves members in time.
+    fn close_unproven(&mut self) {
+        let now = std::time::Instant::now();
+        let mut late = Vec::new();
+        for (peer, conns) in &self.connections {
+            if self.swarm.behaviour().gate.is_open(peer) {
+                continue;
+            }
+            let old =
+                conns.iter().filter(|c| now.duration_since(c.since) >= self.membership_timeout);
+            late.extend(old.map(|c| (*peer, c.id)));
+        }
+        let mut told = std::collections::HashSet::new();
+        for (peer, id) in late {
+            if self.swarm.close_connection(id) && told.insert(peer) {
+                tracing::debug!(%peer, "closing a connection not proven a member in time");
+                if let Some(admission) = &self.admission {
+                    admission.refused(&peer, PeerRefusal::Timeout);
+                }
+            }
         }
     }
 
@@ -541,10 +734,12 @@ impl EventLoop {
         match event {
             kad::Event::InboundRequest {
                 request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
-            } => {
+            } if self.swarm.behaviour().gate.is_open(&source) => {
                 let existing = self
                     .swarm
                     .behaviour_mut()
+                    .gate
+                    .inner
                     .kad
                     .store_mut()
                     .get(&record.key)
@@ -556,6 +751,8 @@ impl EventLoop {
                     true => self
                         .swarm
                         .behaviour_mut()
+                        .gate
+                        .inner
                         .kad
                         .store_mut()
                         .put(record)
@@ -677,6 +874,11 @@ impl P2pHandle {
     /// Every connection now: the peer and its address at the far end.
     pub async fn connections(&self) -> Result<Vec<(PeerId, Multiaddr)>, P2pError> {
         self.ask(|reply| Command::Connections { reply }).await
+    }
+
+    /// `peer` is no member any more: its connections close and the routing table drops it.
+    pub async fn expel(&self, peer: PeerId) -> Result<(), P2pError> {
+        self.commands.send(Command::Expel { peer }).await.map_err(|_| P2pError::Stopped)
     }
 
     /// The peers connected now.

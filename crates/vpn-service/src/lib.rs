@@ -17,6 +17,7 @@ mod fault;
 mod identity;
 mod inbound;
 mod json;
+mod membership;
 mod node;
 mod ping;
 mod publisher;

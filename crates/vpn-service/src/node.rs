@@ -68,6 +68,19 @@ struct Parts {
 }
 
 impl Parts {
+    /// Cuts `peers` off (they are no members any more): their connections close and the
+    /// routing table drops them. Detached: the caller does not wait.
+    fn expel(&self, peers: Vec<PeerId>) {
+        if let Some(p2p) = self.p2p.as_ref().filter(|_| !peers.is_empty()) {
+            let handle = p2p.handle().clone();
+            self.tasks.spawn(async move {
+                for peer in peers {
+                    let _ = handle.expel(peer).await;
+                }
+            });
+        }
+    }
+
     /// Stops what was started, last first: the node's own tasks (which hold the TUN and
     /// the dispatcher) end before the parts they use.
     async fn stop(mut self) {
@@ -289,6 +302,21 @@ impl VpnNode {
                 "reload [[peers]]",
             )));
         }
+        // The revocation list is read again (the CA may have issued a new one under the same
+        // name); a list that does not verify refuses the whole reload.
+        let revocations = match (&new.membership.revocations, parts.registry.as_ref()) {
+            (Some(path), Some(live)) if live.membership().is_some() => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    VpnError::Config(vpn_errors::ConfigError::new(
+                        "membership.revocations",
+                        path.display(),
+                        format!("cannot be read: {e}; nothing was applied"),
+                    ))
+                })?;
+                Some(bytes)
+            }
+            _ => None,
+        };
         // From here on nothing waits: the change is applied whole, or (dropped) not at all.
         let new = Arc::new(new);
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = new.clone();
@@ -300,9 +328,31 @@ impl VpnNode {
             // emptied after it is in force.
             let registry = StaticRegistry::from_config(self.local_peer_id(), &new);
             let claims = self.configured_claims(&registry);
+            let before = live.current();
             live.replace(registry);
+            // Peers that are no members any more lose their connections and their place
+            // in the routing table.
+            let gone: Vec<PeerId> = before.members().filter(|peer| !live.is_member(peer)).collect();
+            parts.expel(gone);
             if let Some(kad) = &parts.kad {
                 kad.set_configured(claims, |peer| live.is_member(peer));
+            }
+        }
+        let mut change = change;
+        if let Some(bytes) = revocations
+            && let Some(membership) = parts.registry.as_ref().and_then(|r| r.membership())
+        {
+            match membership.revoke(&bytes) {
+                Ok(cut) => {
+                    if !cut.is_empty() {
+                        tracing::info!(peers = ?cut, "revoked members cut off");
+                        change.live.push("membership.revocations (new list)");
+                    }
+                    parts.expel(cut);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the revocation list does not verify; the one in force stays")
+                }
             }
         }
         if let Some(p2p) = &parts.p2p {
@@ -355,8 +405,13 @@ impl VpnNode {
             VpnError::Service(spent)
         })?;
         let local = self.local_peer_id();
-        let registry =
-            Arc::new(LiveRegistry::new(StaticRegistry::from_config(local, &self.config())));
+        let mut registry = LiveRegistry::new(StaticRegistry::from_config(local, &self.config()));
+        let certified = crate::membership::load(&self.config().membership, &local)
+            .map_err(|e| startup("load membership", e))?;
+        if let Some(membership) = certified {
+            registry = registry.with_membership(membership);
+        }
+        let registry = Arc::new(registry);
         parts.registry = Some(registry.clone());
         if given.needs_swarm() {
             parts.p2p = Some(self.start_swarm(&registry).await?);
@@ -416,6 +471,16 @@ impl VpnNode {
         p2p.dial_timeout = config.network.dial_timeout;
         p2p.transport = config.network.transport;
         p2p.overlay = self.overlay_nets();
+        let admission = crate::membership::NodeAdmission {
+            registry: registry.clone(),
+            metrics: self.metrics.clone(),
+        };
+        p2p.admission = Some(Arc::new(admission));
+        let membership = &config.membership;
+        p2p.membership_timeout = membership.timeout;
+        p2p.max_unproven = membership.max_unproven as usize;
+        p2p.max_unproven_per_ip = membership.max_unproven_per_ip as usize;
+        p2p.max_pending_incoming = membership.max_pending_incoming;
         let filter = record_filter(
             registry.clone(),
             config.discovery.records_per_publisher,

@@ -1,7 +1,7 @@
 //! What a new configuration changes, and whether a running node can take it.
 
 use vpn_api::IpNet;
-use vpn_config::{NetworkSettings, VpnConfig};
+use vpn_config::{MembershipSettings, NetworkSettings, VpnConfig};
 
 /// The sections a new configuration changes: those a running node applies, and those that
 /// need a restart.
@@ -26,6 +26,11 @@ fn peer_routes(config: &VpnConfig) -> Vec<IpNet> {
 /// The network section without what may change live.
 fn network_fixed(config: &VpnConfig) -> NetworkSettings {
     NetworkSettings { allowed_peers: Vec::new(), ..config.network.clone() }
+}
+
+/// The membership section without the revocation list (read again at every reload).
+fn membership_fixed(config: &VpnConfig) -> MembershipSettings {
+    MembershipSettings { revocations: None, ..config.membership.clone() }
 }
 
 /// Compares `old` and `new` section by section.
@@ -53,6 +58,9 @@ pub(crate) fn compare(old: &VpnConfig, new: &VpnConfig) -> Change {
     section("health_check", old.health_check == new.health_check, false);
     section("retry", old.retry == new.retry, false);
     section("limits", old.limits == new.limits, false);
+    section("membership", membership_fixed(old) == membership_fixed(new), false);
+    let revocations = &new.membership.revocations;
+    section("membership.revocations", old.membership.revocations == *revocations, true);
     change
 }
 

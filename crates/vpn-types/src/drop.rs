@@ -156,6 +156,55 @@ impl fmt::Display for Budget {
     }
 }
 
+/// Why a peer's connection was closed before it proved itself a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PeerRefusal {
+    /// It is no member: no certificate, an invalid, expired or revoked one, or one from a
+    /// CA this node does not trust.
+    NotMember,
+    /// It did not finish the membership exchange in time.
+    Timeout,
+    /// It does not take us for a member.
+    RefusedUs,
+    /// Too many connections were waiting for proof already (in all, or from its address).
+    Crowded,
+}
+
+impl PeerRefusal {
+    /// Every reason, in a fixed order (the index of a reason is its position here).
+    pub const ALL: [PeerRefusal; 4] = [
+        PeerRefusal::NotMember,
+        PeerRefusal::Timeout,
+        PeerRefusal::RefusedUs,
+        PeerRefusal::Crowded,
+    ];
+
+    /// The number of reasons.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// A stable index in `0..COUNT`, for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label used in logs and metrics (`not_member`, `timeout`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerRefusal::NotMember => "not_member",
+            PeerRefusal::Timeout => "timeout",
+            PeerRefusal::RefusedUs => "refused_us",
+            PeerRefusal::Crowded => "crowded",
+        }
+    }
+}
+
+impl fmt::Display for PeerRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +222,9 @@ mod tests {
         for (i, budget) in Budget::ALL.iter().enumerate() {
             assert_eq!(budget.index(), i, "{budget}");
         }
+        for (i, refusal) in PeerRefusal::ALL.iter().enumerate() {
+            assert_eq!(refusal.index(), i, "{refusal}");
+        }
     }
 
     fn snake_case_and_unique(labels: &[&str]) {
@@ -187,5 +239,6 @@ mod tests {
     fn labels_are_unique_snake_case() {
         snake_case_and_unique(&DropReason::ALL.map(DropReason::as_str));
         snake_case_and_unique(&Budget::ALL.map(Budget::as_str));
+        snake_case_and_unique(&PeerRefusal::ALL.map(PeerRefusal::as_str));
     }
 }

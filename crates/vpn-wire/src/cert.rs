@@ -70,6 +70,9 @@ pub enum CertError {
     /// Too many addresses or routes, or too long a name.
     #[error("certificate is too large: {0}")]
     TooLarge(&'static str),
+    /// Revoked by its CA's revocation list.
+    #[error("certificate was revoked by its CA")]
+    Revoked,
     /// Signed by a key that is not a trusted CA.
     #[error("certificate is signed by a CA this network does not trust")]
     UntrustedIssuer,
@@ -100,6 +103,39 @@ pub enum CertError {
     /// The CA key cannot sign (not the key kind the envelope takes).
     #[error("cannot sign: {0}")]
     Signing(String),
+}
+
+/// `payload` in an envelope of `domain` and `payload_type`, signed with `key`.
+pub(crate) fn seal(
+    key: &Keypair,
+    domain: &str,
+    payload_type: &[u8],
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, CertError> {
+    let envelope = SignedEnvelope::new(key, domain.to_owned(), payload_type.to_vec(), payload)
+        .map_err(|e| CertError::Signing(e.to_string()))?;
+    Ok(envelope.into_protobuf_encoding())
+}
+
+/// The payload and signer of an envelope of `domain` and `payload_type` (at most `max`
+/// bytes) whose signature verifies.
+pub(crate) fn unseal(
+    bytes: &[u8],
+    max: usize,
+    domain: &str,
+    payload_type: &[u8],
+) -> Result<(Vec<u8>, PublicKey), CertError> {
+    if bytes.len() > max {
+        return Err(CertError::Envelope(format!("{} bytes", bytes.len())));
+    }
+    let envelope = SignedEnvelope::from_protobuf_encoding(bytes)
+        .map_err(|e| CertError::Envelope(e.to_string()))?;
+    let (payload, signer) =
+        envelope.payload_and_signing_key(domain.to_owned(), payload_type).map_err(|e| match e {
+            ReadPayloadError::InvalidSignature => CertError::BadSignature,
+            _ => CertError::PayloadType,
+        })?;
+    Ok((payload.to_vec(), signer.clone()))
 }
 
 /// What a network CA certifies about one peer.
@@ -152,28 +188,15 @@ impl Certificate {
             not_after_unix: self.not_after_unix,
         }
         .encode_to_vec();
-        let envelope =
-            SignedEnvelope::new(ca, CERT_DOMAIN.to_owned(), CERT_PAYLOAD_TYPE.to_vec(), payload)
-                .map_err(|e| CertError::Signing(e.to_string()))?;
-        Ok(envelope.into_protobuf_encoding())
+        seal(ca, CERT_DOMAIN, CERT_PAYLOAD_TYPE, payload)
     }
 
     /// Decodes envelope bytes, checks the signature, and returns the certificate with its
     /// issuer's key. Nothing else is checked; see [`Certificate::verify`].
     pub fn open(bytes: &[u8]) -> Result<(Self, PublicKey), CertError> {
-        if bytes.len() > MAX_CERT_BYTES {
-            return Err(CertError::Envelope(format!("{} bytes", bytes.len())));
-        }
-        let envelope = SignedEnvelope::from_protobuf_encoding(bytes)
-            .map_err(|e| CertError::Envelope(e.to_string()))?;
-        let (payload, issuer) = envelope
-            .payload_and_signing_key(CERT_DOMAIN.to_owned(), CERT_PAYLOAD_TYPE)
-            .map_err(|e| match e {
-                ReadPayloadError::InvalidSignature => CertError::BadSignature,
-                _ => CertError::PayloadType,
-            })?;
+        let (payload, issuer) = unseal(bytes, MAX_CERT_BYTES, CERT_DOMAIN, CERT_PAYLOAD_TYPE)?;
         let proto =
-            CertificateProto::decode(payload).map_err(|e| CertError::Payload(e.to_string()))?;
+            CertificateProto::decode(&*payload).map_err(|e| CertError::Payload(e.to_string()))?;
         if proto.version != CERT_VERSION {
             return Err(CertError::Version(proto.version));
         }
@@ -193,7 +216,7 @@ impl Certificate {
             not_after_unix: proto.not_after_unix,
         };
         cert.check_size()?;
-        Ok((cert, issuer.clone()))
+        Ok((cert, issuer))
     }
 
     /// Every rule a certificate presented for `peer` must pass at `now_unix`: a valid
@@ -205,6 +228,16 @@ impl Certificate {
         trusted: &[PublicKey],
         now_unix: u64,
     ) -> Result<Self, CertError> {
+        Self::verify_issued(bytes, peer, trusted, now_unix).map(|(cert, _)| cert)
+    }
+
+    /// [`Certificate::verify`], returning the issuer (the trusted CA that signed it) too.
+    pub fn verify_issued(
+        bytes: &[u8],
+        peer: &PeerId,
+        trusted: &[PublicKey],
+        now_unix: u64,
+    ) -> Result<(Self, PublicKey), CertError> {
         let (cert, issuer) = Self::open(bytes)?;
         if !trusted.contains(&issuer) {
             return Err(CertError::UntrustedIssuer);
@@ -220,7 +253,13 @@ impl Certificate {
             let not_after_unix = cert.not_after_unix;
             return Err(CertError::Expired { not_after_unix, now_unix });
         }
-        Ok(cert)
+        Ok((cert, issuer))
+    }
+
+    /// Whether the certificate is valid at `now_unix` (with the clock skew allowed).
+    pub fn is_valid_at(&self, now_unix: u64) -> bool {
+        self.not_before_unix <= now_unix.saturating_add(MAX_CLOCK_SKEW_SECS)
+            && now_unix <= self.not_after_unix.saturating_add(MAX_CLOCK_SKEW_SECS)
     }
 }
 

@@ -39,6 +39,7 @@ mod decoder;
 mod error;
 mod frame;
 mod record;
+mod revocation;
 mod segment;
 
 pub use cert::{
@@ -55,6 +56,10 @@ pub use frame::{
 pub use record::{
     IpRecord, MAX_CLOCK_SKEW_SECS, MAX_LIFETIME_SECS, RECORD_DOMAIN, RECORD_KEY_PREFIX,
     RECORD_PAYLOAD_TYPE, Selection, record_key, select_record,
+};
+pub use revocation::{
+    MAX_REVOCATION_BYTES, MAX_REVOKED, REVOCATION_DOMAIN, REVOCATION_PAYLOAD_TYPE,
+    REVOCATION_VERSION, RevocationList, Revoked,
 };
 pub use segment::{SEGMENT_HEADER_LEN, SegmentError, SegmentHeader};
 

@@ -1,0 +1,364 @@
+//! The membership gate: protocols behind it (Kademlia, identify, ping, VPN streams) run on a
+//! connection only once its peer is proven a member. Until then the peer's streams to them
+//! are refused at negotiation and ours are not opened; only what lies outside the gate (the
+//! membership exchange) runs. The gate also keeps unproven connections few: at most
+//! [`GateLimits::unproven`] in all and [`GateLimits::unproven_per_ip`] from one address,
+//! so strangers can never take the slots members need.
+//!
+//! Each direction opens on its own: inbound once we have checked the peer (before we answer
+//! its request, so its first stream finds us open), outbound once the peer has accepted us
+//! too (so our first stream finds it open). Proof belongs to the peer, not the connection:
+//! every connection of a proven peer is open, until its last one closes.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::task::{Context, Poll};
+
+use either::Either;
+use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::DeniedUpgrade;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::handler::{
+    ConnectionEvent, ConnectionHandler, ConnectionHandlerEvent, DialUpgradeError,
+    FullyNegotiatedInbound, FullyNegotiatedOutbound, ListenUpgradeError, SendWrapper,
+    SubstreamProtocol,
+};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+
+use std::sync::Arc;
+
+use crate::node::ip_of;
+use crate::{Admission, PeerRefusal};
+
+/// How many unproven connections the gate lets in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GateLimits {
+    /// Unproven connections in all.
+    pub(crate) unproven: usize,
+    /// Unproven connections from one IP address.
+    pub(crate) unproven_per_ip: usize,
+}
+
+/// Why the gate refused a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("too many connections not proven members yet ({0})")]
+pub(crate) struct TooManyUnproven(&'static str);
+
+/// Which ways a connection is open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Open {
+    /// The peer's streams to the protocols behind the gate are taken.
+    pub(crate) inbound: bool,
+    /// Ours to the peer are opened.
+    pub(crate) outbound: bool,
+}
+
+struct Tracked {
+    peer: PeerId,
+    ip: Option<IpAddr>,
+}
+
+/// Wraps the behaviours that only members may use.
+pub(crate) struct Gate<B> {
+    pub(crate) inner: B,
+    limits: GateLimits,
+    /// Peers we proved members (inbound open).
+    checked: HashSet<PeerId>,
+    /// Peers that accepted us (with `checked`: outbound open).
+    accepted: HashSet<PeerId>,
+    connections: HashMap<ConnectionId, Tracked>,
+    notify: Vec<(PeerId, ConnectionId, Open)>,
+    /// Who is a member: a peer it knows by its ID alone (configured, or certified before)
+    /// is proven the moment it connects and takes no unproven slot.
+    admission: Option<Arc<dyn Admission>>,
+}
+
+impl<B> Gate<B> {
+    pub(crate) fn new(inner: B, limits: GateLimits, admission: Option<Arc<dyn Admission>>) -> Self {
+        Self {
+            inner,
+            limits,
+            checked: HashSet::new(),
+            accepted: HashSet::new(),
+            connections: HashMap::new(),
+            notify: Vec::new(),
+            admission,
+        }
+    }
+
+    fn open_of(&self, peer: &PeerId) -> Open {
+        let inbound = self.checked.contains(peer);
+        Open { inbound, outbound: inbound && self.accepted.contains(peer) }
+    }
+
+    /// Whether `peer` is proven and has accepted us: everything runs.
+    pub(crate) fn is_open(&self, peer: &PeerId) -> bool {
+        self.open_of(peer).outbound
+    }
+
+    /// We proved `peer` a member. Returns whether that opened it both ways.
+    pub(crate) fn checked(&mut self, peer: PeerId) -> bool {
+        self.checked.insert(peer) && self.tell(peer)
+    }
+
+    /// `peer` accepted us. Returns whether that opened it both ways.
+    pub(crate) fn accepted(&mut self, peer: PeerId) -> bool {
+        self.accepted.insert(peer) && self.tell(peer)
+    }
+
+    /// `peer` is no member any more (a reload removed it, its certificate was revoked):
+    /// its connections are to be closed by the caller; new ones start shut.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.checked.remove(peer);
+        self.accepted.remove(peer);
+    }
+
+    /// Unproven connections now, and from `ip`.
+    fn unproven(&self, ip: Option<IpAddr>) -> (usize, usize) {
+        let unproven = self.connections.values().filter(|c| !self.checked.contains(&c.peer));
+        unproven.fold((0, 0), |(all, same), c| {
+            (all + 1, same + usize::from(ip.is_some() && c.ip == ip))
+        })
+    }
+
+    /// Tells `peer`'s connections how they are open now; returns whether both ways.
+    fn tell(&mut self, peer: PeerId) -> bool {
+        let open = self.open_of(&peer);
+        for (id, conn) in &self.connections {
+            if conn.peer == peer {
+                self.notify.push((peer, *id, open));
+            }
+        }
+        open.outbound
+    }
+
+    fn admit(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        remote: &Multiaddr,
+        inbound: bool,
+    ) -> Result<Open, ConnectionDenied> {
+        let ip = ip_of(remote);
+        if !self.checked.contains(&peer)
+            && self.admission.as_ref().is_none_or(|a| a.admit(&peer, &[]).is_ok())
+        {
+            self.checked.insert(peer);
+        }
+        let open = self.open_of(&peer);
+        if inbound && !open.inbound {
+            let (all, same) = self.unproven(ip);
+            let over = if all >= self.limits.unproven {
+                Some("in all")
+            } else if same >= self.limits.unproven_per_ip {
+                Some("from one address")
+            } else {
+                None
+            };
+            if let Some(over) = over {
+                if let Some(admission) = &self.admission {
+                    admission.refused(&peer, PeerRefusal::Crowded);
+                }
+                return Err(ConnectionDenied::new(TooManyUnproven(over)));
+            }
+        }
+        self.connections.insert(id, Tracked { peer, ip });
+        Ok(open)
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
+    type ConnectionHandler = GateHandler<B::ConnectionHandler>;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner.handle_pending_inbound_connection(id, local, remote)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        let inner = self.inner.handle_established_inbound_connection(id, peer, local, remote)?;
+        let open = self.admit(id, peer, remote, true)?;
+        Ok(GateHandler { inner, open })
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(id, peer, addresses, role)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        let inner =
+            self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use)?;
+        let open = self.admit(id, peer, addr, false)?;
+        Ok(GateHandler { inner, open })
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(closed) = &event {
+            self.connections.remove(&closed.connection_id);
+            if closed.remaining_established == 0 {
+                // Proof is asked again on the next connection: the peer may have restarted
+                // with another configuration, or its certificate may have run out.
+                self.forget(&closed.peer_id);
+            }
+        }
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.inner.on_connection_handler_event(peer, id, event)
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        if let Some((peer_id, id, open)) = self.notify.pop() {
+            return Poll::Ready(ToSwarm::NotifyHandler {
+                peer_id,
+                handler: NotifyHandler::One(id),
+                event: Either::Right(open),
+            });
+        }
+        self.inner.poll(cx).map(|event| event.map_in(Either::Left))
+    }
+}
+
+/// The handler of one connection: the inner protocols' handler, and which ways it is open.
+pub(crate) struct GateHandler<H> {
+    inner: H,
+    open: Open,
+}
+
+impl<H: ConnectionHandler> ConnectionHandler for GateHandler<H> {
+    type FromBehaviour = Either<H::FromBehaviour, Open>;
+    type ToBehaviour = H::ToBehaviour;
+    type InboundProtocol = Either<SendWrapper<H::InboundProtocol>, SendWrapper<DeniedUpgrade>>;
+    type OutboundProtocol = H::OutboundProtocol;
+    type InboundOpenInfo = Either<H::InboundOpenInfo, ()>;
+    type OutboundOpenInfo = H::OutboundOpenInfo;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, Self::InboundOpenInfo> {
+        if self.open.inbound {
+            self.inner
+                .listen_protocol()
+                .map_upgrade(|u| Either::Left(SendWrapper(u)))
+                .map_info(Either::Left)
+        } else {
+            SubstreamProtocol::new(Either::Right(SendWrapper(DeniedUpgrade)), Either::Right(()))
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
+        match event {
+            // Requests of the protocols behind the gate wait in their handler until it opens.
+            Either::Left(event) => self.inner.on_behaviour_event(event),
+            Either::Right(open) => self.open = open,
+        }
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.inner.connection_keep_alive()
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<
+        ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
+    > {
+        if !self.open.outbound {
+            // Polled again when an event (the opening) arrives.
+            return Poll::Pending;
+        }
+        self.inner.poll(cx)
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
+        self.inner.poll_close(cx)
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<
+            Self::InboundProtocol,
+            Self::OutboundProtocol,
+            Self::InboundOpenInfo,
+            Self::OutboundOpenInfo,
+        >,
+    ) {
+        let inner = &mut self.inner;
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, info }) => {
+                if let (futures::future::Either::Left(protocol), Either::Left(info)) =
+                    (protocol, info)
+                {
+                    inner.on_connection_event(ConnectionEvent::FullyNegotiatedInbound(
+                        FullyNegotiatedInbound { protocol, info },
+                    ));
+                }
+            }
+            ConnectionEvent::ListenUpgradeError(ListenUpgradeError { info, error }) => {
+                // A refused stream (the gate was shut) concerns no inner protocol.
+                if let (Either::Left(info), Either::Left(error)) = (info, error) {
+                    inner.on_connection_event(ConnectionEvent::ListenUpgradeError(
+                        ListenUpgradeError { info, error },
+                    ));
+                }
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol,
+                info,
+            }) => inner.on_connection_event(ConnectionEvent::FullyNegotiatedOutbound(
+                FullyNegotiatedOutbound { protocol, info },
+            )),
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => inner
+                .on_connection_event(ConnectionEvent::DialUpgradeError(DialUpgradeError {
+                    info,
+                    error,
+                })),
+            ConnectionEvent::AddressChange(change) => {
+                inner.on_connection_event(ConnectionEvent::AddressChange(change))
+            }
+            ConnectionEvent::LocalProtocolsChange(change) => {
+                inner.on_connection_event(ConnectionEvent::LocalProtocolsChange(change))
+            }
+            ConnectionEvent::RemoteProtocolsChange(change) => {
+                inner.on_connection_event(ConnectionEvent::RemoteProtocolsChange(change))
+            }
+            _ => {}
+        }
+    }
+}

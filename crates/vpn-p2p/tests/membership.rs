@@ -1,0 +1,233 @@
+//! The membership gate on real swarms over 127.0.0.1: strangers are refused, closed and
+//! counted, get no record and no stream; unproven connections are bounded; members go on.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use vpn_p2p::{
+    Admission, Keypair, Multiaddr, P2pConfig, P2pNode, PeerId, PeerRefusal as Refusal,
+    StreamProtocol,
+};
+
+/// Takes the peers it lists; remembers every refusal.
+#[derive(Default)]
+struct Listed {
+    members: HashSet<PeerId>,
+    refused: Mutex<Vec<(PeerId, Refusal)>>,
+}
+
+impl Admission for Listed {
+    fn certificate(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn admit(&self, peer: &PeerId, _certificate: &[u8]) -> Result<(), String> {
+        match self.members.contains(peer) {
+            true => Ok(()),
+            false => Err("not listed".to_owned()),
+        }
+    }
+    fn refused(&self, peer: &PeerId, why: Refusal) {
+        self.refused.lock().unwrap().push((*peer, why));
+    }
+}
+
+impl Listed {
+    fn refusals_of(&self, peer: &PeerId) -> Vec<Refusal> {
+        let all = self.refused.lock().unwrap();
+        all.iter().filter(|(p, _)| p == peer).map(|(_, why)| *why).collect()
+    }
+}
+
+fn loopback() -> Vec<Multiaddr> {
+    vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]
+}
+
+async fn addr_of(node: &P2pNode) -> Multiaddr {
+    let addr = node.handle().listen_addrs().await.unwrap().remove(0);
+    addr.with(libp2p::multiaddr::Protocol::P2p(node.handle().local_peer_id()))
+}
+
+/// Waits (at most 15 s) until `done` holds.
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let wait = async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+/// A node that takes the members `members` (none: everyone).
+async fn node(
+    key: Keypair,
+    members: Option<Arc<Listed>>,
+    tune: impl FnOnce(&mut P2pConfig),
+) -> P2pNode {
+    let mut config = P2pConfig::new(key, loopback());
+    config.query_timeout = Duration::from_secs(2);
+    config.admission = members.map(|m| m as Arc<dyn Admission>);
+    tune(&mut config);
+    P2pNode::start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_is_refused_closed_and_counted_and_gets_no_record_and_no_stream() {
+    const ECHO: StreamProtocol = StreamProtocol::new("/test/echo/1");
+    let (b_key, s_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (b_id, s_id) = (b_key.public().to_peer_id(), s_key.public().to_peer_id());
+    let listed = Arc::new(Listed { members: HashSet::from([b_id]), ..Listed::default() });
+    let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |_| {}).await;
+    let a_id = a.handle().local_peer_id();
+    let mut incoming = a.handle().stream_control().accept(ECHO).unwrap();
+    let b = node(b_key, None, |_| {}).await;
+    b.handle().dial(a_id, vec![addr_of(&a).await]).await.unwrap();
+    b.handle()
+        .put_record(b"/k/b".to_vec(), b"from b".to_vec(), Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // The stranger thinks A is fine; A does not.
+    let s = node(s_key, None, |_| {}).await;
+    let refused = s.handle().dial(a_id, vec![addr_of(&a).await]).await.unwrap_err();
+    assert!(refused.to_string().contains("does not take us"), "{refused}");
+    until("A refused the stranger", async || !listed.refusals_of(&s_id).is_empty()).await;
+    assert_eq!(listed.refusals_of(&s_id), vec![Refusal::NotMember]);
+    until("the stranger is disconnected", async || {
+        !a.handle().connected_peers().await.unwrap().contains(&s_id)
+    })
+    .await;
+    assert!(listed.refusals_of(&b_id).is_empty(), "the member was never refused");
+
+    // Nothing of A's reaches it and nothing of its is stored, even while it reconnects.
+    let _ = s.handle().dial(a_id, vec![addr_of(&a).await]).await;
+    assert!(s.handle().get_records(b"/k/b".to_vec()).await.unwrap().is_empty());
+    let _ =
+        s.handle().put_record(b"/k/s".to_vec(), b"from s".to_vec(), Duration::from_secs(60)).await;
+    let mut control = s.handle().stream_control();
+    let opened =
+        tokio::time::timeout(Duration::from_secs(5), control.open_stream(a_id, ECHO)).await;
+    assert!(!matches!(opened, Ok(Ok(_))), "a stranger opened a stream");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), incoming.next()).await.is_err(),
+        "A accepted a stranger's stream"
+    );
+
+    // The member goes on: it finds what it stored, and A stored nothing of the stranger's.
+    assert!(b.handle().get_records(b"/k/b".to_vec()).await.unwrap().contains(&b"from b".to_vec()));
+    assert!(b.handle().get_records(b"/k/s".to_vec()).await.unwrap().is_empty());
+    for n in [a, b, s] {
+        n.stop().await;
+    }
+}
+
+/// A bare libp2p swarm that connects and never speaks the membership exchange.
+fn silent_swarm() -> libp2p::Swarm<libp2p::swarm::dummy::Behaviour> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build()
+}
+
+/// Dials `to` from `swarm` and waits for the connection's outcome: whether it was
+/// established, and then whether it closed within 15 s.
+async fn connect(
+    swarm: &mut libp2p::Swarm<libp2p::swarm::dummy::Behaviour>,
+    to: Multiaddr,
+) -> bool {
+    swarm.dial(to).unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), swarm.select_next_some()).await {
+            Ok(SwarmEvent::ConnectionEstablished { .. }) => return true,
+            Ok(SwarmEvent::OutgoingConnectionError { .. }) => return false,
+            Ok(_) => {}
+            Err(_) => panic!("no outcome of the dial"),
+        }
+    }
+}
+
+async fn closed_within(
+    swarm: &mut libp2p::Swarm<libp2p::swarm::dummy::Behaviour>,
+    limit: Duration,
+) -> bool {
+    let wait = async {
+        loop {
+            if let SwarmEvent::ConnectionClosed { .. } = swarm.select_next_some().await {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_proves_itself_is_closed_after_the_membership_timeout() {
+    let listed = Arc::new(Listed::default());
+    let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |c| {
+        c.membership_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut silent = silent_swarm();
+    assert!(connect(&mut silent, addr_of(&a).await).await);
+    assert!(closed_within(&mut silent, Duration::from_secs(15)).await, "still connected");
+    let id = *silent.local_peer_id();
+    until("the timeout is counted", async || !listed.refusals_of(&id).is_empty()).await;
+    assert!(listed.refusals_of(&id).contains(&Refusal::Timeout));
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unproven_connections_are_bounded_and_members_still_get_in() {
+    let b_key = Keypair::generate_ed25519();
+    let b_id = b_key.public().to_peer_id();
+    let listed = Arc::new(Listed { members: HashSet::from([b_id]), ..Listed::default() });
+    let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |c| {
+        c.max_unproven = 4;
+        c.max_unproven_per_ip = 8;
+        c.membership_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let to = addr_of(&a).await;
+    // Four strangers hold every unproven slot; the next ones are turned away at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut silent = silent_swarm();
+        assert!(connect(&mut silent, to.clone()).await);
+        held.push(silent);
+    }
+    for _ in 0..3 {
+        let mut late = silent_swarm();
+        let closed = !connect(&mut late, to.clone()).await
+            || closed_within(&mut late, Duration::from_secs(15)).await;
+        assert!(closed, "a stranger beyond the limit stayed connected");
+        let id = *late.local_peer_id();
+        assert_eq!(listed.refusals_of(&id), vec![Refusal::Crowded]);
+    }
+    // A member is known by its ID: it takes no unproven slot, gets in and is served.
+    let b = node(b_key, None, |_| {}).await;
+    b.handle().dial(a.handle().local_peer_id(), vec![to]).await.unwrap();
+    b.handle()
+        .put_record(b"/k/b".to_vec(), b"from b".to_vec(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(listed.refusals_of(&b_id).is_empty());
+    // The held strangers are still connected, still shut out: their slots stay theirs.
+    assert_eq!(held.len(), 4);
+    a.stop().await;
+    b.stop().await;
+}
