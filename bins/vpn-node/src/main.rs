@@ -15,6 +15,8 @@ use vpn_errors::ServiceError;
 use vpn_metrics::AtomicMetrics;
 use vpn_service::{CREATE_TUN, VpnNode, create_identity, load_identity};
 
+mod ca;
+
 /// A peer-to-peer mesh VPN over libp2p.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -97,6 +99,26 @@ enum Command {
         /// This node's overlay address with the overlay's prefix length.
         #[arg(long, default_value = "100.64.0.1/10")]
         address: String,
+        /// Its overlay IPv6 address with the overlay's prefix length, if any.
+        #[arg(long)]
+        address6: Option<String>,
+        /// A network CA directory (`vpn-node ca init`): the node gets a certificate for its
+        /// addresses (`node.crt`) and trusts that CA, ready to join with one bootstrap
+        /// address.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The certificate's name (with `--ca`).
+        #[arg(long, default_value = "", requires = "ca")]
+        name: String,
+        /// How long the certificate is valid (with `--ca`).
+        #[arg(long, default_value = "90d", requires = "ca", value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+    },
+    /// The network CA: makes it, signs member certificates and revocation lists, shows
+    /// what a certificate says.
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
     },
     /// Runs the node in the foreground until SIGINT or SIGTERM.
     Up {
@@ -232,7 +254,11 @@ async fn run() -> Result<()> {
     let cli = Cli::parse();
     let logs = Logs::init(cli.log_format);
     match cli.command {
-        Command::Init { dir, address } => init(&dir, &address),
+        Command::Init { dir, address, address6, ca, name, expires } => {
+            let ca = ca.map(|dir| Signer { dir, name, expires });
+            init(&dir, &address, address6.as_deref(), ca)
+        }
+        Command::Ca { command } => ca::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "vpn-node", &mut std::io::stdout());
             Ok(())
@@ -252,23 +278,50 @@ fn load_config(path: &Path) -> Result<vpn_config::VpnConfig> {
         .with_context(|| format!("configuration {} is not usable", path.display()))
 }
 
-fn init(dir: &Path, address: &str) -> Result<()> {
+/// The CA that signs a new node's certificate at `init`.
+struct Signer {
+    dir: PathBuf,
+    name: String,
+    expires: std::time::Duration,
+}
+
+fn init(dir: &Path, address: &str, address6: Option<&str>, ca: Option<Signer>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config_path = dir.join("vpn-node.toml");
     if config_path.exists() {
         bail!("{} exists already; not overwriting it", config_path.display());
     }
-    let text = vpn_config::TEMPLATE.replacen(
+    let mut text = vpn_config::TEMPLATE.replacen(
         "# address = \"100.64.0.1/10\"",
         &format!("address = \"{address}\""),
         1,
     );
+    if let Some(address6) = address6 {
+        text =
+            text.replacen("# address6 = \"fd00::1/64\"", &format!("address6 = \"{address6}\""), 1);
+    }
+    if let Some(ca) = &ca {
+        let public = ca::hex(&ca::ca_public(&ca.dir)?.encode_protobuf());
+        text = text
+            .replacen("# ca = [\"<text of ca.pub>\"]", &format!("ca = [\"{public}\"]"), 1)
+            .replacen("# certificate = \"node.crt\"", "certificate = \"node.crt\"", 1);
+    }
     // Check the result before writing anything: a bad address stops here.
-    vpn_config::load_str(&text, []).with_context(|| format!("--address {address}"))?;
+    let config = vpn_config::load_str(&text, []).with_context(|| format!("--address {address}"))?;
     let keypair = create_identity(&dir.join("identity.key"))?;
+    let peer = keypair.public().to_peer_id();
+    if let Some(ca) = ca {
+        let v4 = config.node.address.map(|a| vpn_api::IpNet::from(std::net::IpAddr::V4(a.addr())));
+        let v6 = config.node.address6.map(|a| vpn_api::IpNet::from(std::net::IpAddr::V6(a.addr())));
+        let addresses = v4.into_iter().chain(v6).collect();
+        let (_, cert) = ca::sign(&ca.dir, peer, addresses, Vec::new(), ca.name, ca.expires)?;
+        let cert_path = dir.join("node.crt");
+        std::fs::write(&cert_path, cert)
+            .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    }
     std::fs::write(&config_path, text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
-    println!("{}", keypair.public().to_peer_id());
+    println!("{peer}");
     eprintln!("wrote {} and {}", dir.join("identity.key").display(), config_path.display());
     Ok(())
 }
