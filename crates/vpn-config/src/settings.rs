@@ -82,7 +82,9 @@ settings! {
         /// Multiaddrs to listen on (TCP and QUIC).
         listen: Vec<Multiaddr> =
             multiaddrs(&["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]), with_listen;
-        /// Bootstrap peers, each a multiaddr ending in `/p2p/<peer id>`.
+        /// Bootstrap peers, each a multiaddr ending in `/p2p/<peer id>` (which makes it a
+        /// member); with `membership.ca` set the peer ID may be left out, and the bootstrap
+        /// peer proves itself by certificate.
         bootstrap: Vec<Multiaddr> = Vec::new(), with_bootstrap;
         /// Peers that may join and claim addresses in the overlay through the DHT, besides
         /// the configured `[[peers]]`.

@@ -234,9 +234,16 @@ fn timeouts(c: &mut Checks, config: &VpnConfig) {
 fn network(c: &mut Checks, config: &VpnConfig) {
     let n = &config.network;
     c.require(!n.listen.is_empty(), "network.listen", "[]", "must name at least one address");
+    // A bootstrap peer is a member by its ID, unless it proves itself by certificate.
+    let certified = !config.membership.ca.is_empty();
     for (i, addr) in n.bootstrap.iter().enumerate() {
         let has_peer = addr.iter().any(|p| matches!(p, vpn_api::multiaddr::Protocol::P2p(_)));
-        c.require(has_peer, &format!("network.bootstrap[{i}]"), addr, "must end in /p2p/<peer id>");
+        c.require(
+            has_peer || certified,
+            &format!("network.bootstrap[{i}]"),
+            addr,
+            "must end in /p2p/<peer id> (or membership.ca must be set: a bootstrap peer then proves itself by certificate)",
+        );
     }
     c.at_least("network.max_connections", u64::from(n.max_connections), 1);
     c.at_least("network.max_connections_per_peer", u64::from(n.max_connections_per_peer), 1);

@@ -237,6 +237,8 @@ pub struct KadDiscovery {
     /// Configured claims, most specific first (replaced by `vpn-node reload`).
     configured: RwLock<Vec<(IpNet, PeerId)>>,
     last_seq: AtomicU64,
+    /// Our membership certificate, carried in our records (empty: none).
+    certificate: Vec<u8>,
 }
 
 impl KadDiscovery {
@@ -268,6 +270,7 @@ impl KadDiscovery {
             own,
             configured: RwLock::new(Vec::new()),
             last_seq: AtomicU64::new(0),
+            certificate: Vec::new(),
         };
         discovery.set_configured(configured, |_| true);
         discovery
@@ -292,6 +295,13 @@ impl KadDiscovery {
     fn configured_owner(&self, ip: IpAddr) -> Option<PeerId> {
         let configured = self.configured.read().unwrap_or_else(PoisonError::into_inner);
         configured.iter().find(|(net, _)| net.contains(&ip)).map(|(_, peer)| *peer)
+    }
+
+    /// Our records carry `certificate` (our membership certificate), so that members that
+    /// never met us can check what we hold.
+    pub fn with_certificate(mut self, certificate: Vec<u8>) -> Self {
+        self.certificate = certificate;
+        self
     }
 
     /// Counts the answers the cache forgets to make room in `metrics`
@@ -361,7 +371,8 @@ impl PeerDiscoveryService for KadDiscovery {
             self.own.clone(),
             seq,
             unix_now() + ttl.as_secs(),
-        );
+        )
+        .with_certificate(self.certificate.clone());
         let bytes = record
             .sign(&self.keypair)
             .map_err(|e| VpnError::Other { context: "sign our IP record", source: Box::new(e) })?;

@@ -160,6 +160,15 @@ impl LiveRegistry {
 }
 
 impl IpRegistry for LiveRegistry {
+    fn present(&self, peer: &PeerId, certificate: &[u8]) {
+        if let Some(membership) = &self.membership
+            && !self.read().is_member(peer)
+            && let Err(e) = membership.admit(peer, certificate, unix_now())
+        {
+            tracing::debug!(%peer, error = %e, "a record's certificate was refused");
+        }
+    }
+
     fn may_hold(&self, peer: &PeerId, net: &IpNet) -> bool {
         let current = self.read();
         if current.configured_for(peer, net) {

@@ -9,7 +9,7 @@ use crate::exchange::{HelloCodec, MEMBERSHIP_PROTOCOL};
 use crate::gate::{Gate, GateLimits};
 
 /// Kademlia protocol of vpn-node networks, apart from the public IPFS DHT.
-pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/vpn-node/kad/1.0.0");
+pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/vpn-node/kad/2.0.0");
 /// Identify protocol version of vpn-node.
 const IDENTIFY_PROTOCOL: &str = "/vpn-node/id/1.0.0";
 

@@ -32,6 +32,8 @@ const REPLACE_OLDER_THAN: Duration = Duration::from_secs(2);
 /// that reconnects must get through while its dead connections still count, to replace
 /// them. The event loop closes whatever is over the limit once it has replaced them.
 pub(crate) const REPLACEMENT_ROOM: u32 = 2;
+/// A refused peer's connections close this long after our answer.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 /// How often connections of peers not proven members in time are looked for.
 const MEMBERSHIP_TICK: Duration = Duration::from_millis(500);
 /// How often the routing table is refreshed from the peers in it.
@@ -178,7 +180,7 @@ impl P2pNode {
                 warnings: vpn_types::WarnGate::per_peer(),
                 admission: config.admission,
                 membership_timeout: config.membership_timeout,
-                refused: std::collections::HashSet::new(),
+                refused: HashMap::new(),
             }
             .run(),
         );
@@ -278,9 +280,9 @@ struct EventLoop {
     admission: Option<Arc<dyn Admission>>,
     /// An unproven connection is closed after this long.
     membership_timeout: Duration,
-    /// Peers refused, to be disconnected once our answer is out (at most the unproven
-    /// connections' number).
-    refused: std::collections::HashSet<PeerId>,
+    /// Peers refused and when: their connections close [`REFUSAL_GRACE`] later, time for
+    /// our answer to reach them (at most the unproven connections' number).
+    refused: HashMap<PeerId, std::time::Instant>,
 }
 
 /// One open connection, as the event loop keeps track of it.
@@ -589,11 +591,7 @@ impl EventLoop {
                     self.present_to(peer);
                 }
             }
-            Event::ResponseSent { peer, .. } | Event::InboundFailure { peer, .. } => {
-                if self.refused.remove(&peer) {
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
-            }
+            Event::ResponseSent { .. } | Event::InboundFailure { .. } => {}
         }
     }
 
@@ -611,10 +609,11 @@ impl EventLoop {
         self.answer_dials(peer, Ok(()));
     }
 
-    /// Books `peer` as refused (`why`), to be disconnected once our answer is out.
+    /// Books `peer` as refused (`why`), to be disconnected once our answer had time to
+    /// reach it (a peer that reads it leaves by itself).
     fn refuse(&mut self, peer: PeerId, why: PeerRefusal) {
         if why == PeerRefusal::NotMember {
-            self.refused.insert(peer);
+            self.refused.insert(peer, std::time::Instant::now());
         }
         if let Some(admission) = &self.admission {
             admission.refused(&peer, why);
@@ -639,12 +638,23 @@ impl EventLoop {
         }
     }
 
-    /// Closes connections whose peers have not proven themselves members in time.
+    /// Closes connections of refused peers, and of peers that have not proven themselves
+    /// members in time.
     fn close_unproven(&mut self) {
         let now = std::time::Instant::now();
+        let done: Vec<PeerId> = self
+            .refused
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= REFUSAL_GRACE)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in done {
+            self.refused.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         let mut late = Vec::new();
         for (peer, conns) in &self.connections {
-            if self.swarm.behaviour().gate.is_open(peer) {
+            if self.swarm.behaviour().gate.is_open(peer) || self.refused.contains_key(peer) {
                 continue;
             }
             let old =

@@ -26,6 +26,7 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>, VpnError> {
 pub(crate) fn load(
     settings: &MembershipSettings,
     local: &PeerId,
+    own_addresses: &[vpn_api::IpNet],
 ) -> Result<Option<Arc<Membership>>, VpnError> {
     if settings.ca.is_empty() {
         return Ok(None);
@@ -46,6 +47,14 @@ pub(crate) fn load(
                 )
             })?;
             tracing::info!(name = %cert.name, expires = cert.not_after_unix, "membership certificate loaded");
+            for own in own_addresses {
+                if !cert.holds(own) {
+                    tracing::error!(
+                        address = %own,
+                        "this node's certificate does not hold its address: members will refuse its records and its packets from that address"
+                    );
+                }
+            }
             bytes
         }
         None => Vec::new(),

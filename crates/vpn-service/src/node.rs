@@ -406,7 +406,8 @@ impl VpnNode {
         })?;
         let local = self.local_peer_id();
         let mut registry = LiveRegistry::new(StaticRegistry::from_config(local, &self.config()));
-        let certified = crate::membership::load(&self.config().membership, &local)
+        let own = self.own_addresses();
+        let certified = crate::membership::load(&self.config().membership, &local, &own)
             .map_err(|e| startup("load membership", e))?;
         if let Some(membership) = certified {
             registry = registry.with_membership(membership);
@@ -501,7 +502,9 @@ impl VpnNode {
             configured,
             self.config().discovery.clone(),
         );
-        Arc::new(discovery.with_metrics(self.metrics.clone()))
+        let certificate =
+            registry.membership().map(|m| m.own_certificate().to_vec()).unwrap_or_default();
+        Arc::new(discovery.with_certificate(certificate).with_metrics(self.metrics.clone()))
     }
 
     /// The pool (given, or the default over the stream service) and its health checking.

@@ -153,6 +153,7 @@ mock! {
     pub Registry {}
     impl IpRegistry for Registry {
         fn may_hold(&self, peer: &PeerId, net: &IpNet) -> bool;
+        fn present(&self, peer: &PeerId, certificate: &[u8]);
     }
 }
 

@@ -68,7 +68,7 @@ pub enum RecordError {
     #[error("not a signed envelope: {0}")]
     Envelope(String),
     /// The envelope carries another payload type.
-    #[error("envelope payload type is not /vpn-node/ip-record/1")]
+    #[error("envelope payload type is not /vpn-node/ip-record/2")]
     PayloadType,
     /// The envelope's signature does not verify.
     #[error("envelope signature does not verify")]

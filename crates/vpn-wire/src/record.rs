@@ -13,9 +13,9 @@ use crate::RecordError;
 /// The signed envelope's domain separation string.
 pub const RECORD_DOMAIN: &str = "vpn-node-ip-record";
 /// The signed envelope's payload type.
-pub const RECORD_PAYLOAD_TYPE: &[u8] = b"/vpn-node/ip-record/1";
+pub const RECORD_PAYLOAD_TYPE: &[u8] = b"/vpn-node/ip-record/2";
 /// The DHT key of an address is this prefix followed by the address's canonical text.
-pub const RECORD_KEY_PREFIX: &str = "/vpn-node/ip/";
+pub const RECORD_KEY_PREFIX: &str = "/vpn-node/ip2/";
 /// Clock skew tolerated when checking expiry.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
 /// How far ahead a record may expire.
@@ -32,6 +32,8 @@ struct IpRecordProto {
     seq: u64,
     #[prost(uint64, tag = "4")]
     expires_unix: u64,
+    #[prost(bytes = "vec", tag = "5")]
+    certificate: Vec<u8>,
 }
 
 /// A peer's claim to overlay addresses and prefixes, as stored in the DHT.
@@ -45,9 +47,12 @@ pub struct IpRecord {
     pub seq: u64,
     /// Seconds since the epoch after which the record is void.
     pub expires_unix: u64,
+    /// The owner's membership certificate (empty: none), so that a node that never met
+    /// the owner can check what it may hold.
+    pub certificate: Vec<u8>,
 }
 
-/// The DHT key for `addr`: `/vpn-node/ip/` and the address in canonical text (RFC 5952
+/// The DHT key for `addr`: `/vpn-node/ip2/` and the address in canonical text (RFC 5952
 /// for IPv6).
 pub fn record_key(addr: IpAddr) -> Vec<u8> {
     format!("{RECORD_KEY_PREFIX}{addr}").into_bytes()
@@ -79,7 +84,13 @@ pub(crate) fn net_from_text(text: &str) -> Result<IpNet, RecordError> {
 impl IpRecord {
     /// A record of `peer_id` holding `addresses`.
     pub fn new(peer_id: PeerId, addresses: Vec<IpNet>, seq: u64, expires_unix: u64) -> Self {
-        Self { peer_id, addresses, seq, expires_unix }
+        Self { peer_id, addresses, seq, expires_unix, certificate: Vec::new() }
+    }
+
+    /// The same record, carrying the owner's membership certificate.
+    pub fn with_certificate(mut self, certificate: Vec<u8>) -> Self {
+        self.certificate = certificate;
+        self
     }
 
     /// Whether one of the record's addresses or prefixes contains `addr`.
@@ -100,6 +111,7 @@ impl IpRecord {
             addresses: self.addresses.iter().map(net_to_text).collect(),
             seq: self.seq,
             expires_unix: self.expires_unix,
+            certificate: self.certificate.clone(),
         }
         .encode_to_vec();
         let envelope = SignedEnvelope::new(
@@ -133,7 +145,16 @@ impl IpRecord {
         }
         let addresses =
             proto.addresses.iter().map(|a| net_from_text(a)).collect::<Result<_, _>>()?;
-        Ok(Self { peer_id: claimed, addresses, seq: proto.seq, expires_unix: proto.expires_unix })
+        if proto.certificate.len() > crate::MAX_CERT_BYTES {
+            return Err(RecordError::Payload("certificate over 8 KiB".to_owned()));
+        }
+        Ok(Self {
+            peer_id: claimed,
+            addresses,
+            seq: proto.seq,
+            expires_unix: proto.expires_unix,
+            certificate: proto.certificate,
+        })
     }
 
     /// Checks a record found under the key of `key_addr` at `now_unix`: not expired (with
@@ -154,6 +175,9 @@ impl IpRecord {
         }
         if !self.covers(key_addr) {
             return Err(RecordError::NotCovered(key_addr));
+        }
+        if !self.certificate.is_empty() {
+            registry.present(&self.peer_id, &self.certificate);
         }
         if let Some(net) = self.addresses.iter().find(|net| !registry.may_hold(&self.peer_id, net))
         {

@@ -96,6 +96,7 @@ fn signer_must_be_the_named_peer() {
         addresses: vec!["100.64.0.2".into()],
         seq: 1,
         expires_unix: NOW + 60,
+        certificate: Vec::new(),
     }
     .encode_to_vec();
     let envelope =
@@ -125,6 +126,7 @@ fn other_payload_type_or_domain_is_refused() {
         addresses: vec![],
         seq: 1,
         expires_unix: NOW,
+        certificate: Vec::new(),
     }
     .encode_to_vec();
     let envelope =
@@ -195,8 +197,8 @@ fn addresses_must_be_canonical() {
 
 #[test]
 fn keys_are_canonical_text() {
-    assert_eq!(record_key(ip("100.64.0.2")), b"/vpn-node/ip/100.64.0.2");
-    assert_eq!(record_key(ip("FD00:0:0::0002")), b"/vpn-node/ip/fd00::2");
+    assert_eq!(record_key(ip("100.64.0.2")), b"/vpn-node/ip2/100.64.0.2");
+    assert_eq!(record_key(ip("FD00:0:0::0002")), b"/vpn-node/ip2/fd00::2");
 }
 
 #[test]
@@ -216,4 +218,35 @@ fn two_owners_conflict() {
     let mut owners = vec![a.peer(), b.peer()];
     owners.sort();
     assert_eq!(select_record([a.record(), b.record(), a.record()]), Selection::Conflict { owners });
+}
+
+#[test]
+fn a_records_certificate_is_shown_to_the_registry_before_its_addresses_are_judged() {
+    let key = Keypair::generate_ed25519();
+    let peer = key.public().to_peer_id();
+    // A registry that lets the peer hold .5 only once it has seen its certificate.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut registry = MockRegistry::new();
+    let flag = seen.clone();
+    registry
+        .expect_present()
+        .withf(move |p, c| *p == peer && c == b"certificate bytes")
+        .times(1)
+        .returning(move |_, _| flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    let flag = seen.clone();
+    registry.expect_may_hold().returning(move |_, net| {
+        flag.load(std::sync::atomic::Ordering::SeqCst) && *net == "100.64.0.5/32".parse().unwrap()
+    });
+    let record = IpRecord::new(peer, vec![net("100.64.0.5/32")], 1, NOW + 60)
+        .with_certificate(b"certificate bytes".to_vec());
+    let bytes = record.sign(&key).unwrap();
+    assert_eq!(IpRecord::open(&bytes, ip("100.64.0.5"), NOW, &registry).unwrap(), record);
+    let bare = IpRecord::new(peer, vec![net("100.64.0.6/32")], 1, NOW + 60).sign(&key).unwrap();
+    assert!(matches!(
+        IpRecord::open(&bare, ip("100.64.0.6"), NOW, &registry),
+        Err(RecordError::NotAllowed { .. })
+    ));
+    let huge = IpRecord::new(peer, vec![net("100.64.0.5/32")], 1, NOW + 60)
+        .with_certificate(vec![0; crate::MAX_CERT_BYTES + 1]);
+    assert!(IpRecord::from_envelope(&huge.sign(&key).unwrap()).is_err());
 }

@@ -1,0 +1,214 @@
+//! Membership by certificate on real swarms over 127.0.0.1 with in-memory TUN devices:
+//! members that list no peer ID, only the CA and one bootstrap address, reach each other
+//! through the DHT; a stranger, an expired member and a revoked one are refused; a member
+//! holds only what its certificate says.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use vpn_api::{IpNet, VpnService};
+use vpn_discovery::unix_now;
+use vpn_p2p::{Keypair, Multiaddr};
+use vpn_service::VpnNode;
+use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
+use vpn_types::{DropReason, PeerRefusal};
+use vpn_wire::{Certificate, RevocationList, Revoked};
+
+struct Member {
+    node: VpnNode,
+    os: MemoryTunHandle,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a certificate for `key` holding `addresses`, valid from `from` for `secs`.
+fn certify(
+    dir: &Path,
+    ca: &Keypair,
+    key: &Keypair,
+    addresses: &[&str],
+    from: u64,
+    secs: u64,
+) -> String {
+    let peer_id = key.public().to_peer_id();
+    let cert = Certificate {
+        peer_id,
+        addresses: addresses
+            .iter()
+            .map(|a| IpNet::from(a.parse::<std::net::IpAddr>().unwrap()))
+            .collect(),
+        routes: Vec::new(),
+        name: String::new(),
+        not_before_unix: from,
+        not_after_unix: from + secs,
+    };
+    let path = dir.join(format!("{peer_id}.crt"));
+    std::fs::write(&path, cert.sign(ca).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+/// A member's configuration: the CA, its certificate, one bootstrap address and nothing else.
+fn config(
+    address: &str,
+    ca: &Keypair,
+    cert: &str,
+    bootstrap: Option<&Multiaddr>,
+    extra: &str,
+) -> vpn_config::VpnConfig {
+    let mut text = format!(
+        "[node]\naddress = \"{address}/10\"\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n"
+    );
+    if let Some(addr) = bootstrap {
+        text.push_str(&format!("bootstrap = [\"{addr}\"]\n"));
+    }
+    text.push_str("[discovery]\nmdns = false\nnegative_cache_ttl = \"100ms\"\n");
+    text.push_str(&format!(
+        "[membership]\nca = [\"{}\"]\ncertificate = \"{cert}\"\ntimeout = \"3s\"\n{extra}",
+        hex(&ca.public().encode_protobuf())
+    ));
+    vpn_config::load_str(&text, []).unwrap()
+}
+
+async fn start(key: &Keypair, config: vpn_config::VpnConfig) -> Member {
+    let (tun, os) = MemoryTun::new("mem", 1400, 1024);
+    let node = VpnNode::builder(config, key.clone()).tun(Arc::new(tun)).build();
+    node.start().await.unwrap();
+    Member { node, os }
+}
+
+fn ping(src: &str, dst: &str, seq: u16) -> Bytes {
+    Bytes::from(
+        PacketBuilder::icmp_echo(src.parse().unwrap(), dst.parse().unwrap(), 1, seq)
+            .payload(b"hello")
+            .build(),
+    )
+}
+
+/// Injects `packet` into `from` until it comes out of `to`'s TUN (the first packets wait
+/// for lookups and dials).
+async fn reaches(from: &Member, to: &mut Member, packet: Bytes) {
+    for _ in 0..40 {
+        from.os.inject(packet.clone()).await;
+        while let Ok(out) =
+            tokio::time::timeout(Duration::from_millis(500), to.os.next_written()).await
+        {
+            if out.unwrap().data == packet {
+                return;
+            }
+        }
+    }
+    panic!("the packet never arrived");
+}
+
+/// Waits (at most 20 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let wait = async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_by_certificate_find_each_other_and_outsiders_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Keypair::generate_ed25519();
+    let now = unix_now();
+    let keys: Vec<Keypair> = (0..6).map(|_| Keypair::generate_ed25519()).collect();
+    let [ka, kb, kc, kx, kr, kt] = [&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5]];
+    let cert = |key, address| certify(dir.path(), &ca, key, &[address], now - 10, 3600);
+
+    let a_cert = cert(ka, "100.64.0.1");
+    let mut a = start(ka, config("100.64.0.1", &ca, &a_cert, None, "")).await;
+    // The bootstrap address names no peer ID: A proves itself by its certificate.
+    let boot: Multiaddr = a.node.listen_addrs().await.remove(0);
+    let mut b =
+        start(kb, config("100.64.0.2", &ca, &cert(kb, "100.64.0.2"), Some(&boot), "")).await;
+    let mut c =
+        start(kc, config("100.64.0.3", &ca, &cert(kc, "100.64.0.3"), Some(&boot), "")).await;
+    reaches(&b, &mut c, ping("100.64.0.2", "100.64.0.3", 1)).await;
+    reaches(&c, &mut b, ping("100.64.0.3", "100.64.0.2", 2)).await;
+    reaches(&a, &mut b, ping("100.64.0.1", "100.64.0.2", 3)).await;
+    reaches(&c, &mut a, ping("100.64.0.3", "100.64.0.1", 4)).await;
+
+    // A member whose certificate says .5 runs as .6: nothing it sends as .6 gets in.
+    let wrong = cert(kx, "100.64.0.5");
+    let x = start(kx, config("100.64.0.6", &ca, &wrong, Some(&boot), "")).await;
+    let spoofed = |m: &Member| m.node.metrics().dropped(DropReason::Spoofed);
+    let before = spoofed(&b);
+    for seq in 0..20 {
+        x.os.inject(ping("100.64.0.6", "100.64.0.2", 100 + seq)).await;
+        if spoofed(&b) > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(spoofed(&b) > before, "B took .6 from a member certified for .5");
+    assert!(b.os.try_written().is_none(), "nothing of .6 reached B");
+    // Nor does .6 lead to it: its record claiming .6 is refused, so B finds no owner.
+    let mut x = x;
+    let no_peer = |m: &Member| m.node.metrics().dropped(DropReason::NoPeer);
+    let before = no_peer(&b);
+    b.os.inject(ping("100.64.0.2", "100.64.0.6", 200)).await;
+    until("B found no owner of .6", || no_peer(&b) > before).await;
+    assert!(x.os.try_written().is_none(), "B's packet to .6 reached the member certified for .5");
+
+    // A stranger (a valid identity, no certificate), an expired member and a revoked one
+    // are refused and closed, and never get a packet in.
+    let refused = |m: &Member| m.node.metrics().refused(PeerRefusal::NotMember);
+    let stranger_key = Keypair::generate_ed25519();
+    let stranger_text = format!(
+        "[node]\naddress = \"100.64.0.9/10\"\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
+         bootstrap = [\"{}\"]\n[discovery]\nmdns = false\n",
+        boot.clone().with(libp2p::multiaddr::Protocol::P2p(a.node.local_peer_id()))
+    );
+    let stranger = start(&stranger_key, vpn_config::load_str(&stranger_text, []).unwrap()).await;
+    until("A refused the stranger", || refused(&a) >= 1).await;
+
+    // A node whose certificate ran out does not start, and says why.
+    let expired = certify(dir.path(), &ca, kt, &["100.64.0.7"], now - 7200, 3600);
+    let (tun, _os) = MemoryTun::new("mem", 1400, 1024);
+    let t = VpnNode::builder(config("100.64.0.7", &ca, &expired, Some(&boot), ""), kt.clone())
+        .tun(Arc::new(tun))
+        .build();
+    let error = vpn_service::error_chain(&t.start().await.unwrap_err());
+    assert!(error.contains("membership.certificate") && error.contains("expired"), "{error}");
+    let revoked_cert = cert(kr, "100.64.0.8");
+    let list = RevocationList {
+        issued_unix: now,
+        revoked: vec![Revoked { peer_id: kr.public().to_peer_id(), before_unix: now + 1 }],
+    };
+    let list_path = dir.path().join("revoked.crl");
+    std::fs::write(&list_path, list.sign(&ca).unwrap()).unwrap();
+    let r = start(kr, config("100.64.0.8", &ca, &revoked_cert, Some(&boot), "")).await;
+    reaches(&r, &mut a, ping("100.64.0.8", "100.64.0.1", 5)).await;
+    // A takes the revocation list at its next reload: R is cut off and refused from then on.
+    let revocations = format!("revocations = \"{}\"\n", list_path.display());
+    let with_list = config("100.64.0.1", &ca, &a_cert, None, &revocations);
+    let applied = a.node.reload(with_list).await.unwrap();
+    assert!(applied.iter().any(|s| s.starts_with("membership.revocations")), "{applied:?}");
+    let before = refused(&a);
+    let r_peer = kr.public().to_peer_id();
+    // R's next packet dials again, and is refused.
+    r.os.inject(ping("100.64.0.8", "100.64.0.1", 10)).await;
+    until("R is refused after the revocation", || refused(&a) > before).await;
+    assert!(!a.node.connected_peers().await.contains(&r_peer), "R is still connected");
+    let got = tokio::time::timeout(Duration::from_secs(2), a.os.next_written()).await;
+    assert!(got.is_err(), "a revoked member's packet reached A: {got:?}");
+
+    // The members go on.
+    reaches(&b, &mut c, ping("100.64.0.2", "100.64.0.3", 6)).await;
+    for member in [a, b, c, x, stranger, r] {
+        member.node.stop().await.unwrap();
+    }
+}
