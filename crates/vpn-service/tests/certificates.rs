@@ -6,23 +6,20 @@
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::{Member, ping, reaches, start, until};
 use vpn_api::{IpNet, VpnService};
 use vpn_discovery::unix_now;
 use vpn_p2p::{Keypair, Multiaddr};
 use vpn_service::VpnNode;
-use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
+use vpn_testutil::MemoryTun;
 use vpn_types::{DropReason, PeerRefusal};
 use vpn_wire::{Certificate, RevocationList, Revoked};
-
-struct Member {
-    node: VpnNode,
-    os: MemoryTunHandle,
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -74,49 +71,6 @@ fn config(
         hex(&ca.public().encode_protobuf())
     ));
     vpn_config::load_str(&text, []).unwrap()
-}
-
-async fn start(key: &Keypair, config: vpn_config::VpnConfig) -> Member {
-    let (tun, os) = MemoryTun::new("mem", 1400, 1024);
-    let node = VpnNode::builder(config, key.clone()).tun(Arc::new(tun)).build();
-    node.start().await.unwrap();
-    Member { node, os }
-}
-
-fn ping(src: &str, dst: &str, seq: u16) -> Bytes {
-    Bytes::from(
-        PacketBuilder::icmp_echo(src.parse().unwrap(), dst.parse().unwrap(), 1, seq)
-            .payload(b"hello")
-            .build(),
-    )
-}
-
-/// Injects `packet` into `from` until it comes out of `to`'s TUN (the first packets wait
-/// for lookups and dials).
-async fn reaches(from: &Member, to: &mut Member, packet: Bytes) {
-    for _ in 0..40 {
-        from.os.inject(packet.clone()).await;
-        while let Ok(out) =
-            tokio::time::timeout(Duration::from_millis(500), to.os.next_written()).await
-        {
-            if out.unwrap().data == packet {
-                return;
-            }
-        }
-    }
-    panic!("the packet never arrived");
-}
-
-/// Waits (at most 20 s) until `done` holds.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let wait = async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,20 +4,18 @@
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{Member, ping, reaches, start};
 use vpn_api::{TunPacket, VpnService};
 use vpn_p2p::{Keypair, Multiaddr};
-use vpn_service::{PingTarget, VpnNode};
-use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
+use vpn_service::PingTarget;
+use vpn_testutil::PacketBuilder;
 use vpn_types::{DropReason, GsoInfo, GsoType, PeerRefusal};
-
-struct Member {
-    node: VpnNode,
-    os: MemoryTunHandle,
-}
 
 fn config(
     address: &str,
@@ -47,24 +45,9 @@ fn config(
     vpn_config::load_str(&text, []).unwrap()
 }
 
-async fn start(key: &Keypair, config: vpn_config::VpnConfig) -> Member {
-    let (tun, os) = MemoryTun::new("mem", 1400, 1024);
-    let node = VpnNode::builder(config, key.clone()).tun(Arc::new(tun)).build();
-    node.start().await.unwrap();
-    Member { node, os }
-}
-
 async fn bootstrap_addr(member: &Member) -> Multiaddr {
     let addr = member.node.listen_addrs().await.remove(0);
     addr.with(libp2p::multiaddr::Protocol::P2p(member.node.local_peer_id()))
-}
-
-fn ping(src: &str, dst: &str, seq: u16) -> Bytes {
-    Bytes::from(
-        PacketBuilder::icmp_echo(src.parse().unwrap(), dst.parse().unwrap(), 1, seq)
-            .payload(b"hello")
-            .build(),
-    )
 }
 
 /// Sends `packet` into `from` and waits for it to come out of `to`'s TUN.
@@ -186,23 +169,6 @@ async fn packets_cross_and_a_dht_only_peer_is_reached() {
         member.node.stop().await.unwrap();
         member.node.stop().await.unwrap();
     }
-}
-
-/// Injects `packet` into `from` until it comes out of `to`'s TUN (a few tries: the sender
-/// may still be backing off from the connections it was refused; packets it queued then
-/// may come out first).
-async fn reaches(from: &Member, to: &mut Member, packet: Bytes) {
-    for _ in 0..40 {
-        from.os.inject(packet.clone()).await;
-        while let Ok(out) =
-            tokio::time::timeout(Duration::from_millis(500), to.os.next_written()).await
-        {
-            if out.unwrap().data == packet {
-                return;
-            }
-        }
-    }
-    panic!("the packet never arrived");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

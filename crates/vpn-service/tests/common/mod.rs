@@ -1,0 +1,62 @@
+//! What the swarm tests share: a node on an in-memory TUN, ICMP packets, and waiting for
+//! a packet to come out of another node.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use vpn_api::VpnService;
+use vpn_p2p::Keypair;
+use vpn_service::VpnNode;
+use vpn_testutil::{MemoryTun, MemoryTunHandle, PacketBuilder};
+
+pub struct Member {
+    pub node: VpnNode,
+    pub os: MemoryTunHandle,
+}
+
+pub async fn start(key: &Keypair, config: vpn_config::VpnConfig) -> Member {
+    let (tun, os) = MemoryTun::new("mem", 1400, 1024);
+    let node = VpnNode::builder(config, key.clone()).tun(Arc::new(tun)).build();
+    node.start().await.unwrap();
+    Member { node, os }
+}
+
+pub fn ping(src: &str, dst: &str, seq: u16) -> Bytes {
+    Bytes::from(
+        PacketBuilder::icmp_echo(src.parse().unwrap(), dst.parse().unwrap(), 1, seq)
+            .payload(b"hello")
+            .build(),
+    )
+}
+
+/// Injects `packet` into `from` until it comes out of `to`'s TUN (a few tries: the sender
+/// may still be looking its peer up, or backing off from connections it was refused;
+/// packets it queued then may come out first).
+pub async fn reaches(from: &Member, to: &mut Member, packet: Bytes) {
+    for _ in 0..40 {
+        from.os.inject(packet.clone()).await;
+        while let Ok(out) =
+            tokio::time::timeout(Duration::from_millis(500), to.os.next_written()).await
+        {
+            if out.unwrap().data == packet {
+                return;
+            }
+        }
+    }
+    panic!("the packet never arrived");
+}
+
+/// Waits (at most 20 s) until `done` holds.
+pub async fn until(what: &str, done: impl Fn() -> bool) {
+    let wait = async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
