@@ -16,6 +16,7 @@ use vpn_metrics::AtomicMetrics;
 use vpn_service::{CREATE_TUN, VpnNode, create_identity, load_identity};
 
 mod ca;
+mod privilege;
 
 /// A peer-to-peer mesh VPN over libp2p.
 #[derive(Debug, Parser)]
@@ -188,6 +189,16 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
+    let cli = Cli::parse();
+    // `up` reads what only root may read and gives root up while it has one thread: every
+    // thread the runtime starts then has the node's user and CAP_NET_ADMIN alone.
+    let prepared = match &cli.command {
+        Command::Up { config } => match Prepared::load(config) {
+            Ok(prepared) => Some(prepared),
+            Err(e) => return fail(&e),
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -195,16 +206,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    match runtime.block_on(run(cli, prepared)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", report(&e));
-            if let Some(hint) = hint(&e) {
-                eprintln!("hint: {hint}");
-            }
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
+}
+
+/// Says what went wrong (and what to do about it, when we know) and fails.
+fn fail(e: &anyhow::Error) -> std::process::ExitCode {
+    eprintln!("error: {}", report(e));
+    if let Some(hint) = hint(e) {
+        eprintln!("hint: {hint}");
+    }
+    std::process::ExitCode::FAILURE
 }
 
 /// The one line `up` prints once the node carries traffic: who it is, its overlay
@@ -250,8 +264,43 @@ fn limit_malloc_arenas() {
     }
 }
 
-async fn run() -> Result<()> {
-    let cli = Cli::parse();
+/// What `up` reads and does before any thread exists: the configuration, the identity
+/// (both perhaps readable by root only), and the change to `[node] user`.
+struct Prepared {
+    config: vpn_config::VpnConfig,
+    keypair: libp2p_identity::Keypair,
+    /// The user it became, if it changed.
+    became: Option<(String, u32)>,
+    /// The TUN device, opened as root before root was given up.
+    tun: Option<vpn_tun::OpenTun>,
+}
+
+impl Prepared {
+    fn load(config_path: &Path) -> Result<Self> {
+        let config = load_config(config_path)?;
+        let keypair = load_identity(&config.node.identity_file)?;
+        let (mut became, mut tun) = (None, None);
+        if let Some(user) = config.node.user.as_ref().filter(|_| privilege::is_root()) {
+            // The device file is root's: the interface is made first.
+            let tun_config = vpn_service::tun_config(&config)?;
+            let opened = vpn_tun::OpenTun::open(&tun_config).map_err(|e| {
+                anyhow::Error::new(
+                    ServiceError::new(
+                        vpn_errors::ServiceErrorKind::Startup,
+                        "vpn node",
+                        CREATE_TUN,
+                    )
+                    .with_source(e),
+                )
+            })?;
+            tun = Some(opened);
+            became = Some((user.clone(), privilege::drop_to(user)?));
+        }
+        Ok(Self { config, keypair, became, tun })
+    }
+}
+
+async fn run(cli: Cli, prepared: Option<Prepared>) -> Result<()> {
     let logs = Logs::init(cli.log_format);
     match cli.command {
         Command::Init { dir, address, address6, ca, name, expires } => {
@@ -264,7 +313,10 @@ async fn run() -> Result<()> {
             Ok(())
         }
         Command::Man => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
-        Command::Up { config } => up(&config, logs).await,
+        Command::Up { config } => {
+            let prepared = prepared.context("the node was not prepared")?;
+            up(&config, prepared, logs).await
+        }
         Command::Id { config, identity } => id(config.as_deref(), identity.as_deref()),
         Command::Status { config, json } => ask(&config, "status", json).await,
         Command::Peers { config, json } => ask(&config, "peers", json).await,
@@ -448,10 +500,12 @@ fn render(value: &serde_json::Value, depth: usize, out: &mut String) {
     }
 }
 
-async fn up(config_path: &Path, logs: Logs) -> Result<()> {
-    let config = load_config(config_path)?;
+async fn up(config_path: &Path, prepared: Prepared, logs: Logs) -> Result<()> {
+    let Prepared { config, keypair, became, tun } = prepared;
     logs.apply(Logs::parse(&config.log.level)?)?;
-    let keypair = load_identity(&config.node.identity_file)?;
+    if let Some((user, uid)) = became {
+        tracing::info!(%user, uid, "running as an unprivileged user with CAP_NET_ADMIN only");
+    }
     let metrics_listen = config.metrics.listen;
     let socket = config.control.socket.clone();
     // Signals first: a SIGHUP or SIGTERM while the node starts must not kill it outright.
@@ -460,7 +514,12 @@ async fn up(config_path: &Path, logs: Logs) -> Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     // The program's node: every part the default, the counters kept for Prometheus.
     let metrics = Arc::new(AtomicMetrics::new());
-    let node = Arc::new(VpnNode::builder(config, keypair).metrics(metrics.clone()).build());
+    let mut builder = VpnNode::builder(config, keypair).metrics(metrics.clone());
+    if let Some(tun) = tun {
+        let tun = tun.start().await.context("the node could not start")?;
+        builder = builder.tun(Arc::new(tun.with_metrics(metrics.clone())));
+    }
+    let node = Arc::new(builder.build());
     node.start().await.context("the node could not start")?;
     if let Some(addr) = metrics_listen {
         tokio::spawn(serve_metrics(addr, metrics));

@@ -50,6 +50,12 @@ settings! {
         /// Prefixes behind this node that it routes for the overlay.
         @serde(deserialize_with = "nets")
         routes: Vec<IpNet> = Vec::new(), with_routes;
+        /// `vpn-node up` started as root becomes this user before it starts, keeping only
+        /// CAP_NET_ADMIN (the identity and this file are read first, as root; certificate,
+        /// revocation list and the control socket's directory must be open to the user).
+        /// Unset: it keeps the privileges it was started with (under systemd: the unit's
+        /// user and `AmbientCapabilities=CAP_NET_ADMIN`).
+        user: Option<String> = None, with_user;
     }
 }
 

@@ -29,7 +29,7 @@ mod tun_reader;
 pub use builder::VpnNodeBuilder;
 pub use control::{Reloader, peers_json, query_control, serve_control, status_json};
 pub use identity::{create_identity, load_identity};
-pub use node::{CREATE_TUN, VpnNode};
+pub use node::{CREATE_TUN, VpnNode, tun_config};
 pub use ping::{MAX_PINGS, PingReport, PingTarget};
 pub use receiver::{InboundCheck, Verdict};
 

@@ -124,6 +124,28 @@ fn startup(part: &'static str, cause: VpnError) -> VpnError {
     )
 }
 
+/// The TUN device a configuration describes: the interface, the overlay addresses and the
+/// peers' routes into the tunnel.
+///
+/// Errors: `node.address` is unset.
+pub fn tun_config(config: &VpnConfig) -> Result<TunConfig, VpnError> {
+    let address = config.node.address.ok_or_else(|| {
+        VpnError::Config(vpn_errors::ConfigError::new("node.address", "(unset)", "must be set"))
+    })?;
+    let mut routes: Vec<IpNet> =
+        config.peers.iter().flat_map(|p| p.routes.iter().copied()).collect();
+    routes.sort();
+    routes.dedup();
+    Ok(TunConfig {
+        name: config.interface.name.clone(),
+        mtu: config.interface.mtu,
+        address,
+        address6: config.node.address6,
+        routes,
+        offload: config.interface.offload,
+    })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain slots: a panic elsewhere leaves them whole.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -571,23 +593,7 @@ impl VpnNode {
 
     /// The kernel TUN device, with the overlay addresses and the peers' routes.
     async fn create_tun(&self) -> Result<Arc<dyn TunDevice>, VpnError> {
-        let config = self.config();
-        let address = config.node.address.ok_or_else(|| {
-            let unset = vpn_errors::ConfigError::new("node.address", "(unset)", "must be set");
-            startup(CREATE_TUN, VpnError::Config(unset))
-        })?;
-        let mut routes: Vec<IpNet> =
-            config.peers.iter().flat_map(|p| p.routes.iter().copied()).collect();
-        routes.sort();
-        routes.dedup();
-        let tun_config = TunConfig {
-            name: config.interface.name.clone(),
-            mtu: config.interface.mtu,
-            address,
-            address6: config.node.address6,
-            routes,
-            offload: config.interface.offload,
-        };
+        let tun_config = tun_config(&self.config()).map_err(|e| startup(CREATE_TUN, e))?;
         let tun = Tun::create(&tun_config).await.map_err(|e| startup(CREATE_TUN, e))?;
         Ok(Arc::new(tun.with_metrics(self.metrics.clone())))
     }

@@ -96,6 +96,40 @@ impl Tun {
     ///
     /// Errors: a `Startup` service error naming the step that failed.
     pub async fn create(config: &TunConfig) -> Result<Self, VpnError> {
+        OpenTun::open(config)?.start().await
+    }
+
+    /// Counts reads that cannot be used (a header it cannot take apart, a cut-off read) in
+    /// `metrics`, as `malformed` drops.
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsService>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn unusable(&self, len: usize) {
+        tracing::debug!(interface = %self.name, len, "dropped a TUN read that cannot be used");
+        if let Some(metrics) = &self.metrics {
+            metrics.record_drop(DropReason::Malformed);
+        }
+    }
+}
+
+/// A TUN interface opened and addressed, not yet in an async runtime: what needs root (the
+/// device file) is done by [`OpenTun::open`], so a node can give root up before it starts
+/// its runtime, and finish with [`OpenTun::start`].
+pub struct OpenTun {
+    device: tun_rs::SyncDevice,
+    offload: bool,
+    config: TunConfig,
+}
+
+impl OpenTun {
+    /// Opens `/dev/net/tun` and creates the interface with its addresses (with offload
+    /// first when asked, a plain TUN where the kernel refuses it). Needs `CAP_NET_ADMIN`
+    /// and access to `/dev/net/tun`; starts no thread and needs no runtime.
+    ///
+    /// Errors: a `Startup` service error naming the step that failed.
+    pub fn open(config: &TunConfig) -> Result<Self, VpnError> {
         let open = |offload: bool| {
             let mut builder = DeviceBuilder::new()
                 .name(config.name.clone())
@@ -105,10 +139,20 @@ impl Tun {
             if let Some(v6) = config.address6 {
                 builder = builder.ipv6(v6.addr(), v6.prefix_len());
             }
-            builder.build_async()
+            builder.build_sync()
         };
         let (device, offload) =
             open_with_fallback(config.offload, open).map_err(|e| startup("create interface", e))?;
+        Ok(Self { device, offload, config: config.clone() })
+    }
+
+    /// Finishes the interface inside the async runtime: its routes (through the `ip`
+    /// command, which inherits CAP_NET_ADMIN) and the cap on segments per super-packet.
+    ///
+    /// Errors: a `Startup` service error naming the step that failed.
+    pub async fn start(self) -> Result<Tun, VpnError> {
+        let Self { device, offload, config } = self;
+        let device = AsyncDevice::new(device).map_err(|e| startup("register interface", e))?;
         let name = device.name().map_err(|e| startup("read interface name", e))?;
         for route in &config.routes {
             add_route(&name, route).await.map_err(|e| startup("add route", e))?;
@@ -131,21 +175,7 @@ impl Tun {
             }
         }
         let reader = tokio::sync::Mutex::new(reader);
-        Ok(Self { device, name, mtu: config.mtu, offload, reader, metrics: None })
-    }
-
-    /// Counts reads that cannot be used (a header it cannot take apart, a cut-off read) in
-    /// `metrics`, as `malformed` drops.
-    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsService>) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    fn unusable(&self, len: usize) {
-        tracing::debug!(interface = %self.name, len, "dropped a TUN read that cannot be used");
-        if let Some(metrics) = &self.metrics {
-            metrics.record_drop(DropReason::Malformed);
-        }
+        Ok(Tun { device, name, mtu: config.mtu, offload, reader, metrics: None })
     }
 }
 

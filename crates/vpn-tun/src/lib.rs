@@ -14,7 +14,7 @@
 mod device;
 mod vnet;
 
-pub use device::{Tun, TunConfig};
+pub use device::{OpenTun, Tun, TunConfig};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
