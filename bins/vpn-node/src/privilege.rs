@@ -41,13 +41,7 @@ fn lookup(name: &str) -> Result<(libc::uid_t, libc::gid_t)> {
     // SAFETY: every pointer is valid for the call; the buffer's length is passed with it, and
     // `entry` only points into `buffer`, which outlives its use below.
     let rc = unsafe {
-        libc::getpwnam_r(
-            c_name.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
+        libc::getpwnam_r(c_name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found)
     };
     if rc != 0 || found.is_null() {
         bail!("no user {name:?} on this system ([node] user)");
@@ -85,10 +79,8 @@ pub(crate) fn drop_to(user: &str) -> Result<libc::uid_t> {
         check(libc::setresgid(gid, gid, gid), "change group")?;
         check(libc::setresuid(uid, uid, uid), "change user")?;
         let header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
-        let data = [
-            CapData { effective: keep, permitted: keep, inheritable: keep },
-            CapData::default(),
-        ];
+        let data =
+            [CapData { effective: keep, permitted: keep, inheritable: keep }, CapData::default()];
         check(
             libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int,
             "keep only CAP_NET_ADMIN",

@@ -323,7 +323,10 @@ impl EventLoop {
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = refresh.tick() => self.refresh_routing_table(),
-                _ = deadline.tick() => self.close_unproven(),
+                _ = deadline.tick() => {
+                    self.close_unproven();
+                    self.recheck_members();
+                }
             }
         }
     }
@@ -408,12 +411,7 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::Shutdown => {}
-            Command::Expel { peer } => {
-                let behaviour = self.swarm.behaviour_mut();
-                behaviour.gate.forget(&peer);
-                behaviour.gate.inner.kad.remove_peer(&peer);
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
+            Command::Expel { peer } => self.expel(peer),
             Command::Connections { reply } => {
                 let all = self.connections.iter().flat_map(|(peer, conns)| {
                     conns.iter().map(|c| (*peer, c.endpoint.get_remote_address().clone()))
@@ -636,6 +634,32 @@ impl EventLoop {
         for addr in dialed {
             self.swarm.behaviour_mut().gate.inner.kad.add_address(&peer, addr);
         }
+    }
+
+    /// Cuts off connected members that are members no more (a certificate ran out): the
+    /// gate shuts, the routing table drops them, their connections close, and it is counted.
+    fn recheck_members(&mut self) {
+        let Some(admission) = self.admission.clone() else { return };
+        let lapsed: Vec<PeerId> = self
+            .connections
+            .keys()
+            .filter(|peer| self.swarm.behaviour().gate.is_open(peer))
+            .filter(|peer| admission.admit(peer, &[]).is_err())
+            .copied()
+            .collect();
+        for peer in lapsed {
+            tracing::info!(%peer, "no member any more (its certificate ran out); cutting it off");
+            admission.refused(&peer, PeerRefusal::NotMember);
+            self.expel(peer);
+        }
+    }
+
+    /// Shuts the gate on `peer`, drops it from the routing table, closes its connections.
+    fn expel(&mut self, peer: PeerId) {
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.gate.forget(&peer);
+        behaviour.gate.inner.kad.remove_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     /// Closes connections of refused peers, and of peers that have not proven themselves

@@ -18,7 +18,7 @@ use vpn_p2p::{
 /// Takes the peers it lists; remembers every refusal.
 #[derive(Default)]
 struct Listed {
-    members: HashSet<PeerId>,
+    members: Mutex<HashSet<PeerId>>,
     refused: Mutex<Vec<(PeerId, Refusal)>>,
 }
 
@@ -27,7 +27,7 @@ impl Admission for Listed {
         Vec::new()
     }
     fn admit(&self, peer: &PeerId, _certificate: &[u8]) -> Result<(), String> {
-        match self.members.contains(peer) {
+        match self.members.lock().unwrap().contains(peer) {
             true => Ok(()),
             false => Err("not listed".to_owned()),
         }
@@ -83,7 +83,8 @@ async fn a_stranger_is_refused_closed_and_counted_and_gets_no_record_and_no_stre
     const ECHO: StreamProtocol = StreamProtocol::new("/test/echo/1");
     let (b_key, s_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let (b_id, s_id) = (b_key.public().to_peer_id(), s_key.public().to_peer_id());
-    let listed = Arc::new(Listed { members: HashSet::from([b_id]), ..Listed::default() });
+    let listed =
+        Arc::new(Listed { members: Mutex::new(HashSet::from([b_id])), ..Listed::default() });
     let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |_| {}).await;
     let a_id = a.handle().local_peer_id();
     let mut incoming = a.handle().stream_control().accept(ECHO).unwrap();
@@ -195,7 +196,8 @@ async fn a_peer_that_never_proves_itself_is_closed_after_the_membership_timeout(
 async fn unproven_connections_are_bounded_and_members_still_get_in() {
     let b_key = Keypair::generate_ed25519();
     let b_id = b_key.public().to_peer_id();
-    let listed = Arc::new(Listed { members: HashSet::from([b_id]), ..Listed::default() });
+    let listed =
+        Arc::new(Listed { members: Mutex::new(HashSet::from([b_id])), ..Listed::default() });
     let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |c| {
         c.max_unproven = 4;
         c.max_unproven_per_ip = 8;
@@ -228,6 +230,30 @@ async fn unproven_connections_are_bounded_and_members_still_get_in() {
     assert!(listed.refusals_of(&b_id).is_empty());
     // The held strangers are still connected, still shut out: their slots stay theirs.
     assert_eq!(held.len(), 4);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_being_one_is_cut_off() {
+    let b_key = Keypair::generate_ed25519();
+    let b_id = b_key.public().to_peer_id();
+    let listed =
+        Arc::new(Listed { members: Mutex::new(HashSet::from([b_id])), ..Listed::default() });
+    let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |_| {}).await;
+    let b = node(b_key, None, |_| {}).await;
+    b.handle().dial(a.handle().local_peer_id(), vec![addr_of(&a).await]).await.unwrap();
+    assert!(a.handle().connected_peers().await.unwrap().contains(&b_id));
+    // Its certificate runs out: A finds out by itself, cuts it off and counts it.
+    listed.members.lock().unwrap().clear();
+    until("B is cut off", async || !a.handle().connected_peers().await.unwrap().contains(&b_id))
+        .await;
+    // (It may come back and be refused again.)
+    let refusals = listed.refusals_of(&b_id);
+    assert!(
+        !refusals.is_empty() && refusals.iter().all(|r| *r == Refusal::NotMember),
+        "{refusals:?}"
+    );
     a.stop().await;
     b.stop().await;
 }
