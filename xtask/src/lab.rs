@@ -126,7 +126,8 @@ impl Lab {
     fn build_network(&mut self) -> Result<()> {
         // A lab of the same name left by a killed run (the same PID in another container)
         // has no owner any more: remove it first.
-        for stale in ["sw", "a", "b", "c", "d"].map(|n| format!("{}{n}", self.prefix)) {
+        let names = ["sw", "a", "b", "c", "d", "s", "r", "x", "e"];
+        for stale in names.map(|n| format!("{}{n}", self.prefix)) {
             let _ =
                 Command::new("ip").args(["netns", "del", &stale]).stderr(Stdio::null()).status();
         }

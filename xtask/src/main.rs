@@ -23,6 +23,7 @@ mod faults;
 mod forge;
 mod fuzz;
 mod lab;
+mod membership;
 mod tools;
 
 use std::env;
@@ -113,7 +114,16 @@ fn e2e() -> Result<()> {
     needs_root("the end-to-end test")?;
     let binary = node_binary()?;
     let me = env::current_exe().context("the xtask binary's path")?;
-    e2e::run(&binary, &me)
+    e2e::run(&binary, &me)?;
+    membership::run(&binary, &strangers_binary()?)
+}
+
+/// Builds the strangers tool (an example of vpn-p2p) and returns its path.
+fn strangers_binary() -> Result<PathBuf> {
+    cargo(&["build", "--locked", "-p", "vpn-p2p", "--example", "strangers"], &[])?;
+    let target =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join("debug").join("examples").join("strangers"))
 }
 
 fn faults(soak: bool, only: &[String]) -> Result<()> {

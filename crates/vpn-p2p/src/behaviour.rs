@@ -15,12 +15,15 @@ const IDENTIFY_PROTOCOL: &str = "/vpn-node/id/1.0.0";
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    // Behaviours that may deny a connection come first: one asked after a behaviour that
+    // took the connection would leave that one holding a connection that never was.
     pub(crate) limits: connection_limits::Behaviour,
+    /// Everything but the membership exchange, for members only; it also bounds the
+    /// connections not proven yet.
+    pub(crate) gate: Gate<Members>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     /// The one protocol a connection carries before its peer is proven a member.
     pub(crate) membership: request_response::Behaviour<HelloCodec>,
-    /// Everything else, for members only.
-    pub(crate) gate: Gate<Members>,
 }
 
 /// The protocols behind the membership gate.

@@ -136,9 +136,10 @@ impl<B> Gate<B> {
         open.outbound
     }
 
+    /// Whether a new connection to `peer` may be taken, and how open it starts. It is
+    /// counted once the swarm has it (a behaviour asked later may still deny it).
     fn admit(
         &mut self,
-        id: ConnectionId,
         peer: PeerId,
         remote: &Multiaddr,
         inbound: bool,
@@ -166,7 +167,6 @@ impl<B> Gate<B> {
                 return Err(ConnectionDenied::new(TooManyUnproven(over)));
             }
         }
-        self.connections.insert(id, Tracked { peer, ip });
         Ok(open)
     }
 }
@@ -192,7 +192,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         let inner = self.inner.handle_established_inbound_connection(id, peer, local, remote)?;
-        let open = self.admit(id, peer, remote, true)?;
+        let open = self.admit(peer, remote, true)?;
         Ok(GateHandler { inner, open })
     }
 
@@ -216,11 +216,16 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         let inner =
             self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use)?;
-        let open = self.admit(id, peer, addr, false)?;
+        let open = self.admit(peer, addr, false)?;
         Ok(GateHandler { inner, open })
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionEstablished(established) = &event {
+            let ip = ip_of(established.endpoint.get_remote_address());
+            self.connections
+                .insert(established.connection_id, Tracked { peer: established.peer_id, ip });
+        }
         if let FromSwarm::ConnectionClosed(closed) = &event {
             self.connections.remove(&closed.connection_id);
             if closed.remaining_established == 0 {

@@ -67,6 +67,9 @@ enum Command {
     Connected {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    RoutingTable {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
     Connections {
         reply: oneshot::Sender<Vec<(PeerId, Multiaddr)>>,
     },
@@ -181,6 +184,7 @@ impl P2pNode {
                 admission: config.admission,
                 membership_timeout: config.membership_timeout,
                 refused: HashMap::new(),
+                bootstrap: Redial::new(config.bootstrap.clone()),
             }
             .run(),
         );
@@ -283,6 +287,42 @@ struct EventLoop {
     /// Peers refused and when: their connections close [`REFUSAL_GRACE`] later, time for
     /// our answer to reach them (at most the unproven connections' number).
     refused: HashMap<PeerId, std::time::Instant>,
+    /// The bootstrap addresses, dialed again while no member is connected.
+    bootstrap: Redial,
+}
+
+/// Dials the bootstrap addresses again while the node has no member to talk to (they were
+/// down when it started, or every member went away): after 2 s, then twice as long each
+/// time up to a minute; from the start again once a member is connected.
+struct Redial {
+    addrs: Vec<Multiaddr>,
+    wait: Duration,
+    next: std::time::Instant,
+}
+
+impl Redial {
+    const FIRST: Duration = Duration::from_secs(2);
+    const LONGEST: Duration = Duration::from_secs(60);
+
+    fn new(addrs: Vec<Multiaddr>) -> Self {
+        Self { addrs, wait: Self::FIRST, next: std::time::Instant::now() + Self::FIRST }
+    }
+
+    /// The addresses to dial now, if it is time (`alone`: no member connected).
+    fn due(&mut self, alone: bool) -> Vec<Multiaddr> {
+        let now = std::time::Instant::now();
+        if !alone {
+            self.wait = Self::FIRST;
+            self.next = now + Self::FIRST;
+            return Vec::new();
+        }
+        if now < self.next {
+            return Vec::new();
+        }
+        self.next = now + self.wait;
+        self.wait = (self.wait * 2).min(Self::LONGEST);
+        self.addrs.clone()
+    }
 }
 
 /// One open connection, as the event loop keeps track of it.
@@ -326,6 +366,7 @@ impl EventLoop {
                 _ = deadline.tick() => {
                     self.close_unproven();
                     self.recheck_members();
+                    self.redial_bootstrap();
                 }
             }
         }
@@ -411,6 +452,16 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::Shutdown => {}
+            Command::RoutingTable { reply } => {
+                let kad = &mut self.swarm.behaviour_mut().gate.inner.kad;
+                let peers = kad
+                    .kbuckets()
+                    .flat_map(|bucket| {
+                        bucket.iter().map(|entry| *entry.node.key.preimage()).collect::<Vec<_>>()
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
             Command::Expel { peer } => self.expel(peer),
             Command::Connections { reply } => {
                 let all = self.connections.iter().flat_map(|(peer, conns)| {
@@ -651,6 +702,16 @@ impl EventLoop {
             tracing::info!(%peer, "no member any more (its certificate ran out); cutting it off");
             admission.refused(&peer, PeerRefusal::NotMember);
             self.expel(peer);
+        }
+    }
+
+    /// Dials the bootstrap addresses again while no member is connected.
+    fn redial_bootstrap(&mut self) {
+        let gate = &self.swarm.behaviour().gate;
+        let alone = !self.connections.keys().any(|peer| gate.is_open(peer));
+        for addr in self.bootstrap.due(alone) {
+            tracing::debug!(%addr, "no member connected; dialing the bootstrap peer again");
+            let _ = self.swarm.dial(addr);
         }
     }
 
@@ -913,6 +974,11 @@ impl P2pHandle {
     /// `peer` is no member any more: its connections close and the routing table drops it.
     pub async fn expel(&self, peer: PeerId) -> Result<(), P2pError> {
         self.commands.send(Command::Expel { peer }).await.map_err(|_| P2pError::Stopped)
+    }
+
+    /// The peers in the Kademlia routing table now.
+    pub async fn routing_table(&self) -> Result<Vec<PeerId>, P2pError> {
+        self.ask(|reply| Command::RoutingTable { reply }).await
     }
 
     /// The peers connected now.

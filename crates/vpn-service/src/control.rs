@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 use vpn_api::VpnService;
-use vpn_types::{Budget, DropReason};
+use vpn_types::{Budget, DropReason, PeerRefusal};
 
 use crate::ping::PingTarget;
 use crate::{VpnNode, json};
@@ -31,11 +31,17 @@ pub async fn status_json(node: &VpnNode) -> String {
         .iter()
         .map(|b| format!("{}:{}", json::string(b.as_str()), m.exceeded(*b)))
         .collect::<Vec<_>>();
+    let refused = PeerRefusal::ALL
+        .iter()
+        .map(|r| format!("{}:{}", json::string(r.as_str()), m.refused(*r)))
+        .collect::<Vec<_>>();
+    let routing = node.routing_table().await;
     format!(
-        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"records_refused\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}}}}}}",
+        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"routing_table\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"records_refused\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}},\"peers_refused\":{{{}}}}}}}",
         json::string(&node.local_peer_id().to_string()),
         json::list(node.own_addresses().iter().map(|a| json::string(&a.to_string()))),
         json::list(node.listen_addrs().await.iter().map(|a| json::string(&a.to_string()))),
+        json::list(routing.iter().map(|p| json::string(&p.to_string()))),
         m.packets_sent,
         m.bytes_sent,
         m.packets_received,
@@ -46,6 +52,7 @@ pub async fn status_json(node: &VpnNode) -> String {
         m.active_streams,
         drops.join(","),
         budgets.join(","),
+        refused.join(","),
     )
 }
 

@@ -238,6 +238,14 @@ impl VpnNode {
         }
     }
 
+    /// The peers in the DHT routing table now (members only; empty when not started).
+    pub async fn routing_table(&self) -> Vec<PeerId> {
+        match self.p2p_handle().await {
+            Some(handle) => handle.routing_table().await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
     /// Health figures of the streams to each peer (empty when not started).
     pub fn stream_health(&self) -> vpn_api::HealthSnapshot {
         let health = lock(&self.health).clone();

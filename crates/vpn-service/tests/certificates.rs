@@ -128,6 +128,9 @@ async fn members_by_certificate_find_each_other_and_outsiders_are_refused() {
     );
     let stranger = start(&stranger_key, vpn_config::load_str(&stranger_text, []).unwrap()).await;
     until("A refused the stranger", || refused(&a) >= 1).await;
+    let table = a.node.routing_table().await;
+    assert!(table.contains(&kb.public().to_peer_id()), "members are in A's routing table");
+    assert!(!table.contains(&stranger_key.public().to_peer_id()), "the stranger is not");
 
     // A node whose certificate ran out does not start, and says why.
     let expired = certify(dir.path(), &ca, kt, &["100.64.0.7"], now - 7200, 3600);
@@ -157,6 +160,7 @@ async fn members_by_certificate_find_each_other_and_outsiders_are_refused() {
     r.os.inject(ping("100.64.0.8", "100.64.0.1", 10)).await;
     until("R is refused after the revocation", || refused(&a) > before).await;
     assert!(!a.node.connected_peers().await.contains(&r_peer), "R is still connected");
+    assert!(!a.node.routing_table().await.contains(&r_peer), "R is still in the routing table");
     let got = tokio::time::timeout(Duration::from_secs(2), a.os.next_written()).await;
     assert!(got.is_err(), "a revoked member's packet reached A: {got:?}");
 
