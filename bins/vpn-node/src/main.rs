@@ -115,6 +115,13 @@ enum Command {
         #[arg(long, default_value = "90d", requires = "ca", value_parser = humantime::parse_duration)]
         expires: std::time::Duration,
     },
+    /// Writes a new pre-shared key (mode 0600) for a private network (`[network]
+    /// psk_file`): every node of the network gets the same file.
+    Psk {
+        /// Where to write it (it must not exist).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// The network CA: makes it, signs member certificates and revocation lists, shows
     /// what a certificate says.
     Ca {
@@ -308,6 +315,7 @@ async fn run(cli: Cli, prepared: Option<Prepared>) -> Result<()> {
             init(&dir, &address, address6.as_deref(), ca)
         }
         Command::Ca { command } => ca::run(command),
+        Command::Psk { out } => psk(&out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "vpn-node", &mut std::io::stdout());
             Ok(())
@@ -328,6 +336,29 @@ async fn run(cli: Cli, prepared: Option<Prepared>) -> Result<()> {
 fn load_config(path: &Path) -> Result<vpn_config::VpnConfig> {
     vpn_config::load_file(path)
         .with_context(|| format!("configuration {} is not usable", path.display()))
+}
+
+fn psk(out: &Path) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut key))
+        .context("cannot read /dev/urandom")?;
+    let text = vpn_p2p::PreSharedKey::new(key).to_string();
+    let mut file =
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    writeln!(file, "{text}").with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {}; give every node of the network this file as [network] psk_file",
+        out.display()
+    );
+    Ok(())
 }
 
 /// The CA that signs a new node's certificate at `init`.

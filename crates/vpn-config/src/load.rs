@@ -39,7 +39,8 @@ pub fn load_file_with_env(
     if let Some(dir) = path.parent() {
         let membership = &mut config.membership;
         let files = [Some(&mut config.node.identity_file), membership.certificate.as_mut()];
-        for file in files.into_iter().chain([membership.revocations.as_mut()]).flatten() {
+        let more = [membership.revocations.as_mut(), config.network.psk_file.as_mut()];
+        for file in files.into_iter().chain(more).flatten() {
             if file.is_relative() {
                 *file = dir.join(&*file);
             }

@@ -97,6 +97,11 @@ settings! {
         allowed_peers: Vec<PeerId> = Vec::new(), with_allowed_peers;
         /// The transport preferred for dialing.
         transport: Transport = Transport::Tcp, with_transport;
+        /// A pre-shared key file (`vpn-node psk`, the libp2p `swarm.key` format): a private
+        /// network whose TCP listeners are silent to anyone without the same key. QUIC has
+        /// no place for the key, so with one the node listens and dials on TCP only. A
+        /// relative path is taken from the configuration file's directory.
+        psk_file: Option<PathBuf> = None, with_psk_file;
         /// Most connections in all.
         max_connections: u32 = 512, with_max_connections;
         /// Most connections to one peer.

@@ -245,6 +245,26 @@ fn network(c: &mut Checks, config: &VpnConfig) {
             "must end in /p2p/<peer id> (or membership.ca must be set: a bootstrap peer then proves itself by certificate)",
         );
     }
+    if n.psk_file.is_some() {
+        let quic = n
+            .listen
+            .iter()
+            .find(|a| a.iter().any(|p| matches!(p, vpn_api::multiaddr::Protocol::QuicV1)));
+        if let Some(quic) = quic {
+            c.require(
+                false,
+                "network.listen",
+                quic,
+                "QUIC cannot carry network.psk_file's key: listen on TCP only",
+            );
+        }
+        c.require(
+            n.transport == crate::Transport::Tcp,
+            "network.transport",
+            "quic",
+            "QUIC cannot carry network.psk_file's key: use tcp",
+        );
+    }
     c.at_least("network.max_connections", u64::from(n.max_connections), 1);
     c.at_least("network.max_connections_per_peer", u64::from(n.max_connections_per_peer), 1);
     c.require(
@@ -422,6 +442,12 @@ mod tests {
             ("[network]\nlisten = []\n", "network.listen"),
             ("[network]\ndial_timeout = \"500ms\"\n", "network.dial_timeout"),
             ("[network]\nbootstrap = [\"/ip4/198.18.0.1/tcp/4001\"]\n", "network.bootstrap[0]"),
+            ("[network]\npsk_file = \"swarm.key\"\n", "network.listen"),
+            ("[membership]\ncertificate = \"node.crt\"\n", "membership.certificate"),
+            ("[membership]\nca = [\"not hex\"]\n", "membership.ca"),
+            ("[membership]\nca = [\"0801\"]\n", "membership.ca"),
+            ("[membership]\nmax_unproven = 600\n", "membership.max_unproven"),
+            ("[membership]\ntimeout = \"0s\"\n", "membership.timeout"),
             ("[discovery]\nrepublish_interval = \"40m\"\n", "discovery.republish_interval"),
             (
                 "[discovery]\nrecord_ttl = \"8d\"\nrepublish_interval = \"1h\"\n",

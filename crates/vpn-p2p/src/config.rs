@@ -67,6 +67,8 @@ pub struct P2pConfig {
     pub max_unproven_per_ip: usize,
     /// Most incoming connections still in their handshake.
     pub max_pending_incoming: u32,
+    /// A pre-shared key: TCP only, and silent to anyone without the key.
+    pub psk: Option<libp2p::pnet::PreSharedKey>,
 }
 
 impl P2pConfig {
@@ -93,6 +95,7 @@ impl P2pConfig {
             max_unproven: 128,
             max_unproven_per_ip: 8,
             max_pending_incoming: 64,
+            psk: None,
         }
     }
 }

@@ -33,6 +33,7 @@ pub use transport::{HEAD_START, HeadStart, kind_of};
 pub use vpn_types::PeerRefusal;
 
 pub use libp2p::identity::Keypair;
+pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use libp2p_stream::Control;
 

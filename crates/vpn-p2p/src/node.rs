@@ -129,7 +129,7 @@ impl P2pNode {
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
             .with_other_transport(|key| {
-                crate::transport::build(key, config.transport)
+                crate::transport::build(key, config.transport, config.psk)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| startup("transport", &e))?

@@ -18,6 +18,7 @@ use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEve
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::{Multiaddr, PeerId, Transport, noise, quic, tcp, yamux};
 use vpn_config::Transport as Kind;
 
@@ -37,8 +38,22 @@ pub fn kind_of(addr: &Multiaddr) -> Option<Kind> {
 pub fn build(
     key: &Keypair,
     preferred: Kind,
+    psk: Option<PreSharedKey>,
 ) -> Result<HeadStart<Boxed<(PeerId, StreamMuxerBox)>>, noise::Error> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    let socket = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    if let Some(psk) = psk {
+        // A private network: the key's handshake comes before anything else on TCP, and
+        // QUIC (which has no place for it) is not offered.
+        let private = socket
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed();
+        return Ok(HeadStart { inner: private, preferred: Kind::Tcp });
+    }
+    let tcp = socket
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())

@@ -218,3 +218,35 @@ async fn a_peer_reachable_both_ways_is_dialed_over_the_preferred_transport() {
     }
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_network_takes_only_nodes_with_its_key() {
+    let key = vpn_p2p::PreSharedKey::new([7; 32]);
+    let private = |psk: Option<vpn_p2p::PreSharedKey>| {
+        let mut config = P2pConfig::new(Keypair::generate_ed25519(), loopback());
+        config.psk = psk;
+        config.dial_timeout = Duration::from_secs(2);
+        P2pNode::start(config)
+    };
+    let a = private(Some(key)).await.unwrap();
+    let b = private(Some(key)).await.unwrap();
+    let a_id = a.handle().local_peer_id();
+    b.handle().dial(a_id, vec![addr_of(&a).await]).await.unwrap();
+    b.handle()
+        .put_record(b"/k/private".to_vec(), b"member".to_vec(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Without the key, or with another one, the handshake fails before Noise.
+    let other = vpn_p2p::PreSharedKey::new([8; 32]);
+    for psk in [None, Some(other)] {
+        let outsider = private(psk).await.unwrap();
+        let dialed = outsider.handle().dial(a_id, vec![addr_of(&a).await]).await;
+        assert!(dialed.is_err(), "a node without the key connected");
+        outsider.stop().await;
+    }
+    // The members go on.
+    let found = b.handle().get_records(b"/k/private".to_vec()).await.unwrap();
+    assert!(found.iter().any(|v| v == b"member"));
+    a.stop().await;
+    b.stop().await;
+}

@@ -73,6 +73,20 @@ pub(crate) fn load(
     Ok(Some(Arc::new(membership)))
 }
 
+/// The pre-shared key in `path` (the libp2p `swarm.key` format).
+pub(crate) fn load_psk(path: &Path) -> Result<vpn_p2p::PreSharedKey, VpnError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        config_error("network.psk_file", path.display(), format!("cannot be read: {e}"))
+    })?;
+    text.parse().map_err(|e| {
+        config_error(
+            "network.psk_file",
+            path.display(),
+            format!("is not a pre-shared key (vpn-node psk): {e}"),
+        )
+    })
+}
+
 /// The swarm's [`Admission`]: the node's registry decides, refusals are counted.
 pub(crate) struct NodeAdmission {
     pub(crate) registry: Arc<LiveRegistry>,

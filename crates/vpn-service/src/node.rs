@@ -512,6 +512,12 @@ impl VpnNode {
         p2p.max_unproven = membership.max_unproven as usize;
         p2p.max_unproven_per_ip = membership.max_unproven_per_ip as usize;
         p2p.max_pending_incoming = membership.max_pending_incoming;
+        if let Some(path) = &config.network.psk_file {
+            let key =
+                crate::membership::load_psk(path).map_err(|e| startup("load pre-shared key", e))?;
+            tracing::info!(fingerprint = %key.fingerprint(), "private network: TCP only, with a pre-shared key");
+            p2p.psk = Some(key);
+        }
         let filter = record_filter(
             registry.clone(),
             config.discovery.records_per_publisher,
