@@ -245,6 +245,10 @@ settings! {
         max_unproven_per_ip: u32 = 8, with_max_unproven_per_ip;
         /// Most incoming connections still in their handshake.
         max_pending_incoming: u32 = 64, with_max_pending_incoming;
+        /// How often revocation lists are fetched from the DHT (newer ones are taken, the
+        /// members they revoke cut off) and the ones held published there.
+        @serde(with = "humantime_serde")
+        revocation_sync: Duration = Duration::from_secs(60), with_revocation_sync;
     }
 }
 

@@ -80,6 +80,7 @@ fn membership(c: &mut Checks, config: &VpnConfig) {
         "needs membership.ca: the CA that signed it",
     );
     c.positive("membership.timeout", m.timeout);
+    c.positive("membership.revocation_sync", m.revocation_sync);
     c.at_least("membership.max_unproven", u64::from(m.max_unproven), 1);
     c.at_least("membership.max_unproven_per_ip", u64::from(m.max_unproven_per_ip), 1);
     c.at_least("membership.max_pending_incoming", u64::from(m.max_pending_incoming), 1);

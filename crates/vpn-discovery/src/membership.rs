@@ -26,13 +26,14 @@ struct Certified {
 #[derive(Debug, Default)]
 struct State {
     certified: HashMap<PeerId, Certified>,
-    /// The newest revocation list of each trusted CA (by the CA's encoded key).
-    revocations: HashMap<Vec<u8>, RevocationList>,
+    /// The newest revocation list of each trusted CA (by the CA's encoded key), with its
+    /// signed bytes (passed on to other members through the DHT).
+    revocations: HashMap<Vec<u8>, (RevocationList, Vec<u8>)>,
 }
 
 impl State {
     fn revoked(&self, cert: &Certificate, issuer: &PublicKey) -> bool {
-        self.revocations.get(&issuer.encode_protobuf()).is_some_and(|list| list.revokes(cert))
+        self.revocations.get(&issuer.encode_protobuf()).is_some_and(|(list, _)| list.revokes(cert))
     }
 }
 
@@ -122,7 +123,8 @@ impl Membership {
         let (list, issuer) = RevocationList::verify(bytes, &self.trusted)?;
         let key = issuer.encode_protobuf();
         let mut state = self.write();
-        if state.revocations.get(&key).is_some_and(|held| held.issued_unix >= list.issued_unix) {
+        if state.revocations.get(&key).is_some_and(|(held, _)| held.issued_unix >= list.issued_unix)
+        {
             return Ok(Vec::new());
         }
         let cut: Vec<PeerId> = state
@@ -134,8 +136,32 @@ impl Membership {
         for peer in &cut {
             state.certified.remove(peer);
         }
-        state.revocations.insert(key, list);
+        state.revocations.insert(key, (list, bytes.to_vec()));
         Ok(cut)
+    }
+
+    /// The revocation list held for each trusted CA that has one: the CA and the list's
+    /// signed bytes.
+    pub fn revocation_lists(&self) -> Vec<(PublicKey, Vec<u8>)> {
+        let state = self.read();
+        self.trusted
+            .iter()
+            .filter_map(|ca| {
+                let (_, bytes) = state.revocations.get(&ca.encode_protobuf())?;
+                Some((ca.clone(), bytes.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether `bytes` is a revocation list from the trusted CA `ca` at least as new as
+    /// the one held for it (a DHT store takes nothing else under that CA's key).
+    pub fn is_current_list(&self, ca: &PublicKey, bytes: &[u8]) -> bool {
+        let Ok((list, issuer)) = RevocationList::verify(bytes, &self.trusted) else {
+            return false;
+        };
+        let state = self.read();
+        let held = state.revocations.get(&ca.encode_protobuf());
+        issuer == *ca && held.is_none_or(|(held, _)| list.issued_unix >= held.issued_unix)
     }
 
     /// Peers with a certificate remembered now (valid or not).

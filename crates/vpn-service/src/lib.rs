@@ -23,6 +23,7 @@ mod ping;
 mod publisher;
 mod receiver;
 mod reload;
+mod revocations;
 mod tasks;
 mod tun_reader;
 

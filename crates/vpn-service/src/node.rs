@@ -484,6 +484,12 @@ impl VpnNode {
         parts.tasks.spawn(crate::tun_reader::read_tun(tun, dispatcher, self.fault.clone()));
         let every = self.config().discovery.republish_interval;
         parts.tasks.spawn(crate::publisher::publish(discovery, every));
+        if let (Some(membership), Some(handle)) = (registry.membership(), handle) {
+            let config = self.config();
+            let (every, ttl) = (config.membership.revocation_sync, config.discovery.record_ttl);
+            let share = crate::revocations::share(membership.clone(), handle, every, ttl);
+            parts.tasks.spawn(share);
+        }
         tracing::info!(peer = %self.local_peer_id(), "vpn node started");
         Ok(())
     }
@@ -518,11 +524,18 @@ impl VpnNode {
             tracing::info!(fingerprint = %key.fingerprint(), "private network: TCP only, with a pre-shared key");
             p2p.psk = Some(key);
         }
-        let filter = record_filter(
+        let ip_records = record_filter(
             registry.clone(),
             config.discovery.records_per_publisher,
             Some(self.metrics.clone()),
         );
+        let membership = registry.membership().cloned();
+        let filter = move |key: &[u8], value: &[u8], stored: Option<&[u8]>| {
+            if crate::revocations::is_revocation_key(key) {
+                return crate::revocations::store_allows(membership.as_deref(), key, value, stored);
+            }
+            ip_records(key, value, stored)
+        };
         p2p.record_filter = Some(Arc::new(filter));
         P2pNode::start(p2p).await.map_err(|e| startup("start libp2p", e.into()))
     }

@@ -67,7 +67,8 @@ fn config(
     }
     text.push_str("[discovery]\nmdns = false\nnegative_cache_ttl = \"100ms\"\n");
     text.push_str(&format!(
-        "[membership]\nca = [\"{}\"]\ncertificate = \"{cert}\"\ntimeout = \"3s\"\n{extra}",
+        "[membership]\nca = [\"{}\"]\ncertificate = \"{cert}\"\ntimeout = \"3s\"\n\
+         revocation_sync = \"500ms\"\n{extra}",
         hex(&ca.public().encode_protobuf())
     ));
     vpn_config::load_str(&text, []).unwrap()
@@ -86,8 +87,8 @@ async fn members_by_certificate_find_each_other_and_outsiders_are_refused() {
     let mut a = start(ka, config("100.64.0.1", &ca, &a_cert, None, "")).await;
     // The bootstrap address names no peer ID: A proves itself by its certificate.
     let boot: Multiaddr = a.node.listen_addrs().await.remove(0);
-    let mut b =
-        start(kb, config("100.64.0.2", &ca, &cert(kb, "100.64.0.2"), Some(&boot), "")).await;
+    let b_cert = cert(kb, "100.64.0.2");
+    let mut b = start(kb, config("100.64.0.2", &ca, &b_cert, Some(&boot), "")).await;
     let mut c =
         start(kc, config("100.64.0.3", &ca, &cert(kc, "100.64.0.3"), Some(&boot), "")).await;
     reaches(&b, &mut c, ping("100.64.0.2", "100.64.0.3", 1)).await;
@@ -149,16 +150,28 @@ async fn members_by_certificate_find_each_other_and_outsiders_are_refused() {
     std::fs::write(&list_path, list.sign(&ca).unwrap()).unwrap();
     let r = start(kr, config("100.64.0.8", &ca, &revoked_cert, Some(&boot), "")).await;
     reaches(&r, &mut a, ping("100.64.0.8", "100.64.0.1", 5)).await;
-    // A takes the revocation list at its next reload: R is cut off and refused from then on.
+    // B takes the revocation list at its next reload and passes it on through the DHT: A,
+    // which was given nothing, cuts R off and refuses it from then on.
     let revocations = format!("revocations = \"{}\"\n", list_path.display());
-    let with_list = config("100.64.0.1", &ca, &a_cert, None, &revocations);
-    let applied = a.node.reload(with_list).await.unwrap();
+    let with_list = config("100.64.0.2", &ca, &b_cert, Some(&boot), &revocations);
+    let applied = b.node.reload(with_list).await.unwrap();
     assert!(applied.iter().any(|s| s.starts_with("membership.revocations")), "{applied:?}");
-    let before = refused(&a);
     let r_peer = kr.public().to_peer_id();
-    // R's next packet dials again, and is refused.
-    r.os.inject(ping("100.64.0.8", "100.64.0.1", 10)).await;
-    until("R is refused after the revocation", || refused(&a) > before).await;
+    // Once A has cut R off, R's next packets dial again and are refused.
+    let before = refused(&a);
+    let refused_again = async {
+        for seq in 10.. {
+            r.os.inject(ping("100.64.0.8", "100.64.0.1", seq)).await;
+            if refused(&a) > before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), refused_again)
+        .await
+        .expect("A refuses R after B passed the revocation on");
+    while a.os.try_written().is_some() {}
     assert!(!a.node.connected_peers().await.contains(&r_peer), "R is still connected");
     assert!(!a.node.routing_table().await.contains(&r_peer), "R is still in the routing table");
     let got = tokio::time::timeout(Duration::from_secs(2), a.os.next_written()).await;

@@ -58,8 +58,8 @@ pub use record::{
     RECORD_PAYLOAD_TYPE, Selection, record_key, select_record,
 };
 pub use revocation::{
-    MAX_REVOCATION_BYTES, MAX_REVOKED, REVOCATION_DOMAIN, REVOCATION_PAYLOAD_TYPE,
-    REVOCATION_VERSION, RevocationList, Revoked,
+    MAX_REVOCATION_BYTES, MAX_REVOKED, REVOCATION_DOMAIN, REVOCATION_KEY_PREFIX,
+    REVOCATION_PAYLOAD_TYPE, REVOCATION_VERSION, RevocationList, Revoked, revocation_key,
 };
 pub use segment::{SEGMENT_HEADER_LEN, SegmentError, SegmentHeader};
 

@@ -16,6 +16,9 @@ pub const REVOCATION_DOMAIN: &str = "vpn-node-revocations";
 pub const REVOCATION_PAYLOAD_TYPE: &[u8] = b"/vpn-node/revocations/1";
 /// The revocation list format this code writes and reads.
 pub const REVOCATION_VERSION: u32 = 1;
+/// The DHT key of a CA's revocation list is this prefix followed by the CA's public key
+/// (protobuf encoding) in lower-case hex.
+pub const REVOCATION_KEY_PREFIX: &str = "/vpn-node/revocations/";
 /// Most entries one list may hold.
 pub const MAX_REVOKED: usize = 1024;
 /// Largest encoded list read (fits a DHT record).
@@ -37,6 +40,12 @@ struct RevokedProto {
     peer_id: Vec<u8>,
     #[prost(uint64, tag = "2")]
     before_unix: u64,
+}
+
+/// The DHT key of the revocation list of the CA `ca`.
+pub fn revocation_key(ca: &PublicKey) -> Vec<u8> {
+    let hex: String = ca.encode_protobuf().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{REVOCATION_KEY_PREFIX}{hex}").into_bytes()
 }
 
 /// One revoked member: its certificates valid from before `before_unix` are void.
