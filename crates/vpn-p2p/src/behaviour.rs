@@ -48,6 +48,8 @@ impl Behaviour {
         kad_config.set_periodic_bootstrap_interval(None);
         // Members only: a peer enters the routing table once proven, never by itself.
         kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
+        // Room for the largest value stored (a revocation list of up to 60 KiB).
+        kad_config.set_max_packet_size(80 * 1024);
         let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_config);
         // Private networks never see an external address confirmed: serve the DHT anyway.
         kad.set_mode(Some(kad::Mode::Server));

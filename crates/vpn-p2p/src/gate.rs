@@ -30,6 +30,7 @@ use libp2p::swarm::{
 };
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::node::ip_of;
 use crate::{Admission, PeerRefusal};
@@ -60,6 +61,9 @@ pub(crate) struct Open {
 struct Tracked {
     peer: PeerId,
     ip: Option<IpAddr>,
+    /// Shared with the connection's handler, which reads it for every inbound stream: the
+    /// inbound side opens the moment we check the peer, before our answer goes out.
+    inbound: Arc<AtomicBool>,
 }
 
 /// Wraps the behaviours that only members may use.
@@ -100,9 +104,11 @@ impl<B> Gate<B> {
         self.open_of(peer).outbound
     }
 
-    /// We proved `peer` a member. Returns whether that opened it both ways.
+    /// We proved `peer` a member (while it is connected). Returns whether that opened it
+    /// both ways.
     pub(crate) fn checked(&mut self, peer: PeerId) -> bool {
-        self.checked.insert(peer) && self.tell(peer)
+        let connected = self.connections.values().any(|c| c.peer == peer);
+        connected && self.checked.insert(peer) && self.tell(peer)
     }
 
     /// `peer` accepted us. Returns whether that opened it both ways.
@@ -115,6 +121,9 @@ impl<B> Gate<B> {
     pub(crate) fn forget(&mut self, peer: &PeerId) {
         self.checked.remove(peer);
         self.accepted.remove(peer);
+        for conn in self.connections.values().filter(|c| c.peer == *peer) {
+            conn.inbound.store(false, Ordering::Release);
+        }
     }
 
     /// Unproven connections now, and from `ip`.
@@ -130,6 +139,7 @@ impl<B> Gate<B> {
         let open = self.open_of(&peer);
         for (id, conn) in &self.connections {
             if conn.peer == peer {
+                conn.inbound.store(open.inbound, Ordering::Release);
                 self.notify.push((peer, *id, open));
             }
         }
@@ -137,13 +147,14 @@ impl<B> Gate<B> {
     }
 
     /// Whether a new connection to `peer` may be taken, and how open it starts. It is
-    /// counted once the swarm has it (a behaviour asked later may still deny it).
+    /// counted from now on.
     fn admit(
         &mut self,
+        id: ConnectionId,
         peer: PeerId,
         remote: &Multiaddr,
         inbound: bool,
-    ) -> Result<Open, ConnectionDenied> {
+    ) -> Result<(Open, Arc<AtomicBool>), ConnectionDenied> {
         let ip = ip_of(remote);
         if !self.checked.contains(&peer)
             && self.admission.as_ref().is_none_or(|a| a.admit(&peer, &[]).is_ok())
@@ -167,7 +178,27 @@ impl<B> Gate<B> {
                 return Err(ConnectionDenied::new(TooManyUnproven(over)));
             }
         }
-        Ok(open)
+        let flag = Arc::new(AtomicBool::new(open.inbound));
+        self.connections.insert(id, Tracked { peer, ip, inbound: flag.clone() });
+        Ok((open, flag))
+    }
+
+    /// The handler of a connection `admit` took, around the inner behaviours' one (which
+    /// never refuse; if one did, the connection is forgotten again).
+    fn handler<H>(
+        &mut self,
+        id: ConnectionId,
+        admitted: (Open, Arc<AtomicBool>),
+        inner: Result<H, ConnectionDenied>,
+    ) -> Result<GateHandler<H>, ConnectionDenied> {
+        let (open, inbound) = admitted;
+        match inner {
+            Ok(inner) => Ok(GateHandler { inner, open, inbound }),
+            Err(denied) => {
+                self.connections.remove(&id);
+                Err(denied)
+            }
+        }
     }
 }
 
@@ -191,9 +222,11 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
         local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let inner = self.inner.handle_established_inbound_connection(id, peer, local, remote)?;
-        let open = self.admit(peer, remote, true)?;
-        Ok(GateHandler { inner, open })
+        // The gate first: a connection it refuses never reaches the inner behaviours, which
+        // would keep it in their books (no close event follows a refusal).
+        let admitted = self.admit(id, peer, remote, true)?;
+        let inner = self.inner.handle_established_inbound_connection(id, peer, local, remote);
+        self.handler(id, admitted, inner)
     }
 
     fn handle_pending_outbound_connection(
@@ -214,17 +247,22 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
         role: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        let admitted = self.admit(id, peer, addr, false)?;
         let inner =
-            self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use)?;
-        let open = self.admit(peer, addr, false)?;
-        Ok(GateHandler { inner, open })
+            self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use);
+        self.handler(id, admitted, inner)
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ConnectionEstablished(established) = &event {
-            let ip = ip_of(established.endpoint.get_remote_address());
-            self.connections
-                .insert(established.connection_id, Tracked { peer: established.peer_id, ip });
+        // A connection a behaviour asked after the gate refused ends as a failure.
+        match &event {
+            FromSwarm::ListenFailure(failure) => {
+                self.connections.remove(&failure.connection_id);
+            }
+            FromSwarm::DialFailure(failure) => {
+                self.connections.remove(&failure.connection_id);
+            }
+            _ => {}
         }
         if let FromSwarm::ConnectionClosed(closed) = &event {
             self.connections.remove(&closed.connection_id);
@@ -264,7 +302,10 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
 /// The handler of one connection: the inner protocols' handler, and which ways it is open.
 pub(crate) struct GateHandler<H> {
     inner: H,
+    /// Which ways it is open, as the behaviour last said (the outbound side goes by it).
     open: Open,
+    /// Whether the peer's streams are taken, as the behaviour sets it (at once).
+    inbound: Arc<AtomicBool>,
 }
 
 impl<H: ConnectionHandler> ConnectionHandler for GateHandler<H> {
@@ -276,7 +317,7 @@ impl<H: ConnectionHandler> ConnectionHandler for GateHandler<H> {
     type OutboundOpenInfo = H::OutboundOpenInfo;
 
     fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, Self::InboundOpenInfo> {
-        if self.open.inbound {
+        if self.inbound.load(Ordering::Acquire) {
             self.inner
                 .listen_protocol()
                 .map_upgrade(|u| Either::Left(SendWrapper(u)))

@@ -662,7 +662,8 @@ impl EventLoop {
     /// reach it (a peer that reads it leaves by itself).
     fn refuse(&mut self, peer: PeerId, why: PeerRefusal) {
         if why == PeerRefusal::NotMember {
-            self.refused.insert(peer, std::time::Instant::now());
+            // The first refusal starts the grace: asking again does not extend it.
+            self.refused.entry(peer).or_insert_with(std::time::Instant::now);
         }
         if let Some(admission) = &self.admission {
             admission.refused(&peer, why);
