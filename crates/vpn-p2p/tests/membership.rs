@@ -38,6 +38,11 @@ impl Admission for Listed {
 }
 
 impl Listed {
+    /// Takes `member` alone.
+    fn of(member: PeerId) -> Arc<Self> {
+        Arc::new(Self { members: Mutex::new(HashSet::from([member])), ..Self::default() })
+    }
+
     fn refusals_of(&self, peer: &PeerId) -> Vec<Refusal> {
         let all = self.refused.lock().unwrap();
         all.iter().filter(|(p, _)| p == peer).map(|(_, why)| *why).collect()
@@ -83,8 +88,7 @@ async fn a_stranger_is_refused_closed_and_counted_and_gets_no_record_and_no_stre
     const ECHO: StreamProtocol = StreamProtocol::new("/test/echo/1");
     let (b_key, s_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let (b_id, s_id) = (b_key.public().to_peer_id(), s_key.public().to_peer_id());
-    let listed =
-        Arc::new(Listed { members: Mutex::new(HashSet::from([b_id])), ..Listed::default() });
+    let listed = Listed::of(b_id);
     let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |_| {}).await;
     let a_id = a.handle().local_peer_id();
     let mut incoming = a.handle().stream_control().accept(ECHO).unwrap();
@@ -196,8 +200,7 @@ async fn a_peer_that_never_proves_itself_is_closed_after_the_membership_timeout(
 async fn unproven_connections_are_bounded_and_members_still_get_in() {
     let b_key = Keypair::generate_ed25519();
     let b_id = b_key.public().to_peer_id();
-    let listed =
-        Arc::new(Listed { members: Mutex::new(HashSet::from([b_id])), ..Listed::default() });
+    let listed = Listed::of(b_id);
     let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |c| {
         c.max_unproven = 4;
         c.max_unproven_per_ip = 8;
@@ -238,8 +241,7 @@ async fn unproven_connections_are_bounded_and_members_still_get_in() {
 async fn a_member_that_stops_being_one_is_cut_off() {
     let b_key = Keypair::generate_ed25519();
     let b_id = b_key.public().to_peer_id();
-    let listed =
-        Arc::new(Listed { members: Mutex::new(HashSet::from([b_id])), ..Listed::default() });
+    let listed = Listed::of(b_id);
     let a = node(Keypair::generate_ed25519(), Some(listed.clone()), |_| {}).await;
     let b = node(b_key, None, |_| {}).await;
     b.handle().dial(a.handle().local_peer_id(), vec![addr_of(&a).await]).await.unwrap();

@@ -130,13 +130,26 @@ struct PeerSink<'a> {
     /// Packets whose source this node cannot place yet, to be looked up.
     unknown: &'a mpsc::Sender<Waiting>,
     batch: Vec<TunPacket>,
+    /// Whether the sender is a member, asked once per read (a certified member's answer
+    /// takes a lock and the clock) and again when the read is flushed.
+    member: Option<bool>,
 }
 
 impl PeerSink<'_> {
     /// Whether the sender may still send to us (a reload can take it out while its stream
-    /// is open).
-    fn is_member(&self) -> bool {
+    /// is open, a certificate can run out).
+    fn ask_membership(&self) -> bool {
         self.receiver.members.as_ref().is_none_or(|members| members.is_member(&self.peer))
+    }
+
+    /// [`PeerSink::ask_membership`], answered once for the packets of one read.
+    fn is_member(&mut self) -> bool {
+        if let Some(member) = self.member {
+            return member;
+        }
+        let member = self.ask_membership();
+        self.member = Some(member);
+        member
     }
 
     fn judge(&mut self, packet: Bytes, gso: Option<GsoInfo>) {
@@ -185,7 +198,8 @@ impl InboundSink for PeerSink<'_> {
     }
 
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        let (receiver, member) = (self.receiver, self.is_member());
+        self.member = None;
+        let (receiver, member) = (self.receiver, self.ask_membership());
         let batch = &mut self.batch;
         async move {
             if !member {
@@ -249,7 +263,8 @@ async fn serve_peer(
             }
         });
     }
-    let sink = PeerSink { peer, receiver: &receiver, unknown: &unknown, batch: Vec::new() };
+    let sink =
+        PeerSink { peer, receiver: &receiver, unknown: &unknown, batch: Vec::new(), member: None };
     let end = serve_inbound(stream, sink, receiver.limits).await;
     drop(unknown);
     // The packets waiting for a lookup still count against the peer's budgets.
