@@ -20,6 +20,18 @@ pub fn json_number(text: &str, pointer: &str) -> Option<f64> {
     serde_json::from_str::<serde_json::Value>(text).ok()?.pointer(pointer)?.as_f64()
 }
 
+/// Waits until `check` holds (at most `within`).
+pub fn until(what: &str, within: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!("timed out after {within:?} waiting until {what}")
+}
+
 /// One node of the lab.
 pub struct Node {
     /// Short name: a, b, c.
@@ -78,6 +90,8 @@ pub struct Lab {
     root: PathBuf,
     /// The nodes, in order.
     pub nodes: Vec<Node>,
+    /// Namespaces that run no node (NAT routers), removed with the lab.
+    routers: Vec<String>,
 }
 
 /// What the nodes log: `info`, or `LAB_LOG` when set (e.g. `info,vpn_p2p=debug`).
@@ -109,6 +123,15 @@ fn ip(args: &[&str]) -> Result<()> {
 impl Lab {
     /// Makes the namespaces, links and node folders (keys and configs) for nodes a, b, c.
     pub fn new(binary: PathBuf) -> Result<Self> {
+        let mut lab = Self::bare(binary)?;
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            lab.add_node(name, i + 1)?;
+        }
+        Ok(lab)
+    }
+
+    /// A lab with its switch and no node yet.
+    pub fn bare(binary: PathBuf) -> Result<Self> {
         // One name per lab of this run (a run may make several, one after another), and
         // short enough for interface names ("<prefix>a0").
         static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -118,7 +141,7 @@ impl Lab {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root)?;
         let switch = format!("{prefix}sw");
-        let mut lab = Self { prefix, switch, binary, root, nodes: Vec::new() };
+        let mut lab = Self { prefix, switch, binary, root, nodes: Vec::new(), routers: Vec::new() };
         lab.build_network()?;
         Ok(lab)
     }
@@ -126,7 +149,8 @@ impl Lab {
     fn build_network(&mut self) -> Result<()> {
         // A lab of the same name left by a killed run (the same PID in another container)
         // has no owner any more: remove it first.
-        let names = ["sw", "a", "b", "c", "d", "s", "r", "x", "e"];
+        let names =
+            ["sw", "a", "b", "c", "d", "s", "r", "x", "e", "p", "h1", "h2", "hs", "r1", "r2", "rs"];
         for stale in names.map(|n| format!("{}{n}", self.prefix)) {
             let _ =
                 Command::new("ip").args(["netns", "del", &stale]).stderr(Stdio::null()).status();
@@ -134,38 +158,86 @@ impl Lab {
         ip(&["netns", "add", &self.switch])?;
         ip(&["-n", &self.switch, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &self.switch, "link", "set", "br0", "up"])?;
-        for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            self.add_node(name, i + 1)?;
-        }
         Ok(())
+    }
+
+    /// Makes namespace `name` with an `eth0` at `address` (with its prefix length), whose
+    /// other end, in namespace `far`, is enslaved to `far`'s `br0` (`bridge`) or named
+    /// `far_name` and given `far_address`.
+    fn add_namespace(&self, name: &str, address: &str, far: &str, far_end: FarEnd) -> Result<()> {
+        let netns = format!("{}{name}", self.prefix);
+        ip(&["netns", "add", &netns])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        let (inner, outer) = (format!("{}{name}0", self.prefix), format!("{}{name}1", self.prefix));
+        ip(&[
+            "link", "add", &inner, "netns", &netns, "type", "veth", "peer", "name", &outer,
+            "netns", far,
+        ])?;
+        ip(&["-n", &netns, "link", "set", &inner, "name", "eth0"])?;
+        ip(&["-n", &netns, "addr", "add", address, "dev", "eth0"])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        match far_end {
+            FarEnd::Bridge => ip(&["-n", far, "link", "set", &outer, "master", "br0", "up"]),
+            FarEnd::Named(far_name, far_address) => {
+                ip(&["-n", far, "link", "set", &outer, "name", far_name])?;
+                ip(&["-n", far, "addr", "add", far_address, "dev", far_name])?;
+                ip(&["-n", far, "link", "set", far_name, "up"])
+            }
+        }
+    }
+
+    /// Adds a NAT router `name` on the switch at 198.18.0.`n`: it masquerades what its
+    /// home network sends out (keeping source ports where it can: endpoint-independent
+    /// mapping; or, `symmetric`, a random port for every flow) and drops whatever comes
+    /// in unasked, as home routers do. Its home network is added by [`Lab::add_home_node`].
+    pub fn add_router(&mut self, name: &str, n: usize, symmetric: bool) -> Result<()> {
+        let switch = self.switch.clone();
+        self.add_namespace(name, &format!("198.18.0.{n}/24"), &switch, FarEnd::Bridge)?;
+        let netns = format!("{}{name}", self.prefix);
+        self.routers.push(netns.clone());
+        run("ip", &["netns", "exec", &netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let random = if symmetric { " random" } else { "" };
+        let script = format!(
+            "table ip nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    oifname \"eth0\" masquerade{random}\n  }}\n}}\n\
+             table inet filter {{\n  chain input {{\n    type filter hook input priority filter; policy drop;\n    iifname \"lo\" accept\n    ct state established,related accept\n    iifname \"home\" accept\n  }}\n  \
+             chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"home\" oifname \"eth0\" accept\n  }}\n}}\n"
+        );
+        let path = self.root.join(format!("{name}.nft"));
+        fs::write(&path, script)?;
+        run("ip", &["netns", "exec", &netns, "nft", "-f", path.to_str().context("nft path")?])?;
+        Ok(())
+    }
+
+    /// Adds node `name` behind router `router`, in home network 198.19.`k`.0/24 (the
+    /// router at .1, the node at .2, its route to the switch's network through the router),
+    /// with the overlay addresses 100.64.0.`n` and fd00::`n`.
+    pub fn add_home_node(&mut self, name: &str, router: &str, k: usize, n: usize) -> Result<()> {
+        let router_netns = format!("{}{router}", self.prefix);
+        let far = FarEnd::Named("home", &format!("198.19.{k}.1/24"));
+        self.add_namespace(name, &format!("198.19.{k}.2/24"), &router_netns, far)?;
+        let netns = format!("{}{name}", self.prefix);
+        ip(&["-n", &netns, "route", "add", "198.18.0.0/24", "via", &format!("198.19.{k}.1")])?;
+        self.add_identity(name, netns, format!("198.19.{k}.2"), n)
     }
 
     /// Adds node `name`, the `n`th: its namespace on the switch at 198.18.0.`n`, its
     /// folder with a new identity and the overlay addresses 100.64.0.`n` and fd00::`n`.
     /// No configuration is written.
     pub fn add_node(&mut self, name: &str, n: usize) -> Result<()> {
+        let switch = self.switch.clone();
+        self.add_namespace(name, &format!("198.18.0.{n}/24"), &switch, FarEnd::Bridge)?;
         let netns = format!("{}{name}", self.prefix);
-        ip(&["netns", "add", &netns])?;
-        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-        let (inner, outer) = (format!("{}{name}0", self.prefix), format!("{}{name}1", self.prefix));
-        ip(&[
-            "link",
-            "add",
-            &inner,
-            "netns",
-            &netns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &outer,
-            "netns",
-            &self.switch,
-        ])?;
-        ip(&["-n", &netns, "link", "set", &inner, "name", "eth0"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("198.18.0.{n}/24"), "dev", "eth0"])?;
-        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &self.switch, "link", "set", &outer, "master", "br0", "up"])?;
+        self.add_identity(name, netns, format!("198.18.0.{n}"), n)
+    }
+
+    /// Makes node `name`'s folder with a new identity and books it.
+    fn add_identity(
+        &mut self,
+        name: &str,
+        netns: String,
+        underlay: String,
+        n: usize,
+    ) -> Result<()> {
         let dir = self.root.join(name);
         let init = run(
             self.binary.to_str().context("binary path")?,
@@ -181,7 +253,7 @@ impl Lab {
         self.nodes.push(Node {
             name: name.to_owned(),
             netns,
-            underlay: format!("198.18.0.{n}"),
+            underlay,
             overlay: format!("100.64.0.{n}"),
             overlay6: format!("fd00::{n}"),
             peer_id,
@@ -528,6 +600,36 @@ impl Lab {
             .with_context(|| format!("no {metric} in the metrics of {name}"))
     }
 
+    /// Runs the lab's `vpn-node` with `args` (outside every namespace); its standard output.
+    pub fn vpn_node(&self, args: &[&str]) -> Result<String> {
+        let out = run(self.binary.to_str().context("binary")?, args)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A running node's answer to `vpn-node <request> --json` (`status`, `peers`).
+    pub fn ask(&self, name: &str, request: &str) -> Result<serde_json::Value> {
+        let config = self.node(name)?.dir.join("vpn-node.toml");
+        let config = config.to_str().context("config path")?;
+        let text = self.vpn_node(&[request, "--json", "--config", config])?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{name}'s {request} is not JSON: {text}"))
+    }
+
+    /// Prints the last lines of each node's log (up to a panic's message, not the
+    /// backtrace after it): what a failed check needs to be understood.
+    pub fn print_log_tails(&self, names: &[&str]) {
+        for node in names {
+            let log = self.log(node);
+            let end = log.find(" panicked at ").map_or(log.len(), |at| (at + 400).min(log.len()));
+            let end = (0..=end).rev().find(|i| log.is_char_boundary(*i)).unwrap_or(0);
+            let tail: Vec<String> = log[..end].lines().rev().take(15).map(str::to_owned).collect();
+            eprintln!("--- last lines of node {node}'s log ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+
     /// The PID of a running node.
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.node(name).ok()?.process.as_ref().map(Child::id)
@@ -542,6 +644,14 @@ impl Lab {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// Where the far end of a namespace's link goes.
+enum FarEnd<'a> {
+    /// Into the far namespace's bridge `br0`.
+    Bridge,
+    /// An interface of its own there, with this name and address.
+    Named(&'a str, &'a str),
 }
 
 fn stop_child(mut child: Child) {
@@ -573,6 +683,9 @@ impl Drop for Lab {
         }
         for node in &self.nodes {
             let _ = Command::new("ip").args(["netns", "del", &node.netns]).status();
+        }
+        for router in &self.routers {
+            let _ = Command::new("ip").args(["netns", "del", router]).status();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.switch]).status();
         if std::env::var_os("LAB_KEEP").is_none() {

@@ -24,6 +24,7 @@ mod forge;
 mod fuzz;
 mod lab;
 mod membership;
+mod nat;
 mod tools;
 
 use std::env;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "test" => test(),
         "e2e" => e2e(),
+        "nat" => nat(),
         "faults" => {
             let rest = args.get(1..).unwrap_or_default();
             let only: Vec<String> = rest.iter().filter(|a| !a.starts_with("--")).cloned().collect();
@@ -53,7 +55,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::run(&root(), args.get(1..).unwrap_or_default()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|e2e|faults [--soak]|fuzz [--seconds N]|ci|demo|bench>"
+                "usage: cargo xtask <test|e2e|nat|faults [--soak]|fuzz [--seconds N]|ci|demo|bench>"
             );
             return ExitCode::from(2);
         }
@@ -115,7 +117,14 @@ fn e2e() -> Result<()> {
     let binary = node_binary()?;
     let me = env::current_exe().context("the xtask binary's path")?;
     e2e::run(&binary, &me)?;
-    membership::run(&binary, &strangers_binary()?)
+    membership::run(&binary, &strangers_binary()?)?;
+    nat::run(&binary)
+}
+
+/// The NAT scenario alone (also the last part of `e2e`).
+fn nat() -> Result<()> {
+    needs_root("the NAT scenario")?;
+    nat::run(&node_binary()?)
 }
 
 /// Builds the strangers tool (an example of vpn-p2p) and returns its path.

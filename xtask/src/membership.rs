@@ -20,27 +20,9 @@ pub fn run(binary: &Path, strangers: &Path) -> Result<()> {
     let mut lab = Lab::new(binary.to_owned())?;
     let result = scenario(&mut lab, strangers);
     if result.is_err() {
-        for node in ["a", "b", "c", "s", "r", "x", "e"] {
-            let log = lab.log(node);
-            // A panic's message and the lines before it, not the backtrace after it.
-            let end = log.find(" panicked at ").map_or(log.len(), |at| (at + 400).min(log.len()));
-            let end = (0..=end).rev().find(|i| log.is_char_boundary(*i)).unwrap_or(0);
-            let tail: Vec<String> = log[..end].lines().rev().take(15).map(str::to_owned).collect();
-            eprintln!("--- last lines of node {node}'s log ---");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        lab.print_log_tails(&["a", "b", "c", "s", "r", "x", "e"]);
     }
     result
-}
-
-fn vpn_node(lab: &Lab, args: &[&str]) -> Result<String> {
-    let out = lab::run(lab.binary().to_str().context("binary")?, args)?;
-    if !out.status.success() {
-        bail!("vpn-node {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Writes `name`'s configuration: trusting `ca_pub`, its certificate `node.crt` (if any),
@@ -88,14 +70,12 @@ fn sign(lab: &Lab, ca: &str, name: &str, addresses: &[&str], expires: &str) -> R
     }
     let out = out.to_str().context("path")?;
     args.extend(["--expires", expires, "--name", name, "-o", out]);
-    vpn_node(lab, &args).map(drop)
+    lab.vpn_node(&args).map(drop)
 }
 
 /// A node's `status` answer from its control socket.
 fn status(lab: &Lab, name: &str) -> Result<serde_json::Value> {
-    let config = lab.node(name)?.dir.join("vpn-node.toml");
-    let text = vpn_node(lab, &["status", "--json", "--config", config.to_str().context("path")?])?;
-    serde_json::from_str(&text).with_context(|| format!("{name}'s status is not JSON: {text}"))
+    lab.ask(name, "status")
 }
 
 fn refused(lab: &Lab, name: &str, reason: &str) -> Result<u64> {
@@ -108,17 +88,7 @@ fn routing_table(lab: &Lab, name: &str) -> Result<Vec<String>> {
     Ok(table.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
 }
 
-/// Waits until `check` holds (at most `within`).
-fn until(what: &str, within: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if check()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    bail!("timed out after {within:?} waiting until {what}")
-}
+use lab::until;
 
 /// Whether one ping from `from` to `dst` is answered.
 fn answered(lab: &Lab, from: &str, dst: &str) -> Result<bool> {
@@ -131,7 +101,7 @@ fn scenario(lab: &mut Lab, strangers: &Path) -> Result<()> {
     }
     let ca_dir = lab.root().join("ca");
     let ca = ca_dir.to_str().context("path")?.to_owned();
-    let ca_pub = vpn_node(lab, &["ca", "init", "--dir", &ca])?.trim().to_owned();
+    let ca_pub = lab.vpn_node(&["ca", "init", "--dir", &ca])?.trim().to_owned();
     for name in ["a", "b", "c", "r"] {
         let node = lab.node(name)?;
         let (v4, v6) = (node.overlay.clone(), node.overlay6.clone());
@@ -143,7 +113,7 @@ fn scenario(lab: &mut Lab, strangers: &Path) -> Result<()> {
     sign(lab, &ca, "e", &[&e_v4, &e_v6], &format!("{E_LIFETIME_SECS}s"))?;
     let e_signed = Instant::now();
     let r_peer = lab.node("r")?.peer_id.clone();
-    vpn_node(lab, &["ca", "revoke", "--ca", &ca, "--peer-id", &r_peer])?;
+    lab.vpn_node(&["ca", "revoke", "--ca", &ca, "--peer-id", &r_peer])?;
     let list = ca_dir.join("revoked.crl");
     let list = list.to_str().context("path")?;
     // a runs as nobody: its folder (control socket) is nobody's; its key stays root's.

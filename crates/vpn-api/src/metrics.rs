@@ -44,6 +44,12 @@ pub trait MetricsService: Send + Sync {
     /// Sets the number of streams open now.
     fn set_active_streams(&self, streams: u64);
 
+    /// Sets the peers connected now: over a direct connection, and through a relay only.
+    fn set_peer_paths(&self, direct: u64, relayed: u64);
+
+    /// Counts one hole punch that ended, with a direct connection or without.
+    fn record_hole_punch(&self, succeeded: bool);
+
     /// A copy of every counter now.
     fn snapshot(&self) -> MetricsSnapshot;
 }

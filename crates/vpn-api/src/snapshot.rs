@@ -43,6 +43,14 @@ pub struct MetricsSnapshot {
     pub active_workers: u64,
     /// Streams open now.
     pub active_streams: u64,
+    /// Peers connected now over a direct connection.
+    pub peers_direct: u64,
+    /// Peers connected now through a relay only.
+    pub peers_relayed: u64,
+    /// Hole punches that ended with a direct connection.
+    pub hole_punches_succeeded: u64,
+    /// Hole punches that failed.
+    pub hole_punches_failed: u64,
 }
 
 impl MetricsSnapshot {

@@ -65,6 +65,21 @@ pub trait FrameSink: Send + Sync {
 
     /// Whether the stream is known to be closed or failed.
     fn is_closed(&self) -> bool;
+
+    /// Whether flows are to leave this stream for a better one (its peer got a direct
+    /// connection while this stream runs through a relay): its holder drains it with
+    /// [`FrameSink::drain`] and takes another, so no packet of a flow overtakes an earlier
+    /// one.
+    fn is_moving(&self) -> bool {
+        false
+    }
+
+    /// Waits until the peer has taken everything queued on the stream before this call
+    /// (at most `within`); whether it confirmed that in time.
+    async fn drain(&self, within: std::time::Duration) -> bool {
+        let _ = within;
+        true
+    }
 }
 
 /// A flow's hold on one pooled stream. Hand it back with

@@ -32,7 +32,7 @@ pub use load::{TEMPLATE, load_file, load_file_with_env, load_str};
 pub use settings::{
     ControlSettings, DiscoverySettings, FirewallSettings, InterfaceSettings, LimitSettings,
     LogSettings, MembershipSettings, MetricsSettings, NetworkSettings, NodeSettings, PeerSettings,
-    Transport, VpnConfig,
+    RelaySettings, Transport, VpnConfig,
 };
 pub use validate::{parse_ca_key, validate};
 

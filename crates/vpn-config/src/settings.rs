@@ -102,10 +102,15 @@ settings! {
         /// no place for the key, so with one the node listens and dials on TCP only. A
         /// relative path is taken from the configuration file's directory.
         psk_file: Option<PathBuf> = None, with_psk_file;
+        /// Addresses this node is known to be reachable at from outside (a public address,
+        /// a forwarded port), announced to members as confirmed at once; others are found
+        /// by asking members to dial us back.
+        external_addresses: Vec<Multiaddr> = Vec::new(), with_external_addresses;
         /// Most connections in all.
         max_connections: u32 = 512, with_max_connections;
-        /// Most connections to one peer.
-        max_connections_per_peer: u32 = 2, with_max_connections_per_peer;
+        /// Most connections to one peer (a relayed one and a direct one, and room for a
+        /// member checking that it can dial us back).
+        max_connections_per_peer: u32 = 4, with_max_connections_per_peer;
         /// Dialing a peer (connection and handshake) may take this long. Short, since a
         /// dial stuck on a path that was black-holed holds back the next one until then.
         @serde(with = "humantime_serde")
@@ -253,6 +258,33 @@ settings! {
 }
 
 settings! {
+    /// Reaching members behind NAT: relaying for them, slots on their relays, hole punching.
+    RelaySettings {
+        /// Relay for members: `true` always, `false` never; unset, while other members
+        /// confirm they can dial this node (AutoNAT). Only members may use the relay.
+        serve: Option<bool> = None, with_serve;
+        /// While no member can dial this node, hold a slot on this many member relays
+        /// (0: none) and announce the addresses through them.
+        reservations: u32 = 2, with_reservations;
+        /// As a relay: most slots held for members.
+        max_reservations: u32 = 128, with_max_reservations;
+        /// As a relay: most circuits at once.
+        max_circuits: u32 = 64, with_max_circuits;
+        /// As a relay: most circuits at once from one member.
+        max_circuits_per_peer: u32 = 8, with_max_circuits_per_peer;
+        /// As a relay: a circuit is cut after this long (its peers open another).
+        @serde(with = "humantime_serde")
+        circuit_duration: Duration = Duration::from_secs(24 * 3600), with_circuit_duration;
+        /// As a relay: a circuit is cut after carrying this many bytes each way; 0 never.
+        circuit_bytes: u64 = 0, with_circuit_bytes;
+        /// Punch holes through NATs to replace a relayed connection by a direct one (DCUtR).
+        hole_punch: bool = true, with_hole_punch;
+        /// Ask members whether they can dial our addresses, and answer them (AutoNAT v2).
+        autonat: bool = true, with_autonat;
+    }
+}
+
+settings! {
     /// The whole configuration file, one field per section.
     VpnConfig {
         /// `[node]`
@@ -287,6 +319,8 @@ settings! {
         limits: LimitSettings = LimitSettings::default(), with_limits;
         /// `[membership]`
         membership: MembershipSettings = MembershipSettings::default(), with_membership;
+        /// `[relay]`
+        relay: RelaySettings = RelaySettings::default(), with_relay;
     }
 }
 

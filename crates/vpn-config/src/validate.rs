@@ -50,7 +50,27 @@ pub fn validate(config: &VpnConfig) -> Vec<ConfigError> {
     limits(&mut c, config);
     peers(&mut c, config);
     membership(&mut c, config);
+    relay(&mut c, &config.relay);
     c.0
+}
+
+fn relay(c: &mut Checks, r: &crate::RelaySettings) {
+    c.at_least("relay.max_circuits", u64::from(r.max_circuits), 1);
+    c.at_least("relay.max_circuits_per_peer", u64::from(r.max_circuits_per_peer), 1);
+    c.at_least("relay.max_reservations", u64::from(r.max_reservations), 1);
+    c.require(
+        r.reservations <= 8,
+        "relay.reservations",
+        r.reservations,
+        "must be at most 8 (one or two relays are enough)",
+    );
+    c.require(
+        r.circuit_duration >= Duration::from_secs(60)
+            && r.circuit_duration <= Duration::from_secs(365 * 24 * 3600),
+        "relay.circuit_duration",
+        fmt_duration(r.circuit_duration),
+        "must be between 1m and 365 days",
+    );
 }
 
 /// A trusted CA public key from its text (hex of the protobuf-encoded key).

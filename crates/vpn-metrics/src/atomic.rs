@@ -25,6 +25,16 @@ struct RefusalLabels {
     reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PunchLabels {
+    result: String,
+}
+
 /// Lock-free counters, registered for Prometheus exposition.
 ///
 /// Every counter is an atomic shared with the registry; the per-reason drop counters are
@@ -42,6 +52,10 @@ pub struct AtomicMetrics {
     refusals: [Counter; PeerRefusal::COUNT],
     active_workers: Gauge,
     active_streams: Gauge,
+    /// Peers connected directly, and through a relay only.
+    paths: [Gauge; 2],
+    /// Hole punches that succeeded, and failed.
+    punches: [Counter; 2],
 }
 
 impl Default for AtomicMetrics {
@@ -114,6 +128,22 @@ impl AtomicMetrics {
         });
         let active_workers = gauge(&mut registry, "active_workers", "Flow workers alive");
         let active_streams = gauge(&mut registry, "active_streams", "Streams open to peers");
+        let family = Family::<PathLabels, Gauge>::default();
+        registry.register(
+            "peers_connected",
+            "Peers connected now, by path: direct, or through a relay only",
+            family.clone(),
+        );
+        let paths = ["direct", "relayed"]
+            .map(|p| family.get_or_create(&PathLabels { path: p.to_owned() }).clone());
+        let family = Family::<PunchLabels, Counter>::default();
+        registry.register(
+            "hole_punches",
+            "Hole punches through NATs that ended, by result",
+            family.clone(),
+        );
+        let punches = ["succeeded", "failed"]
+            .map(|r| family.get_or_create(&PunchLabels { result: r.to_owned() }).clone());
         Self {
             registry,
             packets_sent,
@@ -127,6 +157,8 @@ impl AtomicMetrics {
             refusals,
             active_workers,
             active_streams,
+            paths,
+            punches,
         }
     }
 
@@ -188,7 +220,23 @@ impl MetricsService for AtomicMetrics {
         self.active_streams.set(i64::try_from(streams).unwrap_or(i64::MAX));
     }
 
+    fn set_peer_paths(&self, direct: u64, relayed: u64) {
+        for (gauge, n) in self.paths.iter().zip([direct, relayed]) {
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn record_hole_punch(&self, succeeded: bool) {
+        let [ok, failed] = &self.punches;
+        if succeeded {
+            ok.inc()
+        } else {
+            failed.inc()
+        };
+    }
+
     fn snapshot(&self) -> MetricsSnapshot {
+        let ([direct, relayed], [punched, not_punched]) = (&self.paths, &self.punches);
         let drops = self.drops.each_ref().map(Counter::get);
         MetricsSnapshot {
             packets_sent: self.packets_sent.get(),
@@ -203,6 +251,10 @@ impl MetricsService for AtomicMetrics {
             records_refused: self.records_refused.get(),
             active_workers: gauge_value(&self.active_workers),
             active_streams: gauge_value(&self.active_streams),
+            peers_direct: gauge_value(direct),
+            peers_relayed: gauge_value(relayed),
+            hole_punches_succeeded: punched.get(),
+            hole_punches_failed: not_punched.get(),
         }
     }
 }
@@ -222,6 +274,10 @@ mod tests {
         m.record_circuit_open_drop();
         m.set_active_workers(7);
         m.set_active_streams(2);
+        m.set_peer_paths(3, 1);
+        m.record_hole_punch(true);
+        m.record_hole_punch(false);
+        m.record_hole_punch(false);
         m.record_budget_exceeded(Budget::LookupRate);
         m.record_budget_exceeded(Budget::LookupRate);
         let s = m.snapshot();
@@ -234,6 +290,11 @@ mod tests {
         assert_eq!(s.circuit_open_drops, 1);
         assert_eq!(s.dropped(DropReason::CircuitOpen), 1);
         assert_eq!((s.active_workers, s.active_streams), (7, 2));
+        assert_eq!((s.peers_direct, s.peers_relayed), (3, 1));
+        assert_eq!((s.hole_punches_succeeded, s.hole_punches_failed), (1, 2));
+        let text = m.render_prometheus();
+        assert!(text.contains("vpn_peers_connected{path=\"relayed\"} 1"), "{text}");
+        assert!(text.contains("vpn_hole_punches_total{result=\"failed\"} 2"), "{text}");
     }
 
     #[test]

@@ -2,11 +2,15 @@ use libp2p::identity::Keypair;
 use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, connection_limits, identify, kad, mdns, ping, request_response};
+use libp2p::{
+    StreamProtocol, autonat, connection_limits, dcutr, identify, kad, mdns, ping, relay,
+    request_response,
+};
 
-use crate::P2pConfig;
 use crate::exchange::{HelloCodec, MEMBERSHIP_PROTOCOL};
 use crate::gate::{Gate, GateLimits};
+use crate::prefer::PreferDirect;
+use crate::{P2pConfig, ReachConfig};
 
 /// Kademlia protocol of vpn-node networks, apart from the public IPFS DHT.
 pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/vpn-node/kad/2.0.0");
@@ -32,11 +36,42 @@ pub(crate) struct Members {
     pub(crate) kad: kad::Behaviour<MemoryStore>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
-    pub(crate) stream: libp2p_stream::Behaviour,
+    /// VPN streams, opened on a direct connection whenever the peer has one.
+    pub(crate) stream: PreferDirect<libp2p_stream::Behaviour>,
+    /// Reservations on member relays, and connections through them.
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Relaying for members (none when `relay.serve` is off).
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// Hole punching on relayed connections.
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
+    /// Which of our addresses others can dial.
+    pub(crate) autonat: Toggle<autonat::v2::client::Behaviour>,
+    /// Testing others' addresses for them.
+    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+}
+
+/// The relay's limits: members' tunnels run for days and carry gigabytes, so the circuit
+/// limits are the configured ones, not libp2p's (2 minutes, 128 KiB).
+fn relay_config(reach: &ReachConfig) -> relay::Config {
+    let mut config = relay::Config {
+        max_reservations: reach.max_reservations,
+        max_circuits: reach.max_circuits,
+        max_circuits_per_peer: reach.max_circuits_per_peer,
+        max_circuit_duration: reach.circuit_duration,
+        max_circuit_bytes: reach.circuit_bytes,
+        ..relay::Config::default()
+    };
+    // A reservation for each of a member's connections to us, at most.
+    config.max_reservations_per_peer = config.max_reservations_per_peer.max(4);
+    config
 }
 
 impl Behaviour {
-    pub(crate) fn new(key: &Keypair, config: &P2pConfig) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        key: &Keypair,
+        config: &P2pConfig,
+        relay_client: relay::client::Behaviour,
+    ) -> std::io::Result<Self> {
         let peer = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(config.query_timeout);
@@ -66,18 +101,39 @@ impl Behaviour {
                 config.max_connections_per_peer.saturating_add(crate::node::REPLACEMENT_ROOM),
             ))
             .with_max_pending_incoming(Some(config.max_pending_incoming));
+        let reach = &config.reach;
         let members = Members {
             kad,
-            identify: identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_PROTOCOL.to_owned(),
-                key.public(),
-            )),
+            // Members hear of our new addresses at once: one through a relay that just
+            // took our reservation, one other members just confirmed dialable.
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                    .with_push_listen_addr_updates(true),
+            ),
             ping: ping::Behaviour::new(
                 ping::Config::new()
                     .with_interval(config.ping_interval)
                     .with_timeout(config.ping_timeout),
             ),
-            stream: libp2p_stream::Behaviour::new(),
+            stream: PreferDirect::new(libp2p_stream::Behaviour::new()),
+            relay_client,
+            relay: Toggle::from((reach.serve != Some(false)).then(|| {
+                let mut relay = relay::Behaviour::new(peer, relay_config(reach));
+                // Whether we serve is ours to decide, not the relay's: it would turn itself
+                // on for any confirmed address, a relayed one included.
+                let on = reach.serve == Some(true);
+                relay.set_status(Some(if on {
+                    relay::Status::Enable
+                } else {
+                    relay::Status::Disable
+                }));
+                relay
+            })),
+            dcutr: Toggle::from(reach.hole_punch.then(|| dcutr::Behaviour::new(peer))),
+            autonat: Toggle::from(reach.autonat.then(autonat::v2::client::Behaviour::default)),
+            autonat_server: Toggle::from(
+                reach.autonat.then(autonat::v2::server::Behaviour::default),
+            ),
         };
         let exchange = request_response::Config::default()
             .with_request_timeout(config.membership_timeout)

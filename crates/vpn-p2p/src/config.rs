@@ -19,6 +19,58 @@ pub trait Admission: Send + Sync {
     fn refused(&self, peer: &PeerId, why: PeerRefusal);
 }
 
+/// Told how the node's peers are connected, for the metrics.
+pub trait PathObserver: Send + Sync {
+    /// Peers connected now: over a direct connection, and only through a relay.
+    fn paths(&self, direct: usize, relayed: usize);
+    /// A hole punch to `peer` ended: a direct connection now, or not.
+    fn hole_punch(&self, peer: &PeerId, succeeded: bool);
+    /// `peer`, reached through a relay so far, now has a direct connection too: new
+    /// streams go over it, and flows on streams through the relay should move.
+    fn went_direct(&self, peer: &PeerId);
+}
+
+/// Reaching peers behind NAT: relays, hole punching, reachability checks.
+#[derive(Debug, Clone)]
+pub struct ReachConfig {
+    /// Serve members as a relay: always (`Some(true)`), never (`Some(false)`), or while
+    /// this node is publicly reachable (`None`).
+    pub serve: Option<bool>,
+    /// On how many member relays to reserve a slot while this node is not publicly
+    /// reachable (0: none).
+    pub reservations: usize,
+    /// As a relay: most reservations held for others.
+    pub max_reservations: usize,
+    /// As a relay: most circuits at once, and most to or from one peer.
+    pub max_circuits: usize,
+    /// As a relay: most circuits at once to or from one peer.
+    pub max_circuits_per_peer: usize,
+    /// As a relay: a circuit is cut after this long.
+    pub circuit_duration: Duration,
+    /// As a relay: a circuit is cut after carrying this many bytes each way (0: never).
+    pub circuit_bytes: u64,
+    /// Punch holes through NATs (DCUtR) to replace a relayed connection by a direct one.
+    pub hole_punch: bool,
+    /// Check which of our addresses others can dial (AutoNAT v2), and test theirs.
+    pub autonat: bool,
+}
+
+impl Default for ReachConfig {
+    fn default() -> Self {
+        Self {
+            serve: None,
+            reservations: 2,
+            max_reservations: 128,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            circuit_duration: Duration::from_secs(24 * 3600),
+            circuit_bytes: 0,
+            hole_punch: true,
+            autonat: true,
+        }
+    }
+}
+
 /// What the swarm needs to start.
 #[derive(Clone)]
 pub struct P2pConfig {
@@ -69,6 +121,12 @@ pub struct P2pConfig {
     pub max_pending_incoming: u32,
     /// A pre-shared key: TCP only, and silent to anyone without the key.
     pub psk: Option<libp2p::pnet::PreSharedKey>,
+    /// Relays, hole punching and reachability.
+    pub reach: ReachConfig,
+    /// Addresses known to reach us from outside, announced as confirmed from the start.
+    pub external: Vec<Multiaddr>,
+    /// Told of paths and hole punches.
+    pub observer: Option<Arc<dyn PathObserver>>,
 }
 
 impl P2pConfig {
@@ -96,6 +154,9 @@ impl P2pConfig {
             max_unproven_per_ip: 8,
             max_pending_incoming: 64,
             psk: None,
+            reach: ReachConfig::default(),
+            external: Vec::new(),
+            observer: None,
         }
     }
 }

@@ -21,13 +21,16 @@ mod error;
 mod exchange;
 mod gate;
 mod node;
+mod prefer;
+mod reach;
 mod stream;
 mod transport;
 
-pub use config::{Admission, P2pConfig, RecordFilter};
+pub use config::{Admission, P2pConfig, PathObserver, ReachConfig, RecordFilter};
 pub use error::P2pError;
 pub use exchange::MEMBERSHIP_PROTOCOL;
 pub use node::{P2pHandle, P2pNode};
+pub use reach::{PeerPath, Reachability};
 pub use stream::{Libp2pStream, Libp2pStreamService, PACKET_PROTOCOL, PeerFilter, accept_streams};
 pub use transport::{HEAD_START, HeadStart, kind_of};
 pub use vpn_types::PeerRefusal;

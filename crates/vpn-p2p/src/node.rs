@@ -11,13 +11,16 @@ use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, Recor
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping, request_response};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, dcutr, identify, mdns, noise, ping, relay, request_response, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, MembersEvent};
 use crate::exchange::Verdict;
-use crate::{Admission, P2pConfig, P2pError, PeerRefusal, RecordFilter};
+use crate::reach::{PeerPath, Reach, Reachability, is_circuit};
+use crate::{Admission, P2pConfig, P2pError, PathObserver, PeerRefusal, RecordFilter};
 
 /// How long a stop waits for connections to close gracefully.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
@@ -36,6 +39,8 @@ pub(crate) const REPLACEMENT_ROOM: u32 = 2;
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 /// How often connections of peers not proven members in time are looked for.
 const MEMBERSHIP_TICK: Duration = Duration::from_millis(500);
+/// A peer whose dial failed is looked up in the DHT at most this often.
+const FIND_PEER_EVERY: Duration = Duration::from_secs(5);
 /// How often the routing table is refreshed from the peers in it.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
 
@@ -72,6 +77,12 @@ enum Command {
     },
     Connections {
         reply: oneshot::Sender<Vec<(PeerId, Multiaddr)>>,
+    },
+    Paths {
+        reply: oneshot::Sender<Vec<PeerPath>>,
+    },
+    Reachability {
+        reply: oneshot::Sender<Reachability>,
     },
     /// The peer is no member any more: close its connections and drop it from the
     /// routing table.
@@ -124,8 +135,6 @@ impl P2pNode {
     pub async fn start(config: P2pConfig) -> Result<Self, P2pError> {
         let startup =
             |what: &str, e: &dyn std::fmt::Display| P2pError::Startup(format!("{what}: {e}"));
-        let behaviour =
-            Behaviour::new(&config.keypair, &config).map_err(|e| startup("mDNS", &e))?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
             .with_other_transport(|key| {
@@ -133,8 +142,13 @@ impl P2pNode {
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| startup("transport", &e))?
-            .with_behaviour(|_| behaviour)
-            .map_err(|e| startup("behaviour", &e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| startup("relay transport", &e))?
+            .with_behaviour(|key, relay_client| {
+                Behaviour::new(key, &config, relay_client)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| startup("behaviour (mDNS)", &e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
             .with_connection_timeout(config.dial_timeout)
             .build();
@@ -167,7 +181,16 @@ impl P2pNode {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
-        let control = swarm.behaviour().gate.inner.stream.new_control();
+        let mut reach = Reach::new(config.reach.serve, config.reach.reservations);
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+            let _ = reach.confirmed(addr.clone());
+        }
+        if let Some(relay) = swarm.behaviour_mut().gate.inner.relay.as_mut() {
+            let on = if reach.serving { relay::Status::Enable } else { relay::Status::Disable };
+            relay.set_status(Some(on));
+        }
+        let control = swarm.behaviour().gate.inner.stream.inner.new_control();
         let local = *swarm.local_peer_id();
         let (commands, rx) = mpsc::channel(64);
         let task = tokio::spawn(
@@ -185,6 +208,10 @@ impl P2pNode {
                 membership_timeout: config.membership_timeout,
                 refused: HashMap::new(),
                 bootstrap: Redial::new(config.bootstrap.clone()),
+                reach,
+                observer: config.observer,
+                paths_told: (0, 0),
+                looked_up: HashMap::new(),
             }
             .run(),
         );
@@ -289,6 +316,14 @@ struct EventLoop {
     refused: HashMap<PeerId, std::time::Instant>,
     /// The bootstrap addresses, dialed again while no member is connected.
     bootstrap: Redial,
+    /// Reachability, relays and our slots on them.
+    reach: Reach,
+    /// Told of paths and hole punches.
+    observer: Option<Arc<dyn PathObserver>>,
+    /// The paths last told: peers connected directly, and through relays only.
+    paths_told: (usize, usize),
+    /// When peers whose dials failed were last looked up (at most 1024).
+    looked_up: HashMap<PeerId, std::time::Instant>,
 }
 
 /// Dials the bootstrap addresses again while the node has no member to talk to (they were
@@ -330,6 +365,10 @@ struct Connection {
     id: ConnectionId,
     since: std::time::Instant,
     endpoint: ConnectedPoint,
+    /// Round trip of its last ping.
+    rtt: Option<Duration>,
+    /// Made by punching a hole through NATs.
+    punched: bool,
 }
 
 /// The IP address at the start of a multiaddr, if any.
@@ -367,6 +406,8 @@ impl EventLoop {
                     self.close_unproven();
                     self.recheck_members();
                     self.redial_bootstrap();
+                    self.update_relays();
+                    self.look_up_unknown();
                 }
             }
         }
@@ -418,6 +459,11 @@ impl EventLoop {
                     Err(DialError::DialPeerConditionFalse(_)) => {
                         self.dials.entry(peer).or_default().replies.push(reply)
                     }
+                    Err(DialError::NoAddresses) => {
+                        // Asked of the DHT; the caller's retry finds it connected.
+                        self.find_peer(peer);
+                        let _ = reply.send(Err(P2pError::Dial(DialError::NoAddresses.to_string())));
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(P2pError::Dial(e.to_string())));
                     }
@@ -463,6 +509,12 @@ impl EventLoop {
                 let _ = reply.send(peers);
             }
             Command::Expel { peer } => self.expel(peer),
+            Command::Paths { reply } => {
+                let _ = reply.send(self.paths());
+            }
+            Command::Reachability { reply } => {
+                let _ = reply.send(self.reach.snapshot());
+            }
             Command::Connections { reply } => {
                 let all = self.connections.iter().flat_map(|(peer, conns)| {
                     conns.iter().map(|c| (*peer, c.endpoint.get_remote_address().clone()))
@@ -480,6 +532,12 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Identify(
                 identify::Event::Received { peer_id, info, .. },
             ))) if info.protocols.contains(&KAD_PROTOCOL) => {
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    let addrs = info.listen_addrs.iter().filter(|a| self.usable_for_relay(a));
+                    self.reach.relays.insert(peer_id, addrs.cloned().collect());
+                } else {
+                    self.reach.not_a_relay(&peer_id);
+                }
                 // A peer's loopback addresses reach it only from its own host.
                 let local = self.connections.get(&peer_id).is_some_and(|conns| {
                     conns.iter().any(|c| {
@@ -514,6 +572,16 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Ping(ping::Event {
                 peer,
                 connection,
+                result: Ok(rtt),
+            }))) => {
+                let conns = self.connections.get_mut(&peer).into_iter().flatten();
+                if let Some(conn) = conns.into_iter().find(|c| c.id == connection) {
+                    conn.rtt = Some(rtt);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Ping(ping::Event {
+                peer,
+                connection,
                 result: Err(error),
             }))) if !matches!(error, ping::Failure::Unsupported) => {
                 // The connection carries nothing any more; the next stream dials anew.
@@ -521,6 +589,41 @@ impl EventLoop {
                 self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Dcutr(event))) => {
+                self.on_hole_punch(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::RelayClient(event))) => {
+                self.on_relay_client(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Relay(event))) => {
+                on_relay_server(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Autonat(event))) => {
+                match event.result {
+                    Ok(()) => {
+                        tracing::debug!(address = %event.tested_addr, server = %event.server, "a member dialed us back")
+                    }
+                    Err(e) => {
+                        tracing::debug!(address = %event.tested_addr, server = %event.server, error = %e, "a member could not dial us back")
+                    }
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                if !is_circuit(&address) {
+                    tracing::info!(%address, "other members can dial us at this address");
+                }
+                let change = self.reach.confirmed(address);
+                self.set_serving(change);
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                let change = self.reach.expired(&address);
+                self.set_serving(change);
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some(relay) = self.reach.listener_closed(listener_id) {
+                    tracing::info!(%relay, ?reason, "our slot on a relay is gone");
+                }
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -529,6 +632,9 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?endpoint, "connected");
+                if endpoint.is_relayed() {
+                    tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected through a relay");
+                }
                 if num_established.get() == 1 {
                     self.present_to(peer_id);
                 }
@@ -541,11 +647,8 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                if matches!(error, DialError::NoAddresses) {
-                    // Peer routing: ask the DHT where the peer is, and dial it when found;
-                    // the caller's retry or the next packet finds it connected.
-                    let id = self.swarm.behaviour_mut().gate.inner.kad.get_closest_peers(peer);
-                    self.pending.insert(id, Pending::FindPeer(peer));
+                if matches!(error, DialError::NoAddresses | DialError::Transport(_)) {
+                    self.find_peer(peer);
                 }
                 // Callers wait while another dial of theirs may still get through.
                 let settled = self.dials.get_mut(&peer).is_some_and(|dials| {
@@ -564,6 +667,7 @@ impl EventLoop {
                         self.connections.remove(&peer_id);
                     }
                 }
+                self.tell_paths();
                 let waiting = self.dials.get(&peer_id).is_some_and(|d| d.attempts == 0);
                 if waiting && !self.swarm.is_connected(&peer_id) {
                     let closed = "the connection closed before membership was proven";
@@ -571,11 +675,45 @@ impl EventLoop {
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "listening");
+                if is_circuit(&address) {
+                    tracing::info!(%address, "reachable through a relay");
+                } else {
+                    tracing::info!(%address, "listening");
+                }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => self.on_address_gone(&address),
             _ => {}
         }
+    }
+
+    /// Looks up the peers dials found no address for.
+    fn look_up_unknown(&mut self) {
+        let peers = std::mem::take(&mut self.swarm.behaviour_mut().gate.inner.stream.no_addresses);
+        for peer in peers {
+            self.find_peer(peer);
+        }
+    }
+
+    /// Peer routing: asks the DHT where `peer` is now, and dials it when found (the caller's
+    /// retry or the next packet finds it connected). For a peer with no address, or none
+    /// that answered: it may have moved, or reserved a slot on a relay since we learned its
+    /// addresses. One lookup per peer at a time, and at most one every [`FIND_PEER_EVERY`].
+    fn find_peer(&mut self, peer: PeerId) {
+        let now = std::time::Instant::now();
+        if self.pending.values().any(|p| matches!(p, Pending::FindPeer(t) if *t == peer))
+            || self.looked_up.get(&peer).is_some_and(|at| now.duration_since(*at) < FIND_PEER_EVERY)
+        {
+            return;
+        }
+        if self.looked_up.len() >= 1024 {
+            self.looked_up.retain(|_, at| now.duration_since(*at) < FIND_PEER_EVERY);
+        }
+        if self.looked_up.len() < 1024 {
+            self.looked_up.insert(peer, now);
+        }
+        tracing::debug!(%peer, "looking the peer up in the DHT");
+        let id = self.swarm.behaviour_mut().gate.inner.kad.get_closest_peers(peer);
+        self.pending.insert(id, Pending::FindPeer(peer));
     }
 
     /// Sends `peer` our certificate (the membership exchange's request).
@@ -588,7 +726,14 @@ impl EventLoop {
     fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Verdict>) {
         use request_response::{Event, Message};
         match event {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+            Event::Message {
+                peer,
+                connection_id,
+                message: Message::Request { request, channel, .. },
+            } => {
+                // The peer opened the exchange: this connection is its first to us, so any
+                // older one is dead on its side (it restarted, or moved).
+                self.replace_older(peer, connection_id);
                 let verdict = match &self.admission {
                     Some(admission) => admission.admit(&peer, &request),
                     None => Ok(()),
@@ -763,27 +908,192 @@ impl EventLoop {
         ip_of(addr).is_some_and(|ip| self.overlay.iter().any(|net| net.contains(&ip)))
     }
 
-    /// Books a new connection. One the peer dialed replaces our older connections to it:
-    /// the peer dialed because it lost them, though we may not have noticed yet (it
-    /// restarted, or moved to another address and cannot answer on the old path).
+    /// Books a new connection, unless the peer has all the connections it may have.
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
         let now = std::time::Instant::now();
         let conns = self.connections.entry(peer).or_default();
-        if endpoint.is_listener() {
-            let (old, young): (Vec<_>, Vec<_>) =
-                conns.drain(..).partition(|c| now.duration_since(c.since) >= REPLACE_OLDER_THAN);
-            *conns = young;
-            for old in old {
-                tracing::info!(%peer, "the peer connected anew; closing the older connection");
-                self.swarm.close_connection(old.id);
-            }
-        }
         if conns.len() >= self.max_per_peer as usize {
             tracing::debug!(%peer, "over the connections allowed per peer; closing the new one");
             self.swarm.close_connection(id);
             return;
         }
-        conns.push(Connection { id, since: now, endpoint });
+        let went_direct = !endpoint.is_relayed()
+            && !conns.is_empty()
+            && conns.iter().all(|c| c.endpoint.is_relayed());
+        // A direct connection next to a relayed one is a punched hole, whichever side
+        // dialed (only the dialing side hears of it from the hole punching itself).
+        let punched = went_direct && self.swarm.behaviour().gate.inner.dcutr.is_enabled();
+        conns.push(Connection { id, since: now, endpoint, rtt: None, punched });
+        self.tell_paths();
+        if went_direct {
+            tracing::info!(%peer, "a direct connection now carries what the relay did");
+            if let Some(observer) = &self.observer {
+                observer.went_direct(&peer);
+            }
+        }
+    }
+
+    /// The peer began the membership exchange on `newest`, which it does only on its first
+    /// connection to us: our older connections to it are dead on its side, though we may
+    /// not have noticed yet (it restarted, or moved to another address and cannot answer
+    /// on the old path). Connections younger than [`REPLACE_OLDER_THAN`] are a
+    /// simultaneous dial's twins and stay. A second connection the peer makes while it
+    /// keeps the first (a punched hole, a reachability check dialing back) starts no
+    /// exchange and replaces nothing.
+    fn replace_older(&mut self, peer: PeerId, newest: ConnectionId) {
+        let now = std::time::Instant::now();
+        let Some(conns) = self.connections.get_mut(&peer) else { return };
+        let (old, keep): (Vec<_>, Vec<_>) = conns
+            .drain(..)
+            .partition(|c| c.id != newest && now.duration_since(c.since) >= REPLACE_OLDER_THAN);
+        *conns = keep;
+        if old.is_empty() {
+            return;
+        }
+        for old in old {
+            tracing::info!(%peer, "the peer connected anew; closing the older connection");
+            self.swarm.close_connection(old.id);
+        }
+        // Our half of the exchange went out on an older connection, if at all: again.
+        self.present_to(peer);
+    }
+
+    /// The paths of every connected peer.
+    fn paths(&self) -> Vec<PeerPath> {
+        let mut paths: Vec<PeerPath> = self
+            .connections
+            .iter()
+            .filter_map(|(peer, conns)| {
+                let used = conns.iter().find(|c| !c.endpoint.is_relayed()).or(conns.first())?;
+                Some(PeerPath {
+                    peer: *peer,
+                    relayed: used.endpoint.is_relayed(),
+                    address: used.endpoint.get_remote_address().clone(),
+                    connections: conns.len(),
+                    rtt: used.rtt,
+                    hole_punched: used.punched,
+                })
+            })
+            .collect();
+        paths.sort_by_key(|p| p.peer);
+        paths
+    }
+
+    /// Tells the observer how many peers are connected directly and through relays only,
+    /// when that changed.
+    fn tell_paths(&mut self) {
+        let Some(observer) = &self.observer else { return };
+        let direct = self
+            .connections
+            .values()
+            .filter(|c| c.iter().any(|c| !c.endpoint.is_relayed()))
+            .count();
+        let relayed = self.connections.len() - direct;
+        if (direct, relayed) != self.paths_told {
+            self.paths_told = (direct, relayed);
+            observer.paths(direct, relayed);
+        }
+    }
+
+    /// Whether a relay's address `addr` (from identify) can carry a reservation: one of
+    /// the underlay, neither loopback nor relayed itself.
+    fn usable_for_relay(&self, addr: &Multiaddr) -> bool {
+        !is_circuit(addr)
+            && !self.in_overlay(addr)
+            && ip_of(addr).is_some_and(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    }
+
+    /// The address to reach `relay` at, for our reservation on it: the one we dialed it on,
+    /// else the first it announced.
+    fn relay_address(&self, relay: &PeerId) -> Option<Multiaddr> {
+        let dialed =
+            self.connections.get(relay).into_iter().flatten().find_map(|c| match &c.endpoint {
+                ConnectedPoint::Dialer { address, .. } if !is_circuit(address) => {
+                    Some(address.clone())
+                }
+                _ => None,
+            });
+        let announced = || self.reach.relays.get(relay).and_then(|a| a.first().cloned());
+        let addr = dialed.or_else(announced)?;
+        Some(addr.into_iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect())
+    }
+
+    /// Holds slots on member relays while we are not publicly reachable; gives them up
+    /// once we are.
+    fn update_relays(&mut self) {
+        for listener in self.reach.release_if_public() {
+            tracing::info!("reachable directly; giving up our slot on a relay");
+            self.swarm.remove_listener(listener);
+        }
+        let gate = &self.swarm.behaviour().gate;
+        let relays = self.reach.relays_to_ask(|relay| gate.is_open(relay));
+        for relay in relays {
+            let Some(addr) = self.relay_address(&relay) else { continue };
+            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    tracing::debug!(%relay, %circuit, "asking a relay for a slot");
+                    self.reach.reserving(relay, listener, circuit);
+                }
+                Err(e) => tracing::debug!(%relay, error = %e, "cannot ask the relay for a slot"),
+            }
+        }
+    }
+
+    /// Turns relaying on or off (`Some`), as reachability changed.
+    fn set_serving(&mut self, change: Option<bool>) {
+        let Some(on) = change else { return };
+        if let Some(relay) = self.swarm.behaviour_mut().gate.inner.relay.as_mut() {
+            let status = if on { relay::Status::Enable } else { relay::Status::Disable };
+            relay.set_status(Some(status));
+            tracing::info!(serving = on, "relaying for members");
+        }
+    }
+
+    fn on_relay_client(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } => {
+                if self.reach.accepted(relay_peer_id) {
+                    tracing::info!(relay = %relay_peer_id, "holding a slot on a member relay");
+                }
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                tracing::debug!(relay = %relay_peer_id, "circuit through a relay open");
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                tracing::debug!(peer = %src_peer_id, "a member reached us through our relay");
+            }
+        }
+    }
+
+    /// A hole punch ended: the direct connection is marked, the outcome counted.
+    fn on_hole_punch(&mut self, event: dcutr::Event) {
+        let peer = event.remote_peer_id;
+        let relayed_since = self
+            .connections
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.endpoint.is_relayed())
+            .map(|c| c.since)
+            .min();
+        let took = relayed_since.map(|t| t.elapsed().as_millis()).unwrap_or_default();
+        let succeeded = event.result.is_ok();
+        match event.result {
+            Ok(id) => {
+                let conns = self.connections.get_mut(&peer).into_iter().flatten();
+                if let Some(conn) = conns.into_iter().find(|c| c.id == id) {
+                    conn.punched = true;
+                }
+                tracing::info!(%peer, took_ms = took, "punched a hole: a direct connection now carries the peer's streams");
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "hole punching failed; the relay carries the peer's streams");
+            }
+        }
+        if let Some(observer) = &self.observer {
+            observer.hole_punch(&peer, succeeded);
+        }
     }
 
     /// One of our own addresses went away (an interface went down, the host moved to
@@ -887,12 +1197,16 @@ impl EventLoop {
                     if let Some(info) = found.peers.into_iter().find(|p| p.peer_id == target) {
                         self.pending.remove(&id);
                         tracing::debug!(peer = %target, addrs = ?info.addrs, "found by peer routing");
-                        let opts = DialOpts::peer_id(target).addresses(info.addrs).build();
+                        // Also while a dial to addresses that no longer answer is under way.
+                        let opts = DialOpts::peer_id(target)
+                            .condition(PeerCondition::Disconnected)
+                            .addresses(info.addrs)
+                            .build();
                         let _ = self.swarm.dial(opts);
                     }
                 }
-                if last {
-                    self.pending.remove(&id);
+                if last && let Some(Pending::FindPeer(target)) = self.pending.remove(&id) {
+                    tracing::debug!(peer = %target, "peer routing did not find the peer");
                 }
             }
             QueryResult::PutRecord(outcome) => {
@@ -972,6 +1286,16 @@ impl P2pHandle {
         self.ask(|reply| Command::Connections { reply }).await
     }
 
+    /// How every connected peer is reached: directly or through a relay, and the round trip.
+    pub async fn paths(&self) -> Result<Vec<PeerPath>, P2pError> {
+        self.ask(|reply| Command::Paths { reply }).await
+    }
+
+    /// How this node is reached: its confirmed addresses, its relays, whether it relays.
+    pub async fn reachability(&self) -> Result<Reachability, P2pError> {
+        self.ask(|reply| Command::Reachability { reply }).await
+    }
+
     /// `peer` is no member any more: its connections close and the routing table drops it.
     pub async fn expel(&self, peer: PeerId) -> Result<(), P2pError> {
         self.commands.send(Command::Expel { peer }).await.map_err(|_| P2pError::Stopped)
@@ -1001,5 +1325,21 @@ impl vpn_api::DhtRecords for P2pHandle {
 
     async fn get_records(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, vpn_errors::VpnError> {
         P2pHandle::get_records(self, key).await.map_err(Into::into)
+    }
+}
+
+/// Logs what the relay did for members.
+fn on_relay_server(event: relay::Event) {
+    match event {
+        relay::Event::ReservationReqAccepted { src_peer_id, renewed: false } => {
+            tracing::info!(peer = %src_peer_id, "a member holds a slot on us as its relay")
+        }
+        relay::Event::CircuitReqAccepted { src_peer_id, dst_peer_id } => {
+            tracing::info!(from = %src_peer_id, to = %dst_peer_id, "relaying between members")
+        }
+        relay::Event::CircuitClosed { src_peer_id, dst_peer_id, error } => {
+            tracing::info!(from = %src_peer_id, to = %dst_peer_id, ?error, "relayed circuit closed")
+        }
+        other => tracing::debug!(?other, "relay"),
     }
 }

@@ -34,6 +34,21 @@ pub fn kind_of(addr: &Multiaddr) -> Option<Kind> {
     })
 }
 
+/// Whether this host has a route to the IP address `addr` starts with (asked of the kernel
+/// by connecting a UDP socket, which sends nothing). Anything else counts as routable.
+fn routable(addr: &Multiaddr) -> bool {
+    let Some(ip) = crate::node::ip_of(addr) else { return true };
+    let any: std::net::IpAddr = match ip {
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let Ok(socket) = std::net::UdpSocket::bind((any, 0)) else { return true };
+    match socket.connect((ip, 9)) {
+        Ok(()) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NetworkUnreachable,
+    }
+}
+
 /// TCP + Noise + yamux and QUIC v1, dialing `preferred` first.
 pub fn build(
     key: &Keypair,
@@ -105,6 +120,11 @@ where
         addr: Multiaddr,
         opts: DialOpts,
     ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        if kind_of(&addr) == Some(Kind::Quic) && !routable(&addr) {
+            // TCP fails at once without a route; QUIC would wait out the dial timeout,
+            // holding back the dials that could reach the peer (through a relay, say).
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        }
         let later = kind_of(&addr).is_some_and(|kind| kind != self.preferred);
         let dial = self.inner.dial(addr, opts)?;
         Ok(async move {

@@ -36,12 +36,34 @@ pub async fn status_json(node: &VpnNode) -> String {
         .map(|r| format!("{}:{}", json::string(r.as_str()), m.refused(*r)))
         .collect::<Vec<_>>();
     let routing = node.routing_table().await;
+    let reach = node.reachability().await.unwrap_or(vpn_p2p::Reachability {
+        public: Vec::new(),
+        relays: Vec::new(),
+        serving: false,
+    });
+    let relays = reach.relays.iter().map(|(relay, addr)| {
+        format!(
+            "{{\"relay\":{},\"address\":{}}}",
+            json::string(&relay.to_string()),
+            json::string(&addr.to_string())
+        )
+    });
+    let reachability = format!(
+        "{{\"public\":{},\"relays\":{},\"relaying\":{}}}",
+        json::list(reach.public.iter().map(|a| json::string(&a.to_string()))),
+        json::list(relays),
+        reach.serving
+    );
     format!(
-        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"routing_table\":{},\"metrics\":{{\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"records_refused\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}},\"peers_refused\":{{{}}}}}}}",
+        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"reachability\":{reachability},\"routing_table\":{},\"metrics\":{{\"peers_direct\":{},\"peers_relayed\":{},\"hole_punches_succeeded\":{},\"hole_punches_failed\":{},\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"records_refused\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}},\"peers_refused\":{{{}}}}}}}",
         json::string(&node.local_peer_id().to_string()),
         json::list(node.own_addresses().iter().map(|a| json::string(&a.to_string()))),
         json::list(node.listen_addrs().await.iter().map(|a| json::string(&a.to_string()))),
         json::list(routing.iter().map(|p| json::string(&p.to_string()))),
+        m.peers_direct,
+        m.peers_relayed,
+        m.hole_punches_succeeded,
+        m.hole_punches_failed,
         m.packets_sent,
         m.bytes_sent,
         m.packets_received,
@@ -58,24 +80,33 @@ pub async fn status_json(node: &VpnNode) -> String {
 
 /// The answer to `peers`.
 pub async fn peers_json(node: &VpnNode) -> String {
-    let connected = node.connected_peers().await;
+    let paths = node.paths().await;
     let health = node.stream_health();
-    let mut peers: Vec<String> = connected
+    let ms = |d: Option<Duration>| {
+        d.map_or_else(|| "null".to_owned(), |r| format!("{:.3}", r.as_secs_f64() * 1e3))
+    };
+    let mut peers: Vec<String> = paths
         .iter()
-        .map(|peer| {
-            let h = health.peers.iter().find(|h| h.peer == *peer);
+        .map(|path| {
+            let h = health.peers.iter().find(|h| h.peer == path.peer);
             format!(
-                "{{\"peer_id\":{},\"connected\":true,\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":{}}}",
-                json::string(&peer.to_string()),
+                "{{\"peer_id\":{},\"connected\":true,\"path\":{},\"address\":{},\"connections\":{},\"hole_punched\":{},\"connection_rtt_ms\":{},\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":{}}}",
+                json::string(&path.peer.to_string()),
+                json::string(if path.relayed { "relayed" } else { "direct" }),
+                json::string(&path.address.to_string()),
+                path.connections,
+                path.hole_punched,
+                ms(path.rtt),
                 h.map_or(0, |h| h.streams),
                 h.map_or(0, |h| h.healthy_streams),
-                h.and_then(|h| h.last_rtt).map_or_else(|| "null".to_owned(), |r| format!("{:.3}", r.as_secs_f64() * 1e3)),
+                ms(h.and_then(|h| h.last_rtt)),
             )
         })
         .collect();
-    peers.extend(health.peers.iter().filter(|h| !connected.contains(&h.peer)).map(|h| {
+    let connected = |peer: &vpn_api::PeerId| paths.iter().any(|p| p.peer == *peer);
+    peers.extend(health.peers.iter().filter(|h| !connected(&h.peer)).map(|h| {
         format!(
-            "{{\"peer_id\":{},\"connected\":false,\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":null}}",
+            "{{\"peer_id\":{},\"connected\":false,\"path\":null,\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":null}}",
             json::string(&h.peer.to_string()),
             h.streams,
             h.healthy_streams

@@ -21,6 +21,7 @@ mod membership;
 mod node;
 mod ping;
 mod publisher;
+mod reach;
 mod receiver;
 mod reload;
 mod revocations;

@@ -238,6 +238,19 @@ impl VpnNode {
         }
     }
 
+    /// How each connected peer is reached (empty when not started).
+    pub async fn paths(&self) -> Vec<vpn_p2p::PeerPath> {
+        match self.p2p_handle().await {
+            Some(handle) => handle.paths().await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// How this node is reached (`None` when not started).
+    pub async fn reachability(&self) -> Option<vpn_p2p::Reachability> {
+        self.p2p_handle().await?.reachability().await.ok()
+    }
+
     /// The peers in the DHT routing table now (members only; empty when not started).
     pub async fn routing_table(&self) -> Vec<PeerId> {
         match self.p2p_handle().await {
@@ -444,8 +457,10 @@ impl VpnNode {
         }
         let registry = Arc::new(registry);
         parts.registry = Some(registry.clone());
+        // The swarm moves flows onto direct connections through the pool, started after it.
+        let moves = Arc::new(std::sync::OnceLock::new());
         if given.needs_swarm() {
-            parts.p2p = Some(self.start_swarm(&registry).await?);
+            parts.p2p = Some(self.start_swarm(&registry, moves.clone()).await?);
         }
         let handle = parts.p2p.as_ref().map(|p| p.handle().clone());
         let discovery: Arc<dyn PeerDiscoveryService> = match given.discovery.take() {
@@ -464,6 +479,9 @@ impl VpnNode {
             }),
         };
         let pool = self.start_pool(parts, &mut given).await?;
+        if let Some(pool) = &parts.pool {
+            let _ = moves.set(pool.clone());
+        }
         let dispatcher = self.start_dispatcher(&mut given, discovery.clone(), pool);
         parts.dispatcher = Some(dispatcher.clone());
         let tun = match given.tun.take() {
@@ -495,7 +513,11 @@ impl VpnNode {
     }
 
     /// The libp2p swarm: listening, bootstrap, and the DHT's record filter.
-    async fn start_swarm(&self, registry: &Arc<LiveRegistry>) -> Result<P2pNode, VpnError> {
+    async fn start_swarm(
+        &self,
+        registry: &Arc<LiveRegistry>,
+        moves: Arc<std::sync::OnceLock<StreamPool>>,
+    ) -> Result<P2pNode, VpnError> {
         let config = self.config();
         let mut p2p = P2pConfig::new(self.keypair.clone(), config.network.listen.clone());
         p2p.bootstrap = config.network.bootstrap.clone();
@@ -518,6 +540,21 @@ impl VpnNode {
         p2p.max_unproven = membership.max_unproven as usize;
         p2p.max_unproven_per_ip = membership.max_unproven_per_ip as usize;
         p2p.max_pending_incoming = membership.max_pending_incoming;
+        let relay = &config.relay;
+        p2p.reach = vpn_p2p::ReachConfig {
+            serve: relay.serve,
+            reservations: relay.reservations as usize,
+            max_reservations: relay.max_reservations as usize,
+            max_circuits: relay.max_circuits as usize,
+            max_circuits_per_peer: relay.max_circuits_per_peer as usize,
+            circuit_duration: relay.circuit_duration,
+            circuit_bytes: relay.circuit_bytes,
+            hole_punch: relay.hole_punch,
+            autonat: relay.autonat,
+        };
+        p2p.external = config.network.external_addresses.clone();
+        let observer = crate::reach::PathMetrics { metrics: self.metrics.clone(), pool: moves };
+        p2p.observer = Some(Arc::new(observer));
         if let Some(path) = &config.network.psk_file {
             let key =
                 crate::membership::load_psk(path).map_err(|e| startup("load pre-shared key", e))?;

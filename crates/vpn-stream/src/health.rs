@@ -98,7 +98,8 @@ impl Inner {
             Outstanding::None => {}
         }
         if stream.idle_for() >= self.settings.interval {
-            let nonce = fastrand::u64(..).to_be_bytes();
+            // The top bit is the drains' (see `DRAIN_TAG`).
+            let nonce = (fastrand::u64(..) & !crate::pooled::DRAIN_TAG).to_be_bytes();
             if stream.try_ping(nonce) {
                 live.sent(nonce, now);
                 stream.counters.ping_sent();

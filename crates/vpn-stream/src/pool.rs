@@ -23,6 +23,8 @@ use crate::pooled::{Clock, PooledStream};
 #[derive(Debug)]
 struct PeerStreams {
     streams: Vec<Arc<PooledStream>>,
+    /// Streams flows are leaving (see [`StreamPool::move_peer`]), until the last lets go.
+    moving: Vec<Arc<PooledStream>>,
     /// Opens under way.
     opening: usize,
     /// Opens that failed so far, and the kind of the last failure: a caller that waited for
@@ -41,6 +43,7 @@ impl PeerStreams {
     fn new(now: Instant) -> Self {
         Self {
             streams: Vec::new(),
+            moving: Vec::new(),
             opening: 0,
             failures: 0,
             last_failure: NetworkErrorKind::Unreachable,
@@ -62,6 +65,7 @@ impl PeerStreams {
     /// Forgets streams that closed or were retired (their tasks finish them).
     fn prune(&mut self) {
         self.streams.retain(|s| s.usable());
+        self.moving.retain(|s| !s.is_closed());
     }
 }
 
@@ -182,7 +186,7 @@ impl StreamPool {
                 .flat_map(|(_, p)| {
                     // Callers waiting for an open see the pool stopped at once.
                     p.opened.notify_waiters();
-                    p.streams
+                    p.streams.into_iter().chain(p.moving)
                 })
                 .collect()
         };
@@ -211,7 +215,8 @@ impl StreamPool {
 
     /// Every stream in the pool now.
     pub(crate) fn streams(&self) -> Vec<Arc<PooledStream>> {
-        self.lock().peers.values().flat_map(|p| p.streams.iter().cloned()).collect()
+        let state = self.lock();
+        state.peers.values().flat_map(|p| p.streams.iter().chain(&p.moving).cloned()).collect()
     }
 
     /// Peers used within `window`, with their usable streams plus opens under way.
@@ -260,6 +265,24 @@ impl StreamPool {
         for _ in 0..missing {
             self.open_in_background(peer);
         }
+    }
+
+    /// Moves `peer`'s flows to new streams (its path changed: a direct connection now
+    /// carries what a relay did). Its streams take no new flows; each flow drains the one
+    /// it holds before it takes a new one, so its packets stay in order; a stream closes
+    /// gracefully once no flow holds it.
+    pub fn move_peer(&self, peer: PeerId) {
+        {
+            let mut state = self.lock();
+            let Some(entry) = state.peers.get_mut(&peer) else { return };
+            for stream in std::mem::take(&mut entry.streams) {
+                stream.start_moving();
+                if stream.leases() > 0 {
+                    entry.moving.push(stream);
+                }
+            }
+        }
+        self.update_gauge();
     }
 
     /// Takes a stream out of the pool for missing PONGs: it is reset.
@@ -433,19 +456,32 @@ impl StreamPoolService for StreamPool {
         let retired = {
             let mut state = self.lock();
             let Some(entry) = state.peers.get_mut(&lease.peer) else { return };
-            let Some(pos) = entry.streams.iter().position(|s| s.id == lease.stream_id) else {
-                return;
-            };
-            let stream = entry.streams.get(pos).cloned();
-            if let Some(stream) = &stream {
-                stream.drop_lease();
-            }
-            if healthy {
-                None
+            if let Some(pos) = entry.moving.iter().position(|s| s.id == lease.stream_id) {
+                // A flow left a stream it drained; the last one closes it.
+                let stream = entry.moving.get(pos).cloned();
+                let last = stream.as_ref().is_some_and(|s| {
+                    s.drop_lease();
+                    s.leases() == 0
+                });
+                if last {
+                    entry.moving.remove(pos);
+                }
+                stream.filter(|_| last)
             } else {
-                stream.inspect(|_| {
-                    entry.streams.remove(pos);
-                })
+                let Some(pos) = entry.streams.iter().position(|s| s.id == lease.stream_id) else {
+                    return;
+                };
+                let stream = entry.streams.get(pos).cloned();
+                if let Some(stream) = &stream {
+                    stream.drop_lease();
+                }
+                if healthy {
+                    None
+                } else {
+                    stream.inspect(|_| {
+                        entry.streams.remove(pos);
+                    })
+                }
             }
         };
         if let Some(stream) = retired {

@@ -68,7 +68,20 @@ pub(crate) struct PooledStream {
     reset_on_stop: AtomicBool,
     pub(crate) liveness: Mutex<Liveness>,
     pub(crate) counters: Arc<PeerCounters>,
+    /// Flows are to leave this stream (see [`FrameSink::is_moving`]).
+    moving: AtomicBool,
+    /// The last drain PING sent and the last answered (counters; see [`DRAIN_TAG`]).
+    drains_sent: AtomicU64,
+    drains_answered: AtomicU64,
+    /// Woken when a drain PING is answered.
+    drained: tokio::sync::Notify,
 }
+
+/// The top bit of a drain PING's nonce; the health checker's nonces have it clear. A
+/// drain's PONG means the peer has delivered everything sent before it (the acceptor
+/// answers a read's PINGs after writing its packets), and PONGs come back in order, so
+/// one answer covers every earlier drain.
+pub(crate) const DRAIN_TAG: u64 = 1 << 63;
 
 impl PooledStream {
     /// Starts the task that owns `stream` and returns the shared state.
@@ -96,6 +109,10 @@ impl PooledStream {
             reset_on_stop: AtomicBool::new(false),
             liveness: Mutex::new(Liveness::default()),
             counters,
+            moving: AtomicBool::new(false),
+            drains_sent: AtomicU64::new(0),
+            drains_answered: AtomicU64::new(0),
+            drained: tokio::sync::Notify::new(),
         });
         tracker.spawn(StreamTask { stream, rx, shared: shared.clone(), metrics }.run());
         shared
@@ -154,8 +171,23 @@ impl PooledStream {
         self.tx.try_send(batch).is_ok()
     }
 
+    /// Flows are to leave the stream: no new leases; those holding it drain it and move.
+    /// One no flow holds closes gracefully at once.
+    pub(crate) fn start_moving(&self) {
+        self.moving.store(true, Ordering::Release);
+        self.healthy.store(false, Ordering::Release);
+        if self.leases() == 0 {
+            self.stop.cancel();
+        }
+    }
+
     /// A PONG arrived: the stream is alive, whichever PING it answers.
     fn on_pong(&self, nonce: [u8; 8]) {
+        let value = u64::from_be_bytes(nonce);
+        if value & DRAIN_TAG != 0 {
+            self.drains_answered.fetch_max(value & !DRAIN_TAG, Ordering::AcqRel);
+            self.drained.notify_waiters();
+        }
         let rtt =
             self.liveness.lock().unwrap_or_else(|e| e.into_inner()).pong(nonce, Instant::now());
         if let Some(rtt) = rtt {
@@ -181,6 +213,36 @@ impl FrameSink for PooledStream {
 
     fn is_closed(&self) -> bool {
         PooledStream::is_closed(self)
+    }
+
+    fn is_moving(&self) -> bool {
+        self.moving.load(Ordering::Acquire)
+    }
+
+    async fn drain(&self, within: Duration) -> bool {
+        let mine = self.drains_sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let nonce = (mine | DRAIN_TAG).to_be_bytes();
+        let mut frames = BytesMut::with_capacity(Frame::Ping(nonce).encoded_len());
+        vpn_wire::encode_ping(&mut frames, nonce);
+        let batch = FrameBatch { frames: frames.freeze(), ..FrameBatch::default() };
+        if self.send_frames(batch).await.is_err() {
+            return false;
+        }
+        let answered = async {
+            loop {
+                // Created before the checks: an answer between them still wakes it.
+                let woken = self.drained.notified();
+                if self.drains_answered.load(Ordering::Acquire) >= mine {
+                    return true;
+                }
+                if self.is_closed() {
+                    // No answer will come; what was queued was written or counted.
+                    return false;
+                }
+                woken.await;
+            }
+        };
+        matches!(tokio::time::timeout(within, answered).await, Ok(true))
     }
 }
 

@@ -144,6 +144,8 @@ mock! {
         fn record_refused_record(&self);
         fn set_active_workers(&self, workers: u64);
         fn set_active_streams(&self, streams: u64);
+        fn set_peer_paths(&self, direct: u64, relayed: u64);
+        fn record_hole_punch(&self, succeeded: bool);
         fn snapshot(&self) -> MetricsSnapshot;
     }
 }

@@ -18,6 +18,9 @@ use crate::WorkerContext;
 /// is then a few of them, not `batch_max` (up to 4 MiB), so the buffers frames are encoded
 /// into stay small and alike, and a burst does not leave the allocator holding large ones.
 const BATCH_BYTES: usize = 256 * 1024;
+/// How long a flow waits for the peer to confirm it took everything sent on a stream the
+/// flow leaves (see `FrameSink::drain`); past it, the flow moves anyway.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A worker's figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -193,9 +196,25 @@ impl Worker {
     async fn send(&mut self, batch: &mut [QueuedPacket]) -> Result<(u64, u64), DropReason> {
         let peer =
             self.ctx.discovery.peer_for_ip(self.key.dst_ip).await.map_err(|e| reason_of(&e))?;
-        if let Some(lease) = self.lease.take_if(|l| l.peer != peer || l.sink.is_closed()) {
-            // A closed stream failed; a new owner of the address is not the stream's fault.
-            let healthy = !lease.sink.is_closed();
+        if let Some(lease) = &self.lease
+            && lease.peer == peer
+            && lease.sink.is_moving()
+            && !lease.sink.is_closed()
+        {
+            // The peer has a better path: what the flow sent on the old one is delivered
+            // before anything goes on the new one. The lease stays held meanwhile, so a
+            // drain cut short is done again with the next batch.
+            let sink = lease.sink.clone();
+            if !sink.drain(DRAIN_LIMIT).await {
+                tracing::debug!(flow = %self.key, "moving on without the old stream's confirmation");
+            }
+        }
+        if let Some(lease) =
+            self.lease.take_if(|l| l.peer != peer || l.sink.is_closed() || l.sink.is_moving())
+        {
+            // A closed stream failed; a new owner of the address, or a stream the flow
+            // moves off, is not the stream's fault.
+            let healthy = !lease.sink.is_closed() || lease.sink.is_moving();
             self.ctx.pool.release(lease, healthy);
         }
         let lease = match &self.lease {

@@ -1,0 +1,176 @@
+//! Streams go over a direct connection whenever a peer has one.
+//!
+//! The stream behaviour opens a new stream on any connection it knows to the peer. Once a
+//! hole is punched a peer has two, one through a relay and one direct; [`PreferDirect`]
+//! shows the stream behaviour only the direct ones while there are any, and the relayed
+//! ones again when the last direct one closes. Every connection keeps its handler, so
+//! streams the peer opens are taken on either, and the relayed connection stays up as the
+//! fallback.
+
+use std::collections::{HashMap, HashSet};
+use std::task::{Context, Poll};
+
+use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr};
+use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+
+/// Whether a connection runs through a relay.
+pub(crate) fn is_relayed(endpoint: &ConnectedPoint) -> bool {
+    endpoint.is_relayed()
+}
+
+/// Wraps a behaviour, showing it a peer's direct connections only while it has any.
+pub(crate) struct PreferDirect<B> {
+    pub(crate) inner: B,
+    /// Every established connection, by peer.
+    connections: HashMap<PeerId, Vec<(ConnectionId, ConnectedPoint)>>,
+    /// The connections the inner behaviour takes as established.
+    shown: HashSet<ConnectionId>,
+    /// Peers a dial found no address for (any behaviour's dial), for the event loop to
+    /// look up in the DHT; at most [`NO_ADDRESSES_HELD`].
+    pub(crate) no_addresses: Vec<PeerId>,
+}
+
+/// Most peers without addresses held for a lookup at once.
+const NO_ADDRESSES_HELD: usize = 256;
+
+impl<B: NetworkBehaviour> PreferDirect<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        Self { inner, connections: HashMap::new(), shown: HashSet::new(), no_addresses: Vec::new() }
+    }
+
+    /// Shows the inner behaviour what it should see of `peer`'s connections now: the
+    /// direct ones if there are any, else all of them.
+    fn reconcile(&mut self, peer: PeerId) {
+        let conns = self.connections.get(&peer).cloned().unwrap_or_default();
+        let direct = conns.iter().any(|(_, e)| !is_relayed(e));
+        let mut visible = conns.iter().filter(|(id, _)| self.shown.contains(id)).count();
+        for (id, endpoint) in &conns {
+            let want = !direct || !is_relayed(endpoint);
+            if want && self.shown.insert(*id) {
+                self.inner.on_swarm_event(FromSwarm::ConnectionEstablished(
+                    ConnectionEstablished {
+                        peer_id: peer,
+                        connection_id: *id,
+                        endpoint,
+                        failed_addresses: &[],
+                        other_established: visible,
+                    },
+                ));
+                visible += 1;
+            }
+        }
+        for (id, endpoint) in &conns {
+            let want = !direct || !is_relayed(endpoint);
+            if !want && self.shown.remove(id) {
+                visible = visible.saturating_sub(1);
+                self.inner.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                    peer_id: peer,
+                    connection_id: *id,
+                    endpoint,
+                    cause: None,
+                    remaining_established: visible,
+                }));
+            }
+        }
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for PreferDirect<B> {
+    type ConnectionHandler = B::ConnectionHandler;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner.handle_pending_inbound_connection(id, local, remote)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(id, peer, local, remote)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(id, peer, addresses, effective_role)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(id, peer, addr, role_override, port_use)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                let conns = self.connections.entry(e.peer_id).or_default();
+                conns.push((e.connection_id, e.endpoint.clone()));
+                self.reconcile(e.peer_id);
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                if let Some(conns) = self.connections.get_mut(&e.peer_id) {
+                    conns.retain(|(id, _)| *id != e.connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&e.peer_id);
+                    }
+                }
+                if self.shown.remove(&e.connection_id) {
+                    self.inner.on_swarm_event(FromSwarm::ConnectionClosed(e));
+                }
+                self.reconcile(e.peer_id);
+            }
+            FromSwarm::DialFailure(failure) => {
+                if let (Some(peer), libp2p::swarm::DialError::NoAddresses) =
+                    (failure.peer_id, failure.error)
+                    && self.no_addresses.len() < NO_ADDRESSES_HELD
+                    && !self.no_addresses.contains(&peer)
+                {
+                    self.no_addresses.push(peer);
+                }
+                self.inner.on_swarm_event(FromSwarm::DialFailure(failure));
+            }
+            other => self.inner.on_swarm_event(other),
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.inner.on_connection_handler_event(peer, id, event)
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.inner.poll(cx)
+    }
+}

@@ -1,0 +1,236 @@
+//! The NAT scenario of `cargo xtask e2e`: two public nodes (bootstrap peers of each
+//! other and of everyone, relays once a member confirms it can dial them back), two home
+//! nodes each behind its own NAT router
+//! with endpoint-independent mapping, and one behind a router that maps every flow to a
+//! random port (symmetric NAT). Home to home must end on a direct connection made by hole
+//! punching; symmetric to home must stay on the relay; both carry ping and iperf3; each
+//! path is read from `vpn-node peers --json` on both ends.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::{self, Lab, until};
+
+/// The public nodes, on the switch at 198.18.0.1 and .2: each confirms the other's
+/// address by dialing it back (AutoNAT), and each relays once confirmed.
+const PUBLIC: &str = "p";
+const PUBLIC2: &str = "q";
+/// Home nodes: name, router, router's number on the switch, home network, overlay number,
+/// whether the router's NAT is symmetric.
+const HOMES: [(&str, &str, usize, usize, usize, bool); 3] =
+    [("h1", "r1", 11, 1, 21, false), ("h2", "r2", 12, 2, 22, false), ("hs", "rs", 13, 3, 23, true)];
+/// Longest wait for anything in the scenario to happen.
+const WAIT: Duration = Duration::from_secs(60);
+
+pub fn run(binary: &Path) -> Result<()> {
+    let mut lab = Lab::bare(binary.to_owned())?;
+    let result = scenario(&mut lab);
+    if result.is_err() {
+        lab.print_log_tails(&["p", "q", "h1", "h2", "hs"]);
+    }
+    result
+}
+
+/// Writes `name`'s configuration: every other node a member by its peer ID, the public
+/// nodes its bootstrap peers (p for the home nodes), addresses found through the DHT.
+fn write_config(lab: &Lab, name: &str) -> Result<()> {
+    let node = lab.node(name)?;
+    let public = lab.node(if name == PUBLIC { PUBLIC2 } else { PUBLIC })?;
+    let u = &node.underlay;
+    let mut text = format!(
+        "[node]\nidentity_file = \"identity.key\"\naddress = \"{}/10\"\naddress6 = \"{}/64\"\n\
+         [interface]\nname = \"vpn-{name}\"\n\
+         [network]\nlisten = [\"/ip4/{u}/tcp/4001\", \"/ip4/{u}/udp/4001/quic-v1\"]\n",
+        node.overlay, node.overlay6
+    );
+    {
+        text.push_str(&format!(
+            "bootstrap = [\"/ip4/{}/tcp/4001/p2p/{}\"]\n",
+            public.underlay, public.peer_id
+        ));
+    }
+    text.push_str(&format!(
+        "[discovery]\nmdns = false\nnegative_cache_ttl = \"1s\"\n\
+         [metrics]\nlisten = \"127.0.0.1:9464\"\n[control]\nsocket = \"{}\"\n",
+        node.dir.join("control.sock").display()
+    ));
+    for other in lab.nodes.iter().filter(|n| n.name != name) {
+        text.push_str(&format!(
+            "[[peers]]\npeer_id = \"{}\"\naddresses = [\"{}\", \"{}\"]\nendpoints = []\n",
+            other.peer_id, other.overlay, other.overlay6
+        ));
+    }
+    std::fs::write(node.dir.join("vpn-node.toml"), text)?;
+    Ok(())
+}
+
+/// `from`'s view of `to` in `vpn-node peers --json` (none while not connected).
+fn path_to(lab: &Lab, from: &str, to: &str) -> Result<Option<serde_json::Value>> {
+    let peer = lab.node(to)?.peer_id.clone();
+    let peers = lab.ask(from, "peers")?;
+    let list = peers.get("peers").and_then(|p| p.as_array()).context("peers list")?;
+    Ok(list
+        .iter()
+        .find(|p| p.get("peer_id").and_then(|i| i.as_str()) == Some(peer.as_str()))
+        .filter(|p| p.get("connected").and_then(serde_json::Value::as_bool) == Some(true))
+        .cloned())
+}
+
+/// The path (`direct` or `relayed`) `from` takes to `to` now, if connected.
+fn path_kind(lab: &Lab, from: &str, to: &str) -> Result<Option<String>> {
+    let path = path_to(lab, from, to)?;
+    Ok(path.and_then(|p| p.get("path").and_then(|k| k.as_str()).map(str::to_owned)))
+}
+
+/// One line about `from`'s path to `to`: kind, address, whether punched, round trip.
+fn describe(lab: &Lab, from: &str, to: &str) -> Result<String> {
+    let path =
+        path_to(lab, from, to)?.with_context(|| format!("{from} is not connected to {to}"))?;
+    let field = |k: &str| path.get(k).map(ToString::to_string).unwrap_or_default();
+    Ok(format!(
+        "{from} -> {to}: {} via {} (hole punched {}, connection rtt {} ms)",
+        field("path"),
+        field("address"),
+        field("hole_punched"),
+        field("connection_rtt_ms")
+    ))
+}
+
+/// A reachability field of `name`'s status.
+fn reachability(lab: &Lab, name: &str) -> Result<serde_json::Value> {
+    lab.ask(name, "status")?.get("reachability").cloned().context("no reachability in status")
+}
+
+/// Received throughput of a 10 s iperf3 run from `client` to `server`, in Gbit/s.
+fn iperf(lab: &Lab, client: &str, server: &str) -> Result<f64> {
+    let target = lab.node(server)?.overlay.clone();
+    let report = lab.iperf(client, server, &target, &[])?;
+    let bps = lab::json_number(&report, "/end/sum_received/bits_per_second")
+        .context("no throughput in iperf3's report")?;
+    Ok(bps / 1e9)
+}
+
+fn scenario(lab: &mut Lab) -> Result<()> {
+    lab.add_node(PUBLIC, 1)?;
+    lab.add_node(PUBLIC2, 2)?;
+    for (name, router, at, home, n, symmetric) in HOMES {
+        lab.add_router(router, at, symmetric)?;
+        lab.add_home_node(name, router, home, n)?;
+    }
+    for node in ["p", "q", "h1", "h2", "hs"] {
+        write_config(lab, node)?;
+    }
+    println!(
+        "nat: public p, q (198.18.0.1, .2); h1, h2 behind NATs with endpoint-independent mapping; hs behind a symmetric NAT"
+    );
+    for public in [PUBLIC, PUBLIC2] {
+        lab.start(public)?;
+    }
+    for public in [PUBLIC, PUBLIC2] {
+        lab.wait_up(public, Duration::from_secs(20))?;
+    }
+    for (name, ..) in HOMES {
+        lab.start(name)?;
+    }
+    for (name, ..) in HOMES {
+        lab.wait_up(name, Duration::from_secs(20))?;
+    }
+    let start = Instant::now();
+
+    // Reachability: p and q confirmed dialable by each other and relaying; the home nodes
+    // not dialable, each holding a slot on a relay.
+    for public in [PUBLIC, PUBLIC2] {
+        until(&format!("{public} is confirmed reachable and relays"), WAIT, || {
+            let r = reachability(lab, public)?;
+            let confirmed =
+                r.get("public").and_then(|p| p.as_array()).is_some_and(|p| !p.is_empty());
+            Ok(confirmed && r.get("relaying").and_then(serde_json::Value::as_bool) == Some(true))
+        })?;
+        println!(
+            "  {public}: reachable at {} (confirmed by a member dialing back) after {:.1} s, relaying for members",
+            reachability(lab, public)?.get("public").map(ToString::to_string).unwrap_or_default(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    for (name, ..) in HOMES {
+        until(&format!("{name} holds a slot on a relay"), WAIT, || {
+            let r = reachability(lab, name)?;
+            Ok(r.get("relays").and_then(|p| p.as_array()).is_some_and(|p| !p.is_empty()))
+        })?;
+        let r = reachability(lab, name)?;
+        let public = r.get("public").and_then(|p| p.as_array()).map_or(0, Vec::len);
+        if public != 0 {
+            bail!("{name} is behind a NAT, yet believes itself reachable: {r}");
+        }
+    }
+    for (name, ..) in HOMES {
+        let relays = reachability(lab, name)?.get("relays").map(ToString::to_string);
+        println!(
+            "  {name}: not dialable from outside (AutoNAT); slots on {}",
+            relays.unwrap_or_default()
+        );
+    }
+
+    // Home to home: through the relay first, then a punched hole.
+    let h2 = lab.node("h2")?.overlay.clone();
+    let asked = Instant::now();
+    let rtt = lab.ping_until("h1", &h2, WAIT)?;
+    let first = asked.elapsed();
+    until("h1 and h2 are connected directly", WAIT, || {
+        Ok(path_kind(lab, "h1", "h2")?.as_deref() == Some("direct")
+            && path_kind(lab, "h2", "h1")?.as_deref() == Some("direct"))
+    })?;
+    let direct = asked.elapsed();
+    println!(
+        "  h1 -> h2: first reply after {:.2} s ({rtt}), direct connection after {:.2} s",
+        first.as_secs_f64(),
+        direct.as_secs_f64()
+    );
+    println!("    {}", describe(lab, "h1", "h2")?);
+    println!("    {}", describe(lab, "h2", "h1")?);
+    let punched = ["h1", "h2"].iter().try_fold(0, |sum, n| {
+        lab.counter(n, "vpn_hole_punches_total{result=\"succeeded\"}").map(|c| sum + c)
+    })?;
+    if punched == 0 {
+        bail!("h1 and h2 are connected directly, yet neither counted a hole punch");
+    }
+    let direct_gbps = iperf(lab, "h1", "h2")?;
+    lab.ping_until("h1", &h2, Duration::from_secs(5))?;
+    if path_kind(lab, "h1", "h2")?.as_deref() != Some("direct") {
+        bail!("h1 -> h2 left the direct path: {}", describe(lab, "h1", "h2")?);
+    }
+    println!("    iperf3 h1 -> h2 over the direct path: {direct_gbps:.2} Gbit/s");
+
+    // Symmetric to home: the punch cannot work; the relay carries the tunnel.
+    let h1 = lab.node("h1")?.overlay.clone();
+    let rtt = lab.ping_until("hs", &h1, WAIT)?;
+    until("the hole punch between hs and h1 has failed", WAIT, || {
+        let failed = ["hs", "h1"].iter().try_fold(0, |sum, n| {
+            lab.counter(n, "vpn_hole_punches_total{result=\"failed\"}").map(|c| sum + c)
+        })?;
+        Ok(failed > 0)
+    })?;
+    for (from, to) in [("hs", "h1"), ("h1", "hs")] {
+        let kind = path_kind(lab, from, to)?;
+        if kind.as_deref() != Some("relayed") {
+            bail!("{from} -> {to} should be relayed, is {kind:?}");
+        }
+    }
+    println!("  hs -> h1: {rtt}; the hole punch failed, as it must through a symmetric NAT");
+    println!("    {}", describe(lab, "hs", "h1")?);
+    println!("    {}", describe(lab, "h1", "hs")?);
+    let relayed_gbps = iperf(lab, "hs", "h1")?;
+    lab.ping_until("hs", &h1, Duration::from_secs(5))?;
+    if path_kind(lab, "hs", "h1")?.as_deref() != Some("relayed") {
+        bail!("hs -> h1 left the relay: {}", describe(lab, "hs", "h1")?);
+    }
+    println!("    iperf3 hs -> h1 through the relay: {relayed_gbps:.2} Gbit/s");
+    println!(
+        "  throughput relayed / direct: {:.2}",
+        if direct_gbps > 0.0 { relayed_gbps / direct_gbps } else { 0.0 }
+    );
+    println!("nat: all checks passed");
+    Ok(())
+}
