@@ -54,11 +54,20 @@ struct Tunnel {
     undo: Vec<(String, Vec<String>)>,
     /// vpn-node processes of the lab to stop.
     nodes: bool,
+    /// The relay `c` runs too.
+    relay: bool,
 }
 
 impl Tunnel {
     fn plain(target: String) -> Self {
-        Self { target, pids: Vec::new(), children: Vec::new(), undo: Vec::new(), nodes: false }
+        Self {
+            target,
+            pids: Vec::new(),
+            children: Vec::new(),
+            undo: Vec::new(),
+            nodes: false,
+            relay: false,
+        }
     }
 
     fn down(mut self, lab: &mut Lab) {
@@ -73,16 +82,20 @@ impl Tunnel {
             let _ = lab.stop("a");
             let _ = lab.stop("b");
         }
+        if self.relay {
+            let _ = lab.stop("c");
+        }
     }
 }
 
 /// The systems compared, in table order. vpn-node runs with its defaults (TCP, TUN
 /// offload, MTU 1400) unless its name says otherwise.
-const SYSTEMS: [&str; 7] = [
+const SYSTEMS: [&str; 8] = [
     "raw veth",
     "vpn-node (TCP)",
     "vpn-node (QUIC)",
     "vpn-node (TCP, no offload)",
+    "vpn-node (TCP, relayed)",
     "wireguard-go",
     "boringtun",
     "nebula",
@@ -124,6 +137,7 @@ fn vpn_setup(system: &str) -> Result<Setup> {
             "TCP" => setup.quic = false,
             "QUIC" => setup.quic = true,
             "no offload" => setup.offload = false,
+            "relayed" => setup.relayed = true,
             _ => match part.strip_prefix("MTU ") {
                 Some(mtu) => setup.mtu = mtu.parse().with_context(|| format!("MTU in {system}"))?,
                 None => bail!("unknown setting `{part}` in {system}"),
@@ -267,14 +281,45 @@ fn vpn_node(lab: &mut Lab, setup: &Setup) -> Result<Tunnel> {
     lab.write_configs_with(setup)?;
     let mut tunnel = Tunnel::plain(lab.node("b")?.overlay.clone());
     tunnel.nodes = true;
-    for node in ["a", "b"] {
+    let mut nodes = vec!["a", "b"];
+    if setup.relayed {
+        // The relay c carries the tunnel; a and b cannot reach each other directly.
+        nodes.insert(0, "c");
+        tunnel.relay = true;
+        for (node, other) in [("a", "b"), ("b", "a")] {
+            let other = lab.node(other)?.underlay.clone();
+            let script = format!(
+                "add table inet vpnrelay\n\
+                 add chain inet vpnrelay output {{ type filter hook output priority 0; policy accept; }}\n\
+                 add rule inet vpnrelay output ip daddr {other} drop\n"
+            );
+            lab.nft(node, &format!("relay-{node}"), &script)?;
+            let undo = ["nft", "delete", "table", "inet", "vpnrelay"];
+            tunnel.undo.push((node.to_owned(), undo.map(str::to_owned).to_vec()));
+        }
+    }
+    for node in &nodes {
         lab.start(node)?;
     }
-    for node in ["a", "b"] {
+    for node in &nodes {
         lab.wait_up(node, Duration::from_secs(20))?;
     }
-    tunnel.pids = ["a", "b"].iter().filter_map(|n| lab.pid(n)).collect();
+    // The relay's work counts too.
+    tunnel.pids = nodes.iter().filter_map(|n| lab.pid(n)).collect();
     lab.ping_until("a", &tunnel.target, Duration::from_secs(30))?;
+    if setup.relayed {
+        let b = lab.node("b")?.peer_id.clone();
+        let peers = lab.ask("a", "peers")?;
+        let path = peers
+            .get("peers")
+            .and_then(|p| p.as_array())
+            .and_then(|l| l.iter().find(|p| p.get("peer_id").and_then(|i| i.as_str()) == Some(&b)))
+            .and_then(|p| p.get("path"))
+            .and_then(|p| p.as_str());
+        if path != Some("relayed") {
+            bail!("a reaches b over {path:?}, not through the relay");
+        }
+    }
     Ok(tunnel)
 }
 

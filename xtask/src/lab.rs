@@ -67,6 +67,10 @@ pub struct Setup {
     /// Nodes listen on every address (`0.0.0.0`), following their addresses as they come
     /// and go, instead of on their underlay address alone.
     pub wildcard: bool,
+    /// With `pair_only`: `a` and `b` reach each other only through `c`, a relay (their
+    /// direct path is dropped by the caller): they know each other by peer ID alone, take
+    /// `c` as their bootstrap peer, neither checks its own reachability nor punches holes.
+    pub relayed: bool,
 }
 
 impl Default for Setup {
@@ -78,6 +82,7 @@ impl Default for Setup {
             quic: false,
             pair_only: false,
             wildcard: false,
+            relayed: false,
         }
     }
 }
@@ -151,6 +156,8 @@ impl Lab {
         // has no owner any more: remove it first.
         let names =
             ["sw", "a", "b", "c", "d", "s", "r", "x", "e", "p", "h1", "h2", "hs", "r1", "r2", "rs"];
+        let numbered = (1..=64).map(|n| n.to_string());
+        let names = names.iter().map(|n| (*n).to_owned()).chain(numbered);
         for stale in names.map(|n| format!("{}{n}", self.prefix)) {
             let _ =
                 Command::new("ip").args(["netns", "del", &stale]).stderr(Stdio::null()).status();
@@ -305,6 +312,14 @@ impl Lab {
                 let b = self.node("b")?;
                 writeln!(text, "bootstrap = [\"/ip4/{}/tcp/4001/p2p/{}\"]", b.underlay, b.peer_id)?;
             }
+            let relayed = pair_only && setup.relayed;
+            if relayed && node.name != "c" {
+                let c = self.node("c")?;
+                writeln!(text, "bootstrap = [\"/ip4/{}/tcp/4001/p2p/{}\"]", c.underlay, c.peer_id)?;
+            }
+            if relayed && node.name == "c" {
+                writeln!(text, "external_addresses = [\"/ip4/{}/tcp/4001\"]", node.underlay)?;
+            }
             writeln!(
                 text,
                 "[discovery]\nmdns = false\nnegative_cache_ttl = \"1s\"\nrepublish_interval = \"20m\""
@@ -314,12 +329,17 @@ impl Lab {
                 "[metrics]\nlisten = \"127.0.0.1:9464\"\n[control]\nsocket = \"{}\"",
                 node.dir.join("control.sock").display()
             )?;
+            if relayed {
+                let serve = node.name == "c";
+                writeln!(text, "[relay]\nserve = {serve}\nautonat = false\nhole_punch = false")?;
+            }
             for other in others {
                 let pair = [node.name.as_str(), other.name.as_str()];
-                if (!pair_only && pair == ["a", "c"]) || (pair_only && pair.contains(&"c")) {
+                let skip = if relayed { false } else { pair_only && pair.contains(&"c") };
+                if (!pair_only && pair == ["a", "c"]) || skip {
                     continue;
                 }
-                let endpoint = if !pair_only && pair == ["c", "a"] {
+                let endpoint = if relayed || (!pair_only && pair == ["c", "a"]) {
                     String::new()
                 } else if setup.quic {
                     format!("\"/ip4/{}/udp/4001/quic-v1\"", other.underlay)

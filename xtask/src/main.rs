@@ -24,6 +24,7 @@ mod forge;
 mod fuzz;
 mod lab;
 mod membership;
+mod mesh;
 mod nat;
 mod tools;
 
@@ -42,7 +43,19 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "test" => test(),
         "e2e" => e2e(),
-        "nat" => nat(),
+        "nat" => nat(args.iter().any(|a| a == "--soak")),
+        "mesh" => {
+            let rest = args.get(1..).unwrap_or_default();
+            let nodes = rest
+                .iter()
+                .position(|a| a == "--nodes")
+                .and_then(|i| rest.get(i + 1))
+                .map_or(Ok(24), |n| n.parse::<usize>());
+            match nodes {
+                Ok(nodes) => mesh(nodes),
+                Err(e) => Err(anyhow::anyhow!("--nodes: {e}")),
+            }
+        }
         "faults" => {
             let rest = args.get(1..).unwrap_or_default();
             let only: Vec<String> = rest.iter().filter(|a| !a.starts_with("--")).cloned().collect();
@@ -55,7 +68,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::run(&root(), args.get(1..).unwrap_or_default()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|e2e|nat|faults [--soak]|fuzz [--seconds N]|ci|demo|bench>"
+                "usage: cargo xtask <test|e2e|nat [--soak]|mesh [--nodes N]|faults [--soak]|fuzz [--seconds N]|ci|demo|bench>"
             );
             return ExitCode::from(2);
         }
@@ -118,13 +131,19 @@ fn e2e() -> Result<()> {
     let me = env::current_exe().context("the xtask binary's path")?;
     e2e::run(&binary, &me)?;
     membership::run(&binary, &strangers_binary()?)?;
-    nat::run(&binary)
+    nat::run(&binary, false)
+}
+
+/// A mesh of `nodes` nodes finding each other through the DHT.
+fn mesh(nodes: usize) -> Result<()> {
+    needs_root("the mesh")?;
+    mesh::run(&node_binary()?, nodes)
 }
 
 /// The NAT scenario alone (also the last part of `e2e`).
-fn nat() -> Result<()> {
+fn nat(soak: bool) -> Result<()> {
     needs_root("the NAT scenario")?;
-    nat::run(&node_binary()?)
+    nat::run(&node_binary()?, soak)
 }
 
 /// Builds the strangers tool (an example of vpn-p2p) and returns its path.

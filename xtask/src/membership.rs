@@ -26,17 +26,24 @@ pub fn run(binary: &Path, strangers: &Path) -> Result<()> {
 }
 
 /// Writes `name`'s configuration: trusting `ca_pub`, its certificate `node.crt` (if any),
-/// a's address as its one bootstrap address (no peer ID), and nothing about any peer.
-fn write_config(lab: &Lab, name: &str, ca_pub: Option<&str>, extra: &str) -> Result<()> {
+/// node `bootstrap`'s address as its one bootstrap address (no peer ID), and nothing about
+/// any peer.
+pub fn write_config(
+    lab: &Lab,
+    name: &str,
+    bootstrap: &str,
+    ca_pub: Option<&str>,
+    extra: &str,
+) -> Result<()> {
     let node = lab.node(name)?;
-    let a = lab.node("a")?;
+    let a = lab.node(bootstrap)?;
     let mut text = format!(
         "[node]\nidentity_file = \"identity.key\"\naddress = \"{}/10\"\naddress6 = \"{}/64\"\n\
          [interface]\nname = \"vpn-{name}\"\n\
          [network]\nlisten = [\"/ip4/{}/tcp/4001\"]\n",
         node.overlay, node.overlay6, node.underlay
     );
-    if name != "a" {
+    if name != bootstrap {
         match ca_pub {
             Some(_) => text.push_str(&format!("bootstrap = [\"/ip4/{}/tcp/4001\"]\n", a.underlay)),
             // A stranger has no CA to prove a by: it names a's peer ID.
@@ -61,7 +68,8 @@ fn write_config(lab: &Lab, name: &str, ca_pub: Option<&str>, extra: &str) -> Res
     Ok(())
 }
 
-fn sign(lab: &Lab, ca: &str, name: &str, addresses: &[&str], expires: &str) -> Result<()> {
+/// Signs `name`'s certificate `node.crt` for `addresses` with the CA in `ca`.
+pub fn sign(lab: &Lab, ca: &str, name: &str, addresses: &[&str], expires: &str) -> Result<()> {
     let node = lab.node(name)?;
     let out = node.dir.join("node.crt");
     let mut args = vec!["ca", "sign", "--ca", ca, "--peer-id", node.peer_id.as_str()];
@@ -120,15 +128,15 @@ fn scenario(lab: &mut Lab, strangers: &Path) -> Result<()> {
     let a_dir = lab.node("a")?.dir.clone();
     lab::run("chown", &["nobody", a_dir.to_str().context("path")?])?;
     let revocations = format!("revocations = \"{list}\"\n");
-    write_config(lab, "a", Some(&ca_pub), &revocations)?;
+    write_config(lab, "a", "a", Some(&ca_pub), &revocations)?;
     lab.edit_config("a", |text| text.replacen("[node]\n", "[node]\nuser = \"nobody\"\n", 1))?;
     for name in ["b", "c"] {
-        write_config(lab, name, Some(&ca_pub), &revocations)?;
+        write_config(lab, name, "a", Some(&ca_pub), &revocations)?;
     }
     for name in ["r", "x", "e"] {
-        write_config(lab, name, Some(&ca_pub), "")?;
+        write_config(lab, name, "a", Some(&ca_pub), "")?;
     }
-    write_config(lab, "s", None, "")?;
+    write_config(lab, "s", "a", None, "")?;
     for name in ["a", "b", "c", "s", "r", "x", "e"] {
         lab.start(name)?;
     }

@@ -24,9 +24,14 @@ const HOMES: [(&str, &str, usize, usize, usize, bool); 3] =
 /// Longest wait for anything in the scenario to happen.
 const WAIT: Duration = Duration::from_secs(60);
 
-pub fn run(binary: &Path) -> Result<()> {
+/// How long the soak's relayed flow runs, and the least it must move.
+const SOAK: Duration = Duration::from_secs(600);
+const SOAK_LEAST_BYTES: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// The scenario; with `soak`, then a relayed flow for ten minutes.
+pub fn run(binary: &Path, soak: bool) -> Result<()> {
     let mut lab = Lab::bare(binary.to_owned())?;
-    let result = scenario(&mut lab);
+    let result = scenario(&mut lab).and_then(|()| if soak { relayed_soak(&lab) } else { Ok(()) });
     if result.is_err() {
         lab.print_log_tails(&["p", "q", "h1", "h2", "hs"]);
     }
@@ -110,6 +115,47 @@ fn iperf(lab: &Lab, client: &str, server: &str) -> Result<f64> {
     let bps = lab::json_number(&report, "/end/sum_received/bits_per_second")
         .context("no throughput in iperf3's report")?;
     Ok(bps / 1e9)
+}
+
+/// One TCP flow from hs to h1 through the relay for [`SOAK`]: it must move more than
+/// 1 GiB, stay on the relay, never stall for a whole second, and hs must never have had to
+/// connect to h1 anew (a cut circuit would make it).
+fn relayed_soak(lab: &Lab) -> Result<()> {
+    let h1 = lab.node("h1")?.peer_id.clone();
+    let connections = |lab: &Lab| {
+        let log = lab.log("hs");
+        log.lines().filter(|l| l.contains("connected through a relay") && l.contains(&h1)).count()
+    };
+    let before = connections(lab);
+    let target = lab.node("h1")?.overlay.clone();
+    println!("  soak: one TCP flow hs -> h1 through the relay for {} s", SOAK.as_secs());
+    let report = lab.iperf_for("hs", "h1", &target, &[], SOAK)?;
+    let bytes = lab::json_number(&report, "/end/sum_received/bytes")
+        .context("no bytes in iperf3's report")?;
+    let gbps = lab::json_number(&report, "/end/sum_received/bits_per_second").unwrap_or(0.0) / 1e9;
+    let anew = connections(lab) - before;
+    let path = path_kind(lab, "hs", "h1")?;
+    let seconds: Vec<f64> = serde_json::from_str::<serde_json::Value>(&report)?
+        .get("intervals")
+        .and_then(|i| i.as_array())
+        .map(|all| {
+            let bps = |i: &serde_json::Value| i.pointer("/sum/bits_per_second")?.as_f64();
+            all.iter().filter_map(bps).collect()
+        })
+        .unwrap_or_default();
+    let slowest = seconds.iter().copied().fold(f64::INFINITY, f64::min) / 1e9;
+    println!(
+        "    moved {:.2} GiB ({gbps:.2} Gbit/s; slowest of {} seconds {slowest:.2} Gbit/s); \
+         new connections hs -> h1 meanwhile: {anew}; path now {path:?}",
+        bytes / SOAK_LEAST_BYTES,
+        seconds.len()
+    );
+    let stalled = seconds.is_empty() || slowest <= 0.0;
+    if bytes <= SOAK_LEAST_BYTES || anew != 0 || stalled || path.as_deref() != Some("relayed") {
+        bail!("the relayed flow did not run its ten minutes uncut over the relay");
+    }
+    println!("nat: the relayed flow ran {} s uncut", SOAK.as_secs());
+    Ok(())
 }
 
 fn scenario(lab: &mut Lab) -> Result<()> {
@@ -231,6 +277,58 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         "  throughput relayed / direct: {:.2}",
         if direct_gbps > 0.0 { relayed_gbps / direct_gbps } else { 0.0 }
     );
+    punch_over_quic(lab)?;
     println!("nat: all checks passed");
+    Ok(())
+}
+
+/// h1 and h2 restarted preferring QUIC, with p's QUIC address among their bootstrap
+/// addresses: the hole is punched over QUIC this time. Their peers see them connect anew
+/// (the old connections are replaced).
+fn punch_over_quic(lab: &mut Lab) -> Result<()> {
+    let public = lab.node(PUBLIC)?;
+    let (tcp, quic) = (
+        format!("/ip4/{}/tcp/4001/p2p/{}", public.underlay, public.peer_id),
+        format!("/ip4/{}/udp/4001/quic-v1/p2p/{}", public.underlay, public.peer_id),
+    );
+    for name in ["h1", "h2"] {
+        lab.stop(name)?;
+        lab.edit_config(name, |text| {
+            text.replace(
+                &format!("bootstrap = [\"{tcp}\"]"),
+                &format!("bootstrap = [\"{quic}\", \"{tcp}\"]\ntransport = \"quic\""),
+            )
+        })?;
+        lab.start(name)?;
+    }
+    for name in ["h1", "h2"] {
+        lab.wait_up(name, Duration::from_secs(20))?;
+        until(&format!("{name} holds a slot on a relay again"), WAIT, || {
+            // Its control socket comes up a moment after its TUN device.
+            let Ok(r) = reachability(lab, name) else { return Ok(false) };
+            Ok(r.get("relays").and_then(|p| p.as_array()).is_some_and(|p| !p.is_empty()))
+        })?;
+    }
+    let h2 = lab.node("h2")?.overlay.clone();
+    let asked = Instant::now();
+    lab.ping_until("h1", &h2, WAIT)?;
+    let quic = |lab: &Lab, from: &str, to: &str| -> Result<bool> {
+        let path = path_to(lab, from, to)?;
+        let field = |k: &str| {
+            path.as_ref().and_then(|p| p.get(k)).and_then(|v| v.as_str()).map(str::to_owned)
+        };
+        Ok(field("path").as_deref() == Some("direct")
+            && field("address").is_some_and(|a| a.contains("/quic-v1")))
+    };
+    until("h1 and h2 are connected directly over QUIC", WAIT, || {
+        Ok(quic(lab, "h1", "h2")? && quic(lab, "h2", "h1")?)
+    })?;
+    println!(
+        "  h1 -> h2 again, both preferring QUIC: direct over QUIC after {:.2} s",
+        asked.elapsed().as_secs_f64()
+    );
+    println!("    {}", describe(lab, "h1", "h2")?);
+    let gbps = iperf(lab, "h1", "h2")?;
+    println!("    iperf3 h1 -> h2 over the QUIC hole: {gbps:.2} Gbit/s");
     Ok(())
 }

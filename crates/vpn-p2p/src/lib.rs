@@ -29,7 +29,7 @@ mod transport;
 pub use config::{Admission, P2pConfig, PathObserver, ReachConfig, RecordFilter};
 pub use error::P2pError;
 pub use exchange::MEMBERSHIP_PROTOCOL;
-pub use node::{P2pHandle, P2pNode};
+pub use node::{DhtCounts, P2pHandle, P2pNode};
 pub use reach::{PeerPath, Reachability};
 pub use stream::{Libp2pStream, Libp2pStreamService, PACKET_PROTOCOL, PeerFilter, accept_streams};
 pub use transport::{HEAD_START, HeadStart, kind_of};

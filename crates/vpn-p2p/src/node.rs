@@ -84,6 +84,9 @@ enum Command {
     Reachability {
         reply: oneshot::Sender<Reachability>,
     },
+    DhtCounts {
+        reply: oneshot::Sender<DhtCounts>,
+    },
     /// The peer is no member any more: close its connections and drop it from the
     /// routing table.
     Expel {
@@ -91,6 +94,17 @@ enum Command {
     },
     /// Close every connection, telling the peers, and end the task.
     Shutdown,
+}
+
+/// What this node asked of the DHT since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DhtCounts {
+    /// Record lookups (the owners of overlay addresses, revocation lists).
+    pub record_lookups: u64,
+    /// Lookups of where a peer is.
+    pub peer_lookups: u64,
+    /// Records published.
+    pub records_published: u64,
 }
 
 /// Callers waiting to be connected to one peer, and the dials this loop started for them
@@ -212,6 +226,7 @@ impl P2pNode {
                 observer: config.observer,
                 paths_told: (0, 0),
                 looked_up: HashMap::new(),
+                dht: DhtCounts::default(),
             }
             .run(),
         );
@@ -324,6 +339,8 @@ struct EventLoop {
     paths_told: (usize, usize),
     /// When peers whose dials failed were last looked up (at most 1024).
     looked_up: HashMap<PeerId, std::time::Instant>,
+    /// What was asked of the DHT.
+    dht: DhtCounts,
 }
 
 /// Dials the bootstrap addresses again while the node has no member to talk to (they were
@@ -475,6 +492,7 @@ impl EventLoop {
                 }
             }
             Command::PutRecord { key, value, ttl, reply } => {
+                self.dht.records_published += 1;
                 let mut record = Record::new(RecordKey::new(&key), value);
                 record.publisher = Some(*self.swarm.local_peer_id());
                 record.expires = Some(std::time::Instant::now() + ttl);
@@ -488,6 +506,7 @@ impl EventLoop {
                 }
             }
             Command::GetRecords { key, reply } => {
+                self.dht.record_lookups += 1;
                 let id = self.swarm.behaviour_mut().gate.inner.kad.get_record(RecordKey::new(&key));
                 self.pending.insert(id, Pending::Get { found: Vec::new(), reply });
             }
@@ -514,6 +533,9 @@ impl EventLoop {
             }
             Command::Reachability { reply } => {
                 let _ = reply.send(self.reach.snapshot());
+            }
+            Command::DhtCounts { reply } => {
+                let _ = reply.send(self.dht);
             }
             Command::Connections { reply } => {
                 let all = self.connections.iter().flat_map(|(peer, conns)| {
@@ -712,6 +734,7 @@ impl EventLoop {
             self.looked_up.insert(peer, now);
         }
         tracing::debug!(%peer, "looking the peer up in the DHT");
+        self.dht.peer_lookups += 1;
         let id = self.swarm.behaviour_mut().gate.inner.kad.get_closest_peers(peer);
         self.pending.insert(id, Pending::FindPeer(peer));
     }
@@ -1294,6 +1317,11 @@ impl P2pHandle {
     /// How this node is reached: its confirmed addresses, its relays, whether it relays.
     pub async fn reachability(&self) -> Result<Reachability, P2pError> {
         self.ask(|reply| Command::Reachability { reply }).await
+    }
+
+    /// What this node asked of the DHT since it started.
+    pub async fn dht_counts(&self) -> Result<DhtCounts, P2pError> {
+        self.ask(|reply| Command::DhtCounts { reply }).await
     }
 
     /// `peer` is no member any more: its connections close and the routing table drops it.

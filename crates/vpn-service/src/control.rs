@@ -54,8 +54,13 @@ pub async fn status_json(node: &VpnNode) -> String {
         json::list(relays),
         reach.serving
     );
+    let d = node.dht_counts().await;
+    let dht = format!(
+        "{{\"record_lookups\":{},\"peer_lookups\":{},\"records_published\":{}}}",
+        d.record_lookups, d.peer_lookups, d.records_published
+    );
     format!(
-        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"reachability\":{reachability},\"routing_table\":{},\"metrics\":{{\"peers_direct\":{},\"peers_relayed\":{},\"hole_punches_succeeded\":{},\"hole_punches_failed\":{},\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"records_refused\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}},\"peers_refused\":{{{}}}}}}}",
+        "{{\"peer_id\":{},\"addresses\":{},\"listen\":{},\"reachability\":{reachability},\"dht\":{dht},\"routing_table\":{},\"metrics\":{{\"peers_direct\":{},\"peers_relayed\":{},\"hole_punches_succeeded\":{},\"hole_punches_failed\":{},\"packets_sent\":{},\"bytes_sent\":{},\"packets_received\":{},\"bytes_received\":{},\"stream_errors\":{},\"records_refused\":{},\"active_workers\":{},\"active_streams\":{},\"dropped\":{{{}}},\"budget_exceeded\":{{{}}},\"peers_refused\":{{{}}}}}}}",
         json::string(&node.local_peer_id().to_string()),
         json::list(node.own_addresses().iter().map(|a| json::string(&a.to_string()))),
         json::list(node.listen_addrs().await.iter().map(|a| json::string(&a.to_string()))),

@@ -246,6 +246,14 @@ impl VpnNode {
         }
     }
 
+    /// What this node asked of the DHT (zero when not started).
+    pub async fn dht_counts(&self) -> vpn_p2p::DhtCounts {
+        match self.p2p_handle().await {
+            Some(handle) => handle.dht_counts().await.unwrap_or_default(),
+            None => vpn_p2p::DhtCounts::default(),
+        }
+    }
+
     /// How this node is reached (`None` when not started).
     pub async fn reachability(&self) -> Option<vpn_p2p::Reachability> {
         self.p2p_handle().await?.reachability().await.ok()

@@ -738,3 +738,58 @@ async fn an_inbound_stream_that_never_reads_its_pongs_is_reset() {
     let sent = pinger.await.unwrap();
     assert!(sent < 100_000, "the reset stream refused our writes after {sent} PINGs");
 }
+
+#[tokio::test]
+async fn moved_flows_drain_their_stream_then_take_a_new_one() {
+    let mut f = fixture(settings());
+    let old = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut far_old = f.accepted.recv().await.unwrap();
+    old.sink.send_frames(batch(2, 1)).await.unwrap();
+    assert!(!old.sink.is_moving());
+
+    // The peer got a direct connection: its streams take no new flow.
+    f.pool.move_peer(f.peer);
+    assert!(old.sink.is_moving());
+    let sink = old.sink.clone();
+    let drain = tokio::spawn(async move { sink.drain(Duration::from_secs(5)).await });
+    // Everything sent before the drain arrives first, then the drain's PING.
+    let frames = read_frames(&mut far_old.stream, 3).await;
+    assert_eq!(
+        frames[..2],
+        [Frame::Packet(Bytes::from_static(&[1; 10])), Frame::Packet(Bytes::from_static(&[1; 10]))]
+    );
+    let Frame::Ping(nonce) = frames[2] else { panic!("no drain PING: {frames:?}") };
+    assert!(!drain.is_finished(), "the drain waits for the peer's answer");
+    let mut pong = BytesMut::new();
+    vpn_wire::encode_pong(&mut pong, nonce);
+    far_old.stream.write_all(&pong).await.unwrap();
+    assert!(drain.await.unwrap(), "the answer ends the drain");
+
+    // The flow lets the old stream go and takes a new one; the old one closes.
+    f.pool.release(old, true);
+    let new = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut far_new = f.accepted.recv().await.unwrap();
+    new.sink.send_frames(batch(1, 2)).await.unwrap();
+    assert_eq!(
+        read_frames(&mut far_new.stream, 1).await,
+        vec![Frame::Packet(Bytes::from_static(&[2; 10]))]
+    );
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), far_old.stream.read_to_end(&mut rest));
+    assert_eq!(read.await.unwrap().unwrap(), 0, "the old stream closed, with nothing more on it");
+    f.pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_moved_stream_no_flow_holds_closes_at_once() {
+    let mut f = fixture(settings());
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut far = f.accepted.recv().await.unwrap();
+    f.pool.release(lease, true);
+    f.pool.move_peer(f.peer);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), far.stream.read_to_end(&mut rest));
+    assert_eq!(read.await.unwrap().unwrap(), 0);
+    assert_eq!(f.pool.active_streams(), 0);
+    f.pool.stop().await;
+}

@@ -21,12 +21,15 @@ use vpn_wire::{Frame, FrameDecoder};
 
 use crate::{Worker, WorkerContext, WorkerHandle};
 
-/// A sink that records what it is given, or refuses once closed, or never answers.
+/// A sink that records what it is given, or refuses once closed, or never answers; one
+/// that is moving records its drains among its batches (as an empty batch).
 #[derive(Default)]
 struct RecordingSink {
     batches: Mutex<Vec<FrameBatch>>,
     closed: AtomicBool,
     hang: bool,
+    moving: AtomicBool,
+    drains: Mutex<usize>,
 }
 
 #[async_trait]
@@ -44,6 +47,15 @@ impl FrameSink for RecordingSink {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    fn is_moving(&self) -> bool {
+        self.moving.load(Ordering::SeqCst)
+    }
+
+    async fn drain(&self, _within: Duration) -> bool {
+        *self.drains.lock().unwrap() += 1;
+        true
     }
 }
 
@@ -277,6 +289,52 @@ async fn new_owner_moves_the_flow_to_another_peer() {
     worker.try_send(p).unwrap();
     rx.await.unwrap().unwrap();
     worker.finish().await;
+}
+
+#[tokio::test]
+async fn a_flow_drains_a_moving_stream_before_it_takes_another() {
+    let peer = PeerId::random();
+    let mut setup = Setup::new().peer_is(peer);
+    let (first, second) = (Arc::new(RecordingSink::default()), Arc::new(RecordingSink::default()));
+    let mut seq = mockall::Sequence::new();
+    let leased = first.clone();
+    setup
+        .pool
+        .expect_get_stream()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |p, _| Ok(lease_on(p, 1, leased.clone())));
+    // Moving is no fault of the stream: it goes back healthy, after the drain.
+    let drained = first.clone();
+    setup
+        .pool
+        .expect_release()
+        .withf(move |l, healthy| {
+            l.stream_id == 1 && *healthy && *drained.drains.lock().unwrap() == 1
+        })
+        .times(1)
+        .in_sequence(&mut seq)
+        .return_const(());
+    let leased = second.clone();
+    setup
+        .pool
+        .expect_get_stream()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |p, _| Ok(lease_on(p, 2, leased.clone())));
+    setup.pool.expect_release().withf(|l, _| l.stream_id == 2).times(1).return_const(());
+    let (worker, _) = setup.spawn();
+    let (p, rx) = packet(1);
+    worker.try_send(p).unwrap();
+    rx.await.unwrap().unwrap();
+    first.moving.store(true, Ordering::SeqCst);
+    let (p, rx) = packet(2);
+    worker.try_send(p).unwrap();
+    rx.await.unwrap().unwrap();
+    worker.finish().await;
+    assert_eq!(first.packets(), vec![Bytes::from(vec![1; 20])]);
+    assert_eq!(second.packets(), vec![Bytes::from(vec![2; 20])]);
+    assert_eq!(*first.drains.lock().unwrap(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,197 @@
+//! `cargo xtask mesh --nodes N`: N nodes on one bridge, each given one bootstrap address
+//! and the network's CA (a certificate each, no peer listed anywhere), find every other
+//! through the DHT. Reports the time until every pair has exchanged a ping, each node's
+//! idle memory and CPU over a minute, and what each asked of the DHT.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::Lab;
+use crate::membership::{sign, write_config};
+
+/// Longest the whole mesh may take to reach every pair.
+const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
+/// How long idle use is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Node `i`'s name (1-based): short, since interface names are built from it.
+fn name(i: usize) -> String {
+    format!("{i}")
+}
+
+pub fn run(binary: &Path, nodes: usize) -> Result<()> {
+    if !(2..=64).contains(&nodes) {
+        bail!("--nodes must be between 2 and 64, not {nodes}");
+    }
+    let mut lab = Lab::bare(binary.to_owned())?;
+    let result = scenario(&mut lab, nodes);
+    if result.is_err() {
+        let names: Vec<String> = (1..=nodes.min(4)).map(name).collect();
+        lab.print_log_tails(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    result
+}
+
+/// The pairs (source, target) among `names` that have not answered yet, pinged at once
+/// from every source: each source's namespace pings all its targets in parallel (one
+/// ping each, 2 s to answer) and says which answered.
+fn ping_round(lab: &Lab, missing: &BTreeSet<(usize, usize)>) -> Result<BTreeSet<(usize, usize)>> {
+    let sources: BTreeSet<usize> = missing.iter().map(|(s, _)| *s).collect();
+    let mut children = Vec::new();
+    for source in sources {
+        let targets: Vec<String> = missing
+            .iter()
+            .filter(|(s, _)| *s == source)
+            .map(|(_, t)| lab.node(&name(*t)).map(|n| n.overlay.clone()))
+            .collect::<Result<_>>()?;
+        let script = format!(
+            "for t in {}; do (ping -c 1 -W 2 $t >/dev/null 2>&1 && echo $t) & done; wait",
+            targets.join(" ")
+        );
+        let args = lab.bounded(&name(source), &["bash", "-c", &script], Duration::from_secs(20))?;
+        let child = std::process::Command::new("ip")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start pings")?;
+        children.push((source, child));
+    }
+    let mut answered = BTreeSet::new();
+    for (source, child) in children {
+        let out = child.wait_with_output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let target = lab.nodes.iter().position(|n| n.overlay == line.trim());
+            if let Some(target) = target {
+                answered.insert((source, target + 1));
+            }
+        }
+    }
+    Ok(missing.difference(&answered).copied().collect())
+}
+
+/// A process's resident memory (KiB) and CPU time so far (clock ticks).
+fn usage(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    Ok((rss, ticks(11) + ticks(12)))
+}
+
+/// The PID of the `vpn-node` process running in node `name`'s namespace (the lab starts
+/// it through `ip netns exec` and `setpriv`, which exec into it).
+fn node_pid(lab: &Lab, name: &str) -> Result<u32> {
+    lab.pid(name).with_context(|| format!("node {name} is not running"))
+}
+
+fn scenario(lab: &mut Lab, nodes: usize) -> Result<()> {
+    for i in 1..=nodes {
+        lab.add_node(&name(i), i)?;
+    }
+    let ca = lab.root().join("ca");
+    let ca = ca.to_str().context("ca path")?.to_owned();
+    let ca_pub = lab.vpn_node(&["ca", "init", "--dir", &ca])?.trim().to_owned();
+    for i in 1..=nodes {
+        let node = lab.node(&name(i))?;
+        let (v4, v6) = (node.overlay.clone(), node.overlay6.clone());
+        sign(lab, &ca, &name(i), &[&v4, &v6], "30d")?;
+        write_config(lab, &name(i), "1", Some(&ca_pub), "")?;
+    }
+    println!(
+        "mesh: {nodes} nodes on one bridge; each knows the CA and node 1's address, no peer ID"
+    );
+    let start = Instant::now();
+    for i in 1..=nodes {
+        lab.start(&name(i))?;
+    }
+    for i in 1..=nodes {
+        lab.wait_up(&name(i), Duration::from_secs(60))?;
+    }
+    let up = start.elapsed();
+    let mut missing: BTreeSet<(usize, usize)> = (1..=nodes)
+        .flat_map(|s| (1..=nodes).filter(move |t| *t != s).map(move |t| (s, t)))
+        .collect();
+    let pairs = missing.len();
+    let mut rounds = 0;
+    while !missing.is_empty() {
+        if start.elapsed() > CONVERGE_LIMIT {
+            let sample: Vec<String> =
+                missing.iter().take(10).map(|(s, t)| format!("{s}->{t}")).collect();
+            bail!(
+                "{} of {pairs} pairs still unanswered after {CONVERGE_LIMIT:?}: {}",
+                missing.len(),
+                sample.join(" ")
+            );
+        }
+        missing = ping_round(lab, &missing)?;
+        rounds += 1;
+    }
+    let converged = start.elapsed();
+    println!(
+        "  every node up after {:.1} s; all {pairs} pairs answered a ping after {:.1} s ({rounds} rounds)",
+        up.as_secs_f64(),
+        converged.as_secs_f64()
+    );
+
+    // Idle: memory and CPU of each node over a minute with no traffic.
+    let pids: Vec<u32> = (1..=nodes).map(|i| node_pid(lab, &name(i))).collect::<Result<_>>()?;
+    let before: Vec<(u64, u64)> = pids.iter().map(|p| usage(*p)).collect::<Result<_>>()?;
+    std::thread::sleep(IDLE_WINDOW);
+    let after: Vec<(u64, u64)> = pids.iter().map(|p| usage(*p)).collect::<Result<_>>()?;
+    // USER_HZ, the unit of the times in /proc/<pid>/stat, is 100 on Linux.
+    let tick = 100.0;
+    let cpu: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|((_, b), (_, a))| {
+            (a.saturating_sub(*b)) as f64 / tick / IDLE_WINDOW.as_secs_f64() * 100.0
+        })
+        .collect();
+    let rss: Vec<f64> = after.iter().map(|(r, _)| *r as f64 / 1024.0).collect();
+    let stats = |v: &[f64]| {
+        let max = v.iter().copied().fold(0.0, f64::max);
+        (v.iter().sum::<f64>() / v.len() as f64, max)
+    };
+    let (cpu_mean, cpu_max) = stats(&cpu);
+    let (rss_mean, rss_max) = stats(&rss);
+    println!(
+        "  idle over {} s: CPU {cpu_mean:.2} % of a core per node (max {cpu_max:.2} %), RSS {rss_mean:.1} MiB (max {rss_max:.1} MiB)",
+        IDLE_WINDOW.as_secs()
+    );
+
+    // What each node asked of the DHT.
+    let mut lookups = Vec::new();
+    for i in 1..=nodes {
+        let status = lab.ask(&name(i), "status")?;
+        let dht = status.get("dht").context("no dht in status")?;
+        let n = |k: &str| dht.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        lookups.push((n("record_lookups"), n("peer_lookups"), n("records_published")));
+    }
+    let mean = |f: fn(&(u64, u64, u64)) -> u64| {
+        lookups.iter().map(f).sum::<u64>() as f64 / lookups.len() as f64
+    };
+    let max = |f: fn(&(u64, u64, u64)) -> u64| lookups.iter().map(f).max().unwrap_or(0);
+    println!(
+        "  DHT per node since start: record lookups {:.1} (max {}), peer lookups {:.1} (max {}), records published {:.1}",
+        mean(|l| l.0),
+        max(|l| l.0),
+        mean(|l| l.1),
+        max(|l| l.1),
+        mean(|l| l.2)
+    );
+    println!("mesh: every pair reached");
+    Ok(())
+}
