@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::lab::{self, Lab, Setup, json_number};
+use crate::lab::{self, Lab, Setup, cpu_ticks, json_number, memory_mib};
 use crate::tools;
 
 /// Programs the comparison needs, with their Debian packages.
@@ -308,15 +308,8 @@ fn vpn_node(lab: &mut Lab, setup: &Setup) -> Result<Tunnel> {
     tunnel.pids = nodes.iter().filter_map(|n| lab.pid(n)).collect();
     lab.ping_until("a", &tunnel.target, Duration::from_secs(30))?;
     if setup.relayed {
-        let b = lab.node("b")?.peer_id.clone();
-        let peers = lab.ask("a", "peers")?;
-        let path = peers
-            .get("peers")
-            .and_then(|p| p.as_array())
-            .and_then(|l| l.iter().find(|p| p.get("peer_id").and_then(|i| i.as_str()) == Some(&b)))
-            .and_then(|p| p.get("path"))
-            .and_then(|p| p.as_str());
-        if path != Some("relayed") {
+        let path = lab.path_kind("a", "b")?;
+        if path.as_deref() != Some("relayed") {
             bail!("a reaches b over {path:?}, not through the relay");
         }
     }
@@ -483,33 +476,6 @@ fn wait_for(path: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
-}
-
-/// CPU ticks (user + system) the processes used so far.
-fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces) start after ')'.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .sum()
-}
-
-/// The largest `field` (VmRSS, VmHWM) among the processes, in MiB.
-fn memory_mib(pids: &[u32], field: &str) -> Option<f64> {
-    pids.iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|status| {
-            let line = status.lines().find(|l| l.starts_with(field))?;
-            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib / 1024.0)
-        })
-        .reduce(f64::max)
 }
 
 /// Measures a tunnel that is up: TCP with one and four flows, UDP packets per second, ping,

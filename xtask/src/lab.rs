@@ -20,6 +20,33 @@ pub fn json_number(text: &str, pointer: &str) -> Option<f64> {
     serde_json::from_str::<serde_json::Value>(text).ok()?.pointer(pointer)?.as_f64()
 }
 
+/// CPU ticks (user + system) the processes used so far.
+pub fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) start after ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum()
+}
+
+/// The largest `field` (VmRSS, VmHWM) among the processes, in MiB.
+pub fn memory_mib(pids: &[u32], field: &str) -> Option<f64> {
+    pids.iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with(field))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .reduce(f64::max)
+}
+
 /// Waits until `check` holds (at most `within`).
 pub fn until(what: &str, within: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
     let start = Instant::now();
@@ -633,6 +660,24 @@ impl Lab {
         let text = self.vpn_node(&[request, "--json", "--config", config])?;
         serde_json::from_str(&text)
             .with_context(|| format!("{name}'s {request} is not JSON: {text}"))
+    }
+
+    /// `from`'s view of `to` in `vpn-node peers --json` (none while not connected).
+    pub fn peer_view(&self, from: &str, to: &str) -> Result<Option<serde_json::Value>> {
+        let peer = self.node(to)?.peer_id.clone();
+        let peers = self.ask(from, "peers")?;
+        let list = peers.get("peers").and_then(|p| p.as_array()).context("peers list")?;
+        Ok(list
+            .iter()
+            .find(|p| p.get("peer_id").and_then(|i| i.as_str()) == Some(peer.as_str()))
+            .filter(|p| p.get("connected").and_then(serde_json::Value::as_bool) == Some(true))
+            .cloned())
+    }
+
+    /// The path (`direct` or `relayed`) `from` takes to `to` now, if connected.
+    pub fn path_kind(&self, from: &str, to: &str) -> Result<Option<String>> {
+        let path = self.peer_view(from, to)?;
+        Ok(path.and_then(|p| p.get("path").and_then(|k| k.as_str()).map(str::to_owned)))
     }
 
     /// Prints the last lines of each node's log (up to a panic's message, not the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::lab::Lab;
+use crate::lab::{Lab, cpu_ticks, memory_mib};
 use crate::membership::{sign, write_config};
 
 /// Longest the whole mesh may take to reach every pair.
@@ -73,24 +73,6 @@ fn ping_round(lab: &Lab, missing: &BTreeSet<(usize, usize)>) -> Result<BTreeSet<
     Ok(missing.difference(&answered).copied().collect())
 }
 
-/// A process's resident memory (KiB) and CPU time so far (clock ticks).
-fn usage(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) start after its ')'.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    Ok((rss, ticks(11) + ticks(12)))
-}
-
 /// The PID of the `vpn-node` process running in node `name`'s namespace (the lab starts
 /// it through `ip netns exec` and `setpriv`, which exec into it).
 fn node_pid(lab: &Lab, name: &str) -> Result<u32> {
@@ -148,19 +130,20 @@ fn scenario(lab: &mut Lab, nodes: usize) -> Result<()> {
 
     // Idle: memory and CPU of each node over a minute with no traffic.
     let pids: Vec<u32> = (1..=nodes).map(|i| node_pid(lab, &name(i))).collect::<Result<_>>()?;
-    let before: Vec<(u64, u64)> = pids.iter().map(|p| usage(*p)).collect::<Result<_>>()?;
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(&[*p])).collect();
     std::thread::sleep(IDLE_WINDOW);
-    let after: Vec<(u64, u64)> = pids.iter().map(|p| usage(*p)).collect::<Result<_>>()?;
+    let after: Vec<u64> = pids.iter().map(|p| cpu_ticks(&[*p])).collect();
     // USER_HZ, the unit of the times in /proc/<pid>/stat, is 100 on Linux.
     let tick = 100.0;
     let cpu: Vec<f64> = before
         .iter()
         .zip(&after)
-        .map(|((_, b), (_, a))| {
-            (a.saturating_sub(*b)) as f64 / tick / IDLE_WINDOW.as_secs_f64() * 100.0
-        })
+        .map(|(b, a)| a.saturating_sub(*b) as f64 / tick / IDLE_WINDOW.as_secs_f64() * 100.0)
         .collect();
-    let rss: Vec<f64> = after.iter().map(|(r, _)| *r as f64 / 1024.0).collect();
+    let rss: Vec<f64> = pids
+        .iter()
+        .map(|p| memory_mib(&[*p], "VmRSS:").with_context(|| format!("no VmRSS for {p}")))
+        .collect::<Result<_>>()?;
     let stats = |v: &[f64]| {
         let max = v.iter().copied().fold(0.0, f64::max);
         (v.iter().sum::<f64>() / v.len() as f64, max)

@@ -71,28 +71,10 @@ fn write_config(lab: &Lab, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `from`'s view of `to` in `vpn-node peers --json` (none while not connected).
-fn path_to(lab: &Lab, from: &str, to: &str) -> Result<Option<serde_json::Value>> {
-    let peer = lab.node(to)?.peer_id.clone();
-    let peers = lab.ask(from, "peers")?;
-    let list = peers.get("peers").and_then(|p| p.as_array()).context("peers list")?;
-    Ok(list
-        .iter()
-        .find(|p| p.get("peer_id").and_then(|i| i.as_str()) == Some(peer.as_str()))
-        .filter(|p| p.get("connected").and_then(serde_json::Value::as_bool) == Some(true))
-        .cloned())
-}
-
-/// The path (`direct` or `relayed`) `from` takes to `to` now, if connected.
-fn path_kind(lab: &Lab, from: &str, to: &str) -> Result<Option<String>> {
-    let path = path_to(lab, from, to)?;
-    Ok(path.and_then(|p| p.get("path").and_then(|k| k.as_str()).map(str::to_owned)))
-}
-
 /// One line about `from`'s path to `to`: kind, address, whether punched, round trip.
 fn describe(lab: &Lab, from: &str, to: &str) -> Result<String> {
     let path =
-        path_to(lab, from, to)?.with_context(|| format!("{from} is not connected to {to}"))?;
+        lab.peer_view(from, to)?.with_context(|| format!("{from} is not connected to {to}"))?;
     let field = |k: &str| path.get(k).map(ToString::to_string).unwrap_or_default();
     Ok(format!(
         "{from} -> {to}: {} via {} (hole punched {}, connection rtt {} ms)",
@@ -134,7 +116,7 @@ fn relayed_soak(lab: &Lab) -> Result<()> {
         .context("no bytes in iperf3's report")?;
     let gbps = lab::json_number(&report, "/end/sum_received/bits_per_second").unwrap_or(0.0) / 1e9;
     let anew = connections(lab) - before;
-    let path = path_kind(lab, "hs", "h1")?;
+    let path = lab.path_kind("hs", "h1")?;
     let seconds: Vec<f64> = serde_json::from_str::<serde_json::Value>(&report)?
         .get("intervals")
         .and_then(|i| i.as_array())
@@ -225,8 +207,8 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     let rtt = lab.ping_until("h1", &h2, WAIT)?;
     let first = asked.elapsed();
     until("h1 and h2 are connected directly", WAIT, || {
-        Ok(path_kind(lab, "h1", "h2")?.as_deref() == Some("direct")
-            && path_kind(lab, "h2", "h1")?.as_deref() == Some("direct"))
+        Ok(lab.path_kind("h1", "h2")?.as_deref() == Some("direct")
+            && lab.path_kind("h2", "h1")?.as_deref() == Some("direct"))
     })?;
     let direct = asked.elapsed();
     println!(
@@ -244,7 +226,7 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     }
     let direct_gbps = iperf(lab, "h1", "h2")?;
     lab.ping_until("h1", &h2, Duration::from_secs(5))?;
-    if path_kind(lab, "h1", "h2")?.as_deref() != Some("direct") {
+    if lab.path_kind("h1", "h2")?.as_deref() != Some("direct") {
         bail!("h1 -> h2 left the direct path: {}", describe(lab, "h1", "h2")?);
     }
     println!("    iperf3 h1 -> h2 over the direct path: {direct_gbps:.2} Gbit/s");
@@ -259,7 +241,7 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         Ok(failed > 0)
     })?;
     for (from, to) in [("hs", "h1"), ("h1", "hs")] {
-        let kind = path_kind(lab, from, to)?;
+        let kind = lab.path_kind(from, to)?;
         if kind.as_deref() != Some("relayed") {
             bail!("{from} -> {to} should be relayed, is {kind:?}");
         }
@@ -269,7 +251,7 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     println!("    {}", describe(lab, "h1", "hs")?);
     let relayed_gbps = iperf(lab, "hs", "h1")?;
     lab.ping_until("hs", &h1, Duration::from_secs(5))?;
-    if path_kind(lab, "hs", "h1")?.as_deref() != Some("relayed") {
+    if lab.path_kind("hs", "h1")?.as_deref() != Some("relayed") {
         bail!("hs -> h1 left the relay: {}", describe(lab, "hs", "h1")?);
     }
     println!("    iperf3 hs -> h1 through the relay: {relayed_gbps:.2} Gbit/s");
@@ -313,7 +295,7 @@ fn punch_over_quic(lab: &mut Lab) -> Result<()> {
     let asked = Instant::now();
     lab.ping_until("h1", &h2, WAIT)?;
     let quic = |lab: &Lab, from: &str, to: &str| -> Result<bool> {
-        let path = path_to(lab, from, to)?;
+        let path = lab.peer_view(from, to)?;
         let field = |k: &str| {
             path.as_ref().and_then(|p| p.get(k)).and_then(|v| v.as_str()).map(str::to_owned)
         };

@@ -59,6 +59,10 @@ fn relay_config(reach: &ReachConfig) -> relay::Config {
         max_circuits_per_peer: reach.max_circuits_per_peer,
         max_circuit_duration: reach.circuit_duration,
         max_circuit_bytes: reach.circuit_bytes,
+        // libp2p's per-peer and per-IP rates are for public relays; ours serve members
+        // only (the gate), bounded by the limits above, and many may share one NAT's IP.
+        reservation_rate_limiters: Vec::new(),
+        circuit_src_rate_limiters: Vec::new(),
         ..relay::Config::default()
     };
     // A reservation for each of a member's connections to us, at most.

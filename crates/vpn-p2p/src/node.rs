@@ -41,6 +41,8 @@ const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 const MEMBERSHIP_TICK: Duration = Duration::from_millis(500);
 /// A peer whose dial failed is looked up in the DHT at most this often.
 const FIND_PEER_EVERY: Duration = Duration::from_secs(5);
+/// Most lookups of where peers are at once.
+const FIND_PEER_AT_ONCE: usize = 16;
 /// How often the routing table is refreshed from the peers in it.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
 
@@ -195,7 +197,8 @@ impl P2pNode {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
-        let mut reach = Reach::new(config.reach.serve, config.reach.reservations);
+        let local = *swarm.local_peer_id();
+        let mut reach = Reach::new(local, config.reach.serve, config.reach.reservations);
         for addr in &config.external {
             swarm.add_external_address(addr.clone());
             let _ = reach.confirmed(addr.clone());
@@ -205,7 +208,6 @@ impl P2pNode {
             relay.set_status(Some(on));
         }
         let control = swarm.behaviour().gate.inner.stream.inner.new_control();
-        let local = *swarm.local_peer_id();
         let (commands, rx) = mpsc::channel(64);
         let task = tokio::spawn(
             EventLoop {
@@ -722,7 +724,12 @@ impl EventLoop {
     /// addresses. One lookup per peer at a time, and at most one every [`FIND_PEER_EVERY`].
     fn find_peer(&mut self, peer: PeerId) {
         let now = std::time::Instant::now();
-        if self.pending.values().any(|p| matches!(p, Pending::FindPeer(t) if *t == peer))
+        // Members only: a peer ID a member made up (in a DHT answer, say) costs no lookup.
+        let member = self.admission.as_ref().is_none_or(|a| a.admit(&peer, &[]).is_ok());
+        let finding = self.pending.values().filter(|p| matches!(p, Pending::FindPeer(_)));
+        if !member
+            || finding.count() >= FIND_PEER_AT_ONCE
+            || self.pending.values().any(|p| matches!(p, Pending::FindPeer(t) if *t == peer))
             || self.looked_up.get(&peer).is_some_and(|at| now.duration_since(*at) < FIND_PEER_EVERY)
         {
             return;
@@ -730,9 +737,10 @@ impl EventLoop {
         if self.looked_up.len() >= 1024 {
             self.looked_up.retain(|_, at| now.duration_since(*at) < FIND_PEER_EVERY);
         }
-        if self.looked_up.len() < 1024 {
-            self.looked_up.insert(peer, now);
+        if self.looked_up.len() >= 1024 {
+            return;
         }
+        self.looked_up.insert(peer, now);
         tracing::debug!(%peer, "looking the peer up in the DHT");
         self.dht.peer_lookups += 1;
         let id = self.swarm.behaviour_mut().gate.inner.kad.get_closest_peers(peer);
@@ -959,16 +967,25 @@ impl EventLoop {
     /// The peer began the membership exchange on `newest`, which it does only on its first
     /// connection to us: our older connections to it are dead on its side, though we may
     /// not have noticed yet (it restarted, or moved to another address and cannot answer
-    /// on the old path). Connections younger than [`REPLACE_OLDER_THAN`] are a
-    /// simultaneous dial's twins and stay. A second connection the peer makes while it
-    /// keeps the first (a punched hole, a reachability check dialing back) starts no
-    /// exchange and replaces nothing.
+    /// on the old path). Connections less than [`REPLACE_OLDER_THAN`] older than `newest`
+    /// are a simultaneous dial's twins and stay, and so does every connection newer than
+    /// it (the request may come on an older connection, when the peer presents itself
+    /// again). A direct connection never gives way to a relayed one: a dead one goes when
+    /// its pings fail. A second connection the peer makes while it keeps the first (a
+    /// punched hole, a reachability check dialing back) starts no exchange and replaces
+    /// nothing.
     fn replace_older(&mut self, peer: PeerId, newest: ConnectionId) {
-        let now = std::time::Instant::now();
         let Some(conns) = self.connections.get_mut(&peer) else { return };
-        let (old, keep): (Vec<_>, Vec<_>) = conns
-            .drain(..)
-            .partition(|c| c.id != newest && now.duration_since(c.since) >= REPLACE_OLDER_THAN);
+        let Some((since, relayed)) =
+            conns.iter().find(|c| c.id == newest).map(|c| (c.since, c.endpoint.is_relayed()))
+        else {
+            return;
+        };
+        // Older than the connection the request came on, by the twins' margin; and a
+        // direct connection never gives way to a relayed one.
+        let (old, keep): (Vec<_>, Vec<_>) = conns.drain(..).partition(|c| {
+            c.since + REPLACE_OLDER_THAN <= since && (c.endpoint.is_relayed() || !relayed)
+        });
         *conns = keep;
         if old.is_empty() {
             return;

@@ -19,11 +19,6 @@ use libp2p::swarm::{
     THandlerOutEvent, ToSwarm,
 };
 
-/// Whether a connection runs through a relay.
-pub(crate) fn is_relayed(endpoint: &ConnectedPoint) -> bool {
-    endpoint.is_relayed()
-}
-
 /// Wraps a behaviour, showing it a peer's direct connections only while it has any.
 pub(crate) struct PreferDirect<B> {
     pub(crate) inner: B,
@@ -48,10 +43,10 @@ impl<B: NetworkBehaviour> PreferDirect<B> {
     /// direct ones if there are any, else all of them.
     fn reconcile(&mut self, peer: PeerId) {
         let conns = self.connections.get(&peer).cloned().unwrap_or_default();
-        let direct = conns.iter().any(|(_, e)| !is_relayed(e));
+        let direct = conns.iter().any(|(_, e)| !e.is_relayed());
         let mut visible = conns.iter().filter(|(id, _)| self.shown.contains(id)).count();
         for (id, endpoint) in &conns {
-            let want = !direct || !is_relayed(endpoint);
+            let want = !direct || !endpoint.is_relayed();
             if want && self.shown.insert(*id) {
                 self.inner.on_swarm_event(FromSwarm::ConnectionEstablished(
                     ConnectionEstablished {
@@ -66,7 +61,7 @@ impl<B: NetworkBehaviour> PreferDirect<B> {
             }
         }
         for (id, endpoint) in &conns {
-            let want = !direct || !is_relayed(endpoint);
+            let want = !direct || !endpoint.is_relayed();
             if !want && self.shown.remove(id) {
                 visible = visible.saturating_sub(1);
                 self.inner.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {

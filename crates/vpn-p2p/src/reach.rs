@@ -9,7 +9,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
 /// How this node can be reached, as far as it knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reachability {
     /// Addresses other members confirmed they could dial (AutoNAT), relayed ones aside.
     pub public: Vec<Multiaddr>,
@@ -50,6 +50,8 @@ struct Slot {
 
 /// The event loop's view of reachability and relays.
 pub(crate) struct Reach {
+    /// This node.
+    local: PeerId,
     /// Serve as a relay: always, never, or while publicly reachable (`None`).
     serve: Option<bool>,
     /// Relays to hold a slot on while not publicly reachable.
@@ -69,8 +71,9 @@ impl Reach {
     const FIRST_RETRY: Duration = Duration::from_secs(5);
     const LONGEST_RETRY: Duration = Duration::from_secs(300);
 
-    pub(crate) fn new(serve: Option<bool>, wanted: usize) -> Self {
+    pub(crate) fn new(local: PeerId, serve: Option<bool>, wanted: usize) -> Self {
         Self {
+            local,
             serve,
             wanted,
             relays: HashMap::new(),
@@ -125,7 +128,10 @@ impl Reach {
             .filter(|r| usable(r))
             .copied()
             .collect();
-        candidates.sort();
+        // Nearest first by Kademlia distance: each node has its own order, so nodes behind
+        // NAT spread over the relays instead of all taking the same ones.
+        let us = libp2p::kad::KBucketKey::from(self.local);
+        candidates.sort_by_key(|r| us.distance(&libp2p::kad::KBucketKey::from(*r)));
         candidates.truncate(self.wanted - self.slots.len());
         candidates
     }
@@ -190,7 +196,7 @@ mod tests {
 
     #[test]
     fn relays_only_while_public_unless_told() {
-        let mut reach = Reach::new(None, 2);
+        let mut reach = Reach::new(PeerId::random(), None, 2);
         assert!(!reach.serving);
         let relayed = addr(
             "/ip4/198.18.0.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit",
@@ -201,16 +207,16 @@ mod tests {
         assert_eq!(reach.expired(&addr("/ip4/198.18.0.1/tcp/4001")), None);
         assert_eq!(reach.expired(&addr("/ip4/198.18.0.1/udp/4001/quic-v1")), Some(false));
 
-        let mut never = Reach::new(Some(false), 2);
+        let mut never = Reach::new(PeerId::random(), Some(false), 2);
         assert_eq!(never.confirmed(addr("/ip4/198.18.0.1/tcp/4001")), None);
         assert!(!never.serving);
-        let always = Reach::new(Some(true), 2);
+        let always = Reach::new(PeerId::random(), Some(true), 2);
         assert!(always.serving);
     }
 
     #[test]
     fn reserves_up_to_the_number_wanted_and_gives_up_when_public() {
-        let mut reach = Reach::new(None, 2);
+        let mut reach = Reach::new(PeerId::random(), None, 2);
         let relays: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
         reach.relays.extend(relays.iter().map(|r| (*r, Vec::new())));
         let first = reach.relays_to_ask(|_| true);

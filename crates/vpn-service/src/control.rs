@@ -36,11 +36,7 @@ pub async fn status_json(node: &VpnNode) -> String {
         .map(|r| format!("{}:{}", json::string(r.as_str()), m.refused(*r)))
         .collect::<Vec<_>>();
     let routing = node.routing_table().await;
-    let reach = node.reachability().await.unwrap_or(vpn_p2p::Reachability {
-        public: Vec::new(),
-        relays: Vec::new(),
-        serving: false,
-    });
+    let reach = node.reachability().await.unwrap_or_default();
     let relays = reach.relays.iter().map(|(relay, addr)| {
         format!(
             "{{\"relay\":{},\"address\":{}}}",

@@ -25,6 +25,9 @@ struct PeerStreams {
     streams: Vec<Arc<PooledStream>>,
     /// Streams flows are leaving (see [`StreamPool::move_peer`]), until the last lets go.
     moving: Vec<Arc<PooledStream>>,
+    /// How many times the peer's flows were moved: a stream whose open began before a move
+    /// may run over the old path, and is not taken.
+    moves: u64,
     /// Opens under way.
     opening: usize,
     /// Opens that failed so far, and the kind of the last failure: a caller that waited for
@@ -44,6 +47,7 @@ impl PeerStreams {
         Self {
             streams: Vec::new(),
             moving: Vec::new(),
+            moves: 0,
             opening: 0,
             failures: 0,
             last_failure: NetworkErrorKind::Unreachable,
@@ -275,6 +279,7 @@ impl StreamPool {
         {
             let mut state = self.lock();
             let Some(entry) = state.peers.get_mut(&peer) else { return };
+            entry.moves += 1;
             for stream in std::mem::take(&mut entry.streams) {
                 stream.start_moving();
                 if stream.leases() > 0 {
@@ -309,7 +314,11 @@ impl StreamPool {
                     }
                     keep
                 });
-                !p.streams.is_empty() || p.opening > 0 || now.duration_since(p.last_used) < idle
+                // Streams being left stay booked until their last flow lets go.
+                !p.streams.is_empty()
+                    || !p.moving.is_empty()
+                    || p.opening > 0
+                    || now.duration_since(p.last_used) < idle
             });
         }
         for stream in retired {
@@ -323,6 +332,7 @@ impl StreamPool {
     /// outlives a caller that gave up and serves the next one; `stop` cancels it.
     async fn open(&self, mut slot: OpenSlot) {
         let peer = slot.peer;
+        let moves = self.lock().peers.get(&peer).map_or(0, |p| p.moves);
         let open = self.shared.opener.open_stream(peer);
         let opened = tokio::select! {
             () = self.shared.shutdown.cancelled() => return,
@@ -361,7 +371,9 @@ impl StreamPool {
             self.shared.metrics.clone(),
             &self.shared.tasks,
         );
-        if stopped {
+        if stopped || entry.moves != moves {
+            // Stopped, or the peer's path changed while it opened: the stream may run over
+            // the old path (a relay); the next lease opens another.
             drop(state);
             pooled.retire(false);
             return;

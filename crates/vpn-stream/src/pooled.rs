@@ -381,6 +381,8 @@ impl StreamTask {
     /// Marks the stream closed, counts what can no longer be written, and closes it.
     async fn finish(mut self, end: End) {
         self.shared.closed.store(true, Ordering::Release);
+        // A drain waiting for an answer that cannot come now ends at once.
+        self.shared.drained.notify_waiters();
         self.rx.close();
         let reset = self.shared.reset_on_stop.load(Ordering::Acquire);
         match &end {

@@ -793,3 +793,22 @@ async fn a_moved_stream_no_flow_holds_closes_at_once() {
     assert_eq!(f.pool.active_streams(), 0);
     f.pool.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_being_left_outlives_the_idle_cleanup_until_its_flow_lets_go() {
+    let mut f = fixture(settings());
+    f.pool.start();
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let mut far = f.accepted.recv().await.unwrap();
+    f.pool.move_peer(f.peer);
+    // Long past the idle timeout: the flow still holds the stream it is to leave.
+    tokio::time::advance(Duration::from_secs(300)).await;
+    assert!(!lease.sink.is_closed());
+    // It lets go: the stream closes.
+    f.pool.release(lease, true);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), far.stream.read_to_end(&mut rest));
+    assert_eq!(read.await.unwrap().unwrap(), 0);
+    f.pool.stop().await;
+    assert_eq!(f.streams.live(), 0);
+}

@@ -19,7 +19,8 @@ use crate::WorkerContext;
 /// into stay small and alike, and a burst does not leave the allocator holding large ones.
 const BATCH_BYTES: usize = 256 * 1024;
 /// How long a flow waits for the peer to confirm it took everything sent on a stream the
-/// flow leaves (see `FrameSink::drain`); past it, the flow moves anyway.
+/// flow leaves (see `FrameSink::drain`); past it, or past half the send timeout, the flow
+/// moves anyway: the batch waiting for the drain must still go out in time.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A worker's figures.
@@ -205,7 +206,8 @@ impl Worker {
             // before anything goes on the new one. The lease stays held meanwhile, so a
             // drain cut short is done again with the next batch.
             let sink = lease.sink.clone();
-            if !sink.drain(DRAIN_LIMIT).await {
+            let within = DRAIN_LIMIT.min(self.ctx.settings.send_timeout / 2);
+            if !sink.drain(within).await {
                 tracing::debug!(flow = %self.key, "moving on without the old stream's confirmation");
             }
         }
