@@ -33,7 +33,8 @@ const LISTEN_WAIT: Duration = Duration::from_secs(3);
 const REPLACE_OLDER_THAN: Duration = Duration::from_secs(2);
 /// Connections to one peer allowed past `max_connections_per_peer` for a moment: a peer
 /// that reconnects must get through while its dead connections still count, to replace
-/// them. The event loop closes whatever is over the limit once it has replaced them.
+/// them. The event loop closes whatever is still over the limit [`REPLACE_OLDER_THAN`]
+/// after the newest came.
 pub(crate) const REPLACEMENT_ROOM: u32 = 2;
 /// A refused peer's connections close this long after our answer.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
@@ -423,6 +424,7 @@ impl EventLoop {
                 _ = refresh.tick() => self.refresh_routing_table(),
                 _ = deadline.tick() => {
                     self.close_unproven();
+                    self.trim_connections();
                     self.recheck_members();
                     self.redial_bootstrap();
                     self.update_relays();
@@ -939,15 +941,12 @@ impl EventLoop {
         ip_of(addr).is_some_and(|ip| self.overlay.iter().any(|net| net.contains(&ip)))
     }
 
-    /// Books a new connection, unless the peer has all the connections it may have.
+    /// Books a new connection. One over the peer's limit stays for now (the swarm holds
+    /// it to [`REPLACEMENT_ROOM`] more): it may be the peer's new first connection, come to
+    /// replace dead ones; [`Self::trim_connections`] closes what is still over later.
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
         let now = std::time::Instant::now();
         let conns = self.connections.entry(peer).or_default();
-        if conns.len() >= self.max_per_peer as usize {
-            tracing::debug!(%peer, "over the connections allowed per peer; closing the new one");
-            self.swarm.close_connection(id);
-            return;
-        }
         let went_direct = !endpoint.is_relayed()
             && !conns.is_empty()
             && conns.iter().all(|c| c.endpoint.is_relayed());
@@ -964,28 +963,61 @@ impl EventLoop {
         }
     }
 
+    /// Holds each peer to `max_connections_per_peer` once its newest connection is
+    /// [`REPLACE_OLDER_THAN`] old (time for the membership exchange to replace dead ones):
+    /// while it has a direct connection its relayed ones go first, then the newest.
+    fn trim_connections(&mut self) {
+        let now = std::time::Instant::now();
+        let max = self.max_per_peer as usize;
+        let mut close = Vec::new();
+        for (peer, conns) in &mut self.connections {
+            if conns.len() <= max
+                || conns.iter().any(|c| now.duration_since(c.since) < REPLACE_OLDER_THAN)
+            {
+                continue;
+            }
+            let direct = conns.iter().any(|c| !c.endpoint.is_relayed());
+            // Kept first: direct ones (when there are any) before relayed, older before newer.
+            conns.sort_by_key(|c| (direct && c.endpoint.is_relayed(), c.since));
+            close.extend(conns.drain(max..).map(|c| (*peer, c.id)));
+        }
+        for (peer, id) in &close {
+            tracing::debug!(%peer, "over the connections allowed per peer; closing one");
+            self.swarm.close_connection(*id);
+        }
+        if !close.is_empty() {
+            self.tell_paths();
+        }
+    }
+
     /// The peer began the membership exchange on `newest`, which it does only on its first
     /// connection to us: our older connections to it are dead on its side, though we may
     /// not have noticed yet (it restarted, or moved to another address and cannot answer
-    /// on the old path). Connections less than [`REPLACE_OLDER_THAN`] older than `newest`
-    /// are a simultaneous dial's twins and stay, and so does every connection newer than
-    /// it (the request may come on an older connection, when the peer presents itself
-    /// again). A direct connection never gives way to a relayed one: a dead one goes when
-    /// its pings fail. A second connection the peer makes while it keeps the first (a
-    /// punched hole, a reachability check dialing back) starts no exchange and replaces
-    /// nothing.
+    /// on the old path), whichever path each takes: a peer that roams behind a NAT comes
+    /// back through a relay while our direct connection to its old address is dead.
+    /// Connections less than [`REPLACE_OLDER_THAN`] older than `newest` are a simultaneous
+    /// dial's twins and stay, and so does every connection newer than it (the request may
+    /// come on an older connection, when the peer presents itself again: a hole punched
+    /// since stays). A younger one with the peer at another IP address is no twin and goes
+    /// too. A second connection the peer makes while it keeps the first (a punched
+    /// hole, a reachability check dialing back) starts no exchange and replaces nothing.
     fn replace_older(&mut self, peer: PeerId, newest: ConnectionId) {
         let Some(conns) = self.connections.get_mut(&peer) else { return };
-        let Some((since, relayed)) =
-            conns.iter().find(|c| c.id == newest).map(|c| (c.since, c.endpoint.is_relayed()))
-        else {
-            return;
+        // A connection closed since (trimmed, say) is judged as if it came now.
+        let (since, from) = conns.iter().find(|c| c.id == newest).map_or_else(
+            || (std::time::Instant::now(), None),
+            |c| (c.since, ip_of(c.endpoint.get_remote_address())),
+        );
+        let replaced = |c: &Connection| {
+            let ip = ip_of(c.endpoint.get_remote_address());
+            c.id != newest
+                && (c.since + REPLACE_OLDER_THAN <= since
+                    // Younger, but with the peer at another IP address: not a twin (those
+                    // run between the addresses the two have), a path it left (it roamed
+                    // and came back at once).
+                    || (c.since <= since && from.is_some() && ip.is_some() && ip != from))
         };
-        // Older than the connection the request came on, by the twins' margin; and a
-        // direct connection never gives way to a relayed one.
-        let (old, keep): (Vec<_>, Vec<_>) = conns.drain(..).partition(|c| {
-            c.since + REPLACE_OLDER_THAN <= since && (c.endpoint.is_relayed() || !relayed)
-        });
+        let (old, keep): (Vec<_>, Vec<_>) = conns.drain(..).partition(replaced);
         *conns = keep;
         if old.is_empty() {
             return;
@@ -1236,6 +1268,12 @@ impl EventLoop {
                     let target = *target;
                     if let Some(info) = found.peers.into_iter().find(|p| p.peer_id == target) {
                         self.pending.remove(&id);
+                        // Found: the query's remaining steps would only cost lookups.
+                        if let Some(mut query) =
+                            self.swarm.behaviour_mut().gate.inner.kad.query_mut(&id)
+                        {
+                            query.finish();
+                        }
                         tracing::debug!(peer = %target, addrs = ?info.addrs, "found by peer routing");
                         // Also while a dial to addresses that no longer answer is under way.
                         let opts = DialOpts::peer_id(target)

@@ -131,7 +131,7 @@ impl Reach {
         // Nearest first by Kademlia distance: each node has its own order, so nodes behind
         // NAT spread over the relays instead of all taking the same ones.
         let us = libp2p::kad::KBucketKey::from(self.local);
-        candidates.sort_by_key(|r| us.distance(&libp2p::kad::KBucketKey::from(*r)));
+        candidates.sort_by_cached_key(|r| us.distance(&libp2p::kad::KBucketKey::from(*r)));
         candidates.truncate(self.wanted - self.slots.len());
         candidates
     }
@@ -242,5 +242,27 @@ mod tests {
         reach.confirmed(addr("/ip4/198.18.0.9/tcp/4001"));
         assert_eq!(reach.release_if_public().len(), 1);
         assert!(reach.relays_to_ask(|_| true).is_empty());
+    }
+
+    #[test]
+    fn each_node_asks_the_relays_nearest_itself() {
+        let relays: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
+        let distance = |from: PeerId, to: PeerId| {
+            libp2p::kad::KBucketKey::from(from).distance(&libp2p::kad::KBucketKey::from(to))
+        };
+        let mut picks = std::collections::HashSet::new();
+        for _ in 0..32 {
+            let local = PeerId::random();
+            let mut reach = Reach::new(local, None, 2);
+            reach.relays.extend(relays.iter().map(|r| (*r, Vec::new())));
+            let asked = reach.relays_to_ask(|_| true);
+            assert_eq!(asked.len(), 2);
+            let farthest = asked.iter().map(|r| distance(local, *r)).max().unwrap();
+            for other in relays.iter().filter(|r| !asked.contains(r)) {
+                assert!(distance(local, *other) > farthest, "a nearer relay was passed over");
+            }
+            picks.extend(asked);
+        }
+        assert!(picks.len() > 2, "32 nodes all picked the same two of eight relays");
     }
 }

@@ -150,16 +150,26 @@ fn silent_swarm() -> libp2p::Swarm<libp2p::swarm::dummy::Behaviour> {
 }
 
 /// Dials `to` from `swarm` and waits for the connection's outcome: whether it was
-/// established, and then whether it closed within 15 s.
+/// established.
 async fn connect(
     swarm: &mut libp2p::Swarm<libp2p::swarm::dummy::Behaviour>,
     to: Multiaddr,
 ) -> bool {
+    connection_to(swarm, to).await.is_some()
+}
+
+/// Dials `to` from `swarm`: the connection, once established (none if the dial failed).
+async fn connection_to(
+    swarm: &mut libp2p::Swarm<libp2p::swarm::dummy::Behaviour>,
+    to: Multiaddr,
+) -> Option<libp2p::swarm::ConnectionId> {
     swarm.dial(to).unwrap();
     loop {
         match tokio::time::timeout(Duration::from_secs(15), swarm.select_next_some()).await {
-            Ok(SwarmEvent::ConnectionEstablished { .. }) => return true,
-            Ok(SwarmEvent::OutgoingConnectionError { .. }) => return false,
+            Ok(SwarmEvent::ConnectionEstablished { connection_id, .. }) => {
+                return Some(connection_id);
+            }
+            Ok(SwarmEvent::OutgoingConnectionError { .. }) => return None,
             Ok(_) => {}
             Err(_) => panic!("no outcome of the dial"),
         }
@@ -258,4 +268,37 @@ async fn a_member_that_stops_being_one_is_cut_off() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_connection_limit_is_held_to_it_and_keeps_its_first_connections() {
+    let a = node(Keypair::generate_ed25519(), None, |c| {
+        c.max_connections_per_peer = 2;
+        c.membership_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let to = addr_of(&a).await;
+    let mut peer = silent_swarm();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(connection_to(&mut peer, to.clone()).await.expect("connected"));
+    }
+    // The third is let in (it could be the peer's new first connection, come to replace
+    // dead ones), then closed: the limit holds, and the older ones stay.
+    let closed = async {
+        loop {
+            if let SwarmEvent::ConnectionClosed { connection_id, .. } =
+                peer.select_next_some().await
+            {
+                return connection_id;
+            }
+        }
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(15), closed).await;
+    assert_eq!(closed.expect("a connection over the limit was closed"), ids[2]);
+    assert_eq!(peer.network_info().connection_counters().num_established(), 2);
+    let paths = a.handle().paths().await.unwrap();
+    let ours = paths.iter().find(|p| p.peer == *peer.local_peer_id()).expect("still connected");
+    assert_eq!(ours.connections, 2);
+    a.stop().await;
 }

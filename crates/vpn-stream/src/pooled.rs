@@ -225,10 +225,12 @@ impl FrameSink for PooledStream {
         let mut frames = BytesMut::with_capacity(Frame::Ping(nonce).encoded_len());
         vpn_wire::encode_ping(&mut frames, nonce);
         let batch = FrameBatch { frames: frames.freeze(), ..FrameBatch::default() };
-        if self.send_frames(batch).await.is_err() {
-            return false;
-        }
+        // The bound covers the wait for room in a full queue too: a stalled stream is when
+        // a flow most wants to leave it.
         let answered = async {
+            if self.send_frames(batch).await.is_err() {
+                return false;
+            }
             loop {
                 // Created before the checks: an answer between them still wakes it.
                 let woken = self.drained.notified();

@@ -812,3 +812,69 @@ async fn a_stream_being_left_outlives_the_idle_cleanup_until_its_flow_lets_go() 
     f.pool.stop().await;
     assert_eq!(f.streams.live(), 0);
 }
+
+#[tokio::test]
+async fn a_stream_opened_across_a_move_takes_no_flow() {
+    let peer = PeerId::random();
+    let (streams, mut accepted) = GatedStreams::new(peer);
+    let pool = StreamPool::new(streams.clone(), Arc::new(AtomicMetrics::new()), settings());
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_stream(peer, flow(1)).await }
+    });
+    settle(|| streams.arrived() == 1).await;
+    // The peer's path changes while the open is under way: that stream may run over the
+    // old path, so the flow gets the next one.
+    pool.move_peer(peer);
+    streams.gate.add_permits(2);
+    let lease = waiting.await.unwrap().unwrap();
+    assert!(!lease.sink.is_moving());
+    let mut across = accepted.recv().await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), across.stream.read_to_end(&mut rest));
+    assert_eq!(read.await.unwrap().unwrap(), 0, "the stream opened across the move closed unused");
+    let mut taken = accepted.recv().await.unwrap();
+    lease.sink.send_frames(batch(1, 3)).await.unwrap();
+    assert_eq!(
+        read_frames(&mut taken.stream, 1).await,
+        vec![Frame::Packet(Bytes::from_static(&[3; 10]))]
+    );
+    assert_eq!(streams.inner.opened(), 2);
+    pool.release(lease, true);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_drain_ends_when_its_stream_closes() {
+    let mut f = fixture(settings());
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    let far = f.accepted.recv().await.unwrap();
+    f.pool.move_peer(f.peer);
+    let sink = lease.sink.clone();
+    let drain = tokio::spawn(async move { sink.drain(Duration::from_secs(3600)).await });
+    // The peer goes away: no answer will come, and the drain does not wait for one.
+    drop(far);
+    let drained = tokio::time::timeout(Duration::from_secs(30), drain).await;
+    assert!(!drained.expect("the drain ended with its stream").unwrap());
+    f.pool.release(lease, false);
+    f.pool.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_behind_a_stalled_stream_gives_up_within_its_bound() {
+    let mut f = fixture_with_buffer(settings().with_writer_queue_capacity(2), 64);
+    let lease = f.pool.get_stream(f.peer, flow(1)).await.unwrap();
+    // The peer reads nothing: the stream and its queue fill up.
+    let _far = f.accepted.recv().await.unwrap();
+    let fill = |sink: Arc<dyn vpn_api::FrameSink>| async move {
+        tokio::time::timeout(Duration::from_millis(10), sink.send_frames(batch(4, 1))).await
+    };
+    while fill(lease.sink.clone()).await.is_ok() {}
+    f.pool.move_peer(f.peer);
+    // Waiting for room in the queue counts against the drain's bound.
+    let drain =
+        tokio::time::timeout(Duration::from_secs(60), lease.sink.drain(Duration::from_secs(1)));
+    assert_eq!(drain.await.ok(), Some(false), "the drain gave up within its bound");
+    f.pool.release(lease, false);
+    f.pool.stop().await;
+}
