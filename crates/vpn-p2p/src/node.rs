@@ -726,11 +726,10 @@ impl EventLoop {
     /// addresses. One lookup per peer at a time, and at most one every [`FIND_PEER_EVERY`].
     fn find_peer(&mut self, peer: PeerId) {
         let now = std::time::Instant::now();
-        // Members only: a peer ID a member made up (in a DHT answer, say) costs no lookup.
-        let member = self.admission.as_ref().is_none_or(|a| a.admit(&peer, &[]).is_ok());
+        // Any peer a dial names: a certified member we never met is known by no ID yet. A
+        // member that names made-up peers costs at most these bounded lookups.
         let finding = self.pending.values().filter(|p| matches!(p, Pending::FindPeer(_)));
-        if !member
-            || finding.count() >= FIND_PEER_AT_ONCE
+        if finding.count() >= FIND_PEER_AT_ONCE
             || self.pending.values().any(|p| matches!(p, Pending::FindPeer(t) if *t == peer))
             || self.looked_up.get(&peer).is_some_and(|at| now.duration_since(*at) < FIND_PEER_EVERY)
         {
