@@ -18,6 +18,7 @@
 //! | [`IpRegistry`] | may this peer hold this address? |
 //! | [`TunDevice`] | the local packet interface |
 //! | [`VpnStream`] | one byte stream to a peer |
+//! | [`DatagramPaths`] | which peers take packets as datagrams, and their [`DatagramPath`] |
 //!
 //! Methods that may wait on the network are `async`; the rest return at once.
 //!
@@ -42,6 +43,7 @@
 //! assert!(!registry.may_hold(&peer, &"10.0.0.0/8".parse().expect("valid")));
 //! ```
 
+mod datagram;
 mod discovery;
 mod health;
 mod metrics;
@@ -52,6 +54,7 @@ mod snapshot;
 mod stream;
 mod tun;
 
+pub use datagram::{DatagramPath, DatagramPaths};
 pub use discovery::{DhtRecords, PeerDiscoveryService};
 pub use health::StreamHealthService;
 pub use metrics::MetricsService;

@@ -13,6 +13,10 @@ pub trait MetricsService: Send + Sync {
     /// Counts `packets` packets of `bytes` bytes in all, received and accepted.
     fn record_received(&self, packets: u64, bytes: u64);
 
+    /// Counts IP packets sent and received as datagrams (they count as sent and received
+    /// too).
+    fn record_datagrams(&self, sent: u64, received: u64);
+
     /// Counts `packets` packets dropped for `reason`. Drops for
     /// [`DropReason::CircuitOpen`] also count as circuit-open drops.
     fn record_drops(&self, reason: DropReason, packets: u64);

@@ -26,6 +26,10 @@ pub struct MetricsSnapshot {
     pub packets_received: u64,
     /// Bytes of packets received from peers and accepted.
     pub bytes_received: u64,
+    /// Packets sent as datagrams (counted in `packets_sent` too).
+    pub datagrams_sent: u64,
+    /// Packets received as datagrams and accepted (counted in `packets_received` too).
+    pub datagrams_received: u64,
     /// Stream failures (open, write, read or protocol errors).
     pub stream_errors: u64,
     /// Packets dropped because the destination's breaker was open.

@@ -97,6 +97,10 @@ settings! {
         allowed_peers: Vec<PeerId> = Vec::new(), with_allowed_peers;
         /// The transport preferred for dialing.
         transport: Transport = Transport::Tcp, with_transport;
+        /// Send IP packets to a member as QUIC datagrams while a direct QUIC connection to
+        /// it carries them (no retransmission, no head-of-line blocking); streams carry
+        /// them otherwise. Off with a pre-shared key (QUIC is not offered then).
+        datagrams: bool = true, with_datagrams;
         /// A pre-shared key file (`vpn-node psk`, the libp2p `swarm.key` format): a private
         /// network whose TCP listeners are silent to anyone without the same key. QUIC has
         /// no place for the key, so with one the node listens and dials on TCP only. A

@@ -46,6 +46,8 @@ pub struct AtomicMetrics {
     packets_received: Counter,
     bytes_received: Counter,
     stream_errors: Counter,
+    /// Packets sent, and received, as datagrams.
+    datagrams: [Counter; 2],
     records_refused: Counter,
     drops: [Counter; DropReason::COUNT],
     budgets: [Counter; Budget::COUNT],
@@ -100,6 +102,14 @@ impl AtomicMetrics {
             "stream_errors",
             "Stream open, write, read or protocol failures",
         );
+        let datagrams = [
+            counter(&mut registry, "datagram_packets_sent", "Packets sent to peers as datagrams"),
+            counter(
+                &mut registry,
+                "datagram_packets_received",
+                "Packets received from peers as datagrams and accepted",
+            ),
+        ];
         let records_refused = counter(
             &mut registry,
             "records_refused",
@@ -151,6 +161,7 @@ impl AtomicMetrics {
             packets_received,
             bytes_received,
             stream_errors,
+            datagrams,
             records_refused,
             drops,
             budgets,
@@ -188,6 +199,12 @@ impl MetricsService for AtomicMetrics {
     fn record_received(&self, packets: u64, bytes: u64) {
         self.packets_received.inc_by(packets);
         self.bytes_received.inc_by(bytes);
+    }
+
+    fn record_datagrams(&self, sent: u64, received: u64) {
+        let [out, inbound] = &self.datagrams;
+        out.inc_by(sent);
+        inbound.inc_by(received);
     }
 
     fn record_drops(&self, reason: DropReason, packets: u64) {
@@ -237,6 +254,7 @@ impl MetricsService for AtomicMetrics {
 
     fn snapshot(&self) -> MetricsSnapshot {
         let ([direct, relayed], [punched, not_punched]) = (&self.paths, &self.punches);
+        let [datagrams_sent, datagrams_received] = &self.datagrams;
         let drops = self.drops.each_ref().map(Counter::get);
         MetricsSnapshot {
             packets_sent: self.packets_sent.get(),
@@ -244,6 +262,8 @@ impl MetricsService for AtomicMetrics {
             packets_received: self.packets_received.get(),
             bytes_received: self.bytes_received.get(),
             stream_errors: self.stream_errors.get(),
+            datagrams_sent: datagrams_sent.get(),
+            datagrams_received: datagrams_received.get(),
             circuit_open_drops: drops.get(DropReason::CircuitOpen.index()).copied().unwrap_or(0),
             drops,
             budgets: self.budgets.each_ref().map(Counter::get),

@@ -127,6 +127,11 @@ pub struct P2pConfig {
     pub external: Vec<Multiaddr>,
     /// Told of paths and hole punches.
     pub observer: Option<Arc<dyn PathObserver>>,
+    /// Where the QUIC transport keeps every connection's datagram link; a member's links
+    /// open once it is proven.
+    pub links: vpn_quic::Links,
+    /// Give every member a QUIC connection beside the others, for datagrams.
+    pub datagrams: bool,
 }
 
 impl P2pConfig {
@@ -157,6 +162,8 @@ impl P2pConfig {
             reach: ReachConfig::default(),
             external: Vec::new(),
             observer: None,
+            links: vpn_quic::Links::new(),
+            datagrams: false,
         }
     }
 }

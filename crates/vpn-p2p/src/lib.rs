@@ -17,6 +17,7 @@
 
 mod behaviour;
 mod config;
+mod datagram;
 mod error;
 mod exchange;
 mod gate;

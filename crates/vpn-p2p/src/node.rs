@@ -155,8 +155,7 @@ impl P2pNode {
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
             .with_other_transport(|key| {
-                crate::transport::build(key, config.transport, config.psk)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                crate::transport::build(key, config.transport, config.psk, config.links.clone())
             })
             .map_err(|e| startup("transport", &e))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
@@ -227,6 +226,8 @@ impl P2pNode {
                 bootstrap: Redial::new(config.bootstrap.clone()),
                 reach,
                 observer: config.observer,
+                links: config.links,
+                quic_dials: config.datagrams.then(Default::default),
                 paths_told: (0, 0),
                 looked_up: HashMap::new(),
                 dht: DhtCounts::default(),
@@ -338,6 +339,10 @@ struct EventLoop {
     reach: Reach,
     /// Told of paths and hole punches.
     observer: Option<Arc<dyn PathObserver>>,
+    /// The QUIC connections' datagram links, opened as members are proven.
+    links: vpn_quic::Links,
+    /// Members to dial over QUIC for datagrams (`None`: packets take streams only).
+    quic_dials: Option<crate::datagram::QuicDials>,
     /// The paths last told: peers connected directly, and through relays only.
     paths_told: (usize, usize),
     /// When peers whose dials failed were last looked up (at most 1024).
@@ -391,6 +396,11 @@ struct Connection {
     punched: bool,
 }
 
+/// Whether a connection runs over QUIC directly (not through a relay).
+fn is_direct_quic_connection(endpoint: &ConnectedPoint) -> bool {
+    !endpoint.is_relayed() && crate::datagram::is_direct_quic(endpoint.get_remote_address())
+}
+
 /// The IP address at the start of a multiaddr, if any.
 pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     addr.iter().find_map(|p| match p {
@@ -429,6 +439,7 @@ impl EventLoop {
                     self.redial_bootstrap();
                     self.update_relays();
                     self.look_up_unknown();
+                    self.dial_quic();
                 }
             }
         }
@@ -570,6 +581,18 @@ impl EventLoop {
                         ip_of(c.endpoint.get_remote_address()).is_some_and(|ip| ip.is_loopback())
                     })
                 });
+                if self.quic_dials.is_some() {
+                    let usable: Vec<Multiaddr> = info
+                        .listen_addrs
+                        .iter()
+                        .filter(|a| !self.in_overlay(a))
+                        .filter(|a| local || !ip_of(a).is_some_and(|ip| ip.is_loopback()))
+                        .cloned()
+                        .collect();
+                    if let Some(dials) = self.quic_dials.as_mut() {
+                        dials.learned(peer_id, &usable);
+                    }
+                }
                 for addr in info.listen_addrs {
                     let loopback = ip_of(&addr).is_some_and(|ip| ip.is_loopback());
                     if (local || !loopback) && !self.in_overlay(&addr) {
@@ -609,7 +632,9 @@ impl EventLoop {
                 peer,
                 connection,
                 result: Err(error),
-            }))) if !matches!(error, ping::Failure::Unsupported) => {
+            }))) if !matches!(error, ping::Failure::Unsupported)
+                && !self.is_datagram_companion(peer, connection) =>
+            {
                 // The connection carries nothing any more; the next stream dials anew.
                 tracing::warn!(%peer, %error, "connection stopped answering pings; closing it");
                 self.swarm.close_connection(connection);
@@ -694,6 +719,13 @@ impl EventLoop {
                     }
                 }
                 self.tell_paths();
+                if !self.swarm.is_connected(&peer_id) {
+                    // The gate asks a peer that comes back to prove itself again.
+                    self.links.forget(&peer_id);
+                    if let Some(dials) = self.quic_dials.as_mut() {
+                        dials.forget(&peer_id);
+                    }
+                }
                 let waiting = self.dials.get(&peer_id).is_some_and(|d| d.attempts == 0);
                 if waiting && !self.swarm.is_connected(&peer_id) {
                     let closed = "the connection closed before membership was proven";
@@ -831,6 +863,7 @@ impl EventLoop {
     /// `peer` is proven a member both ways: everything runs. It enters the routing table
     /// and whoever waits for it is answered.
     fn opened(&mut self, peer: PeerId) {
+        self.links.admit(peer);
         self.add_to_routing_table(peer);
         self.answer_dials(peer, Ok(()));
     }
@@ -883,6 +916,41 @@ impl EventLoop {
         }
     }
 
+    /// Dials members that have no QUIC connection over QUIC, so packets can ride datagrams.
+    fn dial_quic(&mut self) {
+        let Some(dials) = self.quic_dials.as_mut() else { return };
+        let now = std::time::Instant::now();
+        let gate = &self.swarm.behaviour().gate;
+        let mut due = Vec::new();
+        for (peer, conns) in &self.connections {
+            if !gate.is_open(peer) {
+                continue;
+            }
+            let has_quic = conns.iter().any(|c| is_direct_quic_connection(&c.endpoint));
+            if let Some(addrs) = dials.due(*peer, has_quic, now) {
+                due.push((*peer, addrs));
+            }
+        }
+        for (peer, addrs) in due {
+            tracing::debug!(%peer, ?addrs, "dialing over QUIC for datagrams");
+            let opts =
+                DialOpts::peer_id(peer).condition(PeerCondition::Always).addresses(addrs).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial over QUIC");
+            }
+        }
+    }
+
+    /// Whether `connection` is a direct QUIC connection to `peer` while it has another
+    /// direct one: it carries datagrams, which tell for themselves whether they get
+    /// through, and QUIC's idle timeout ends it; a lapse of UDP alone does not.
+    fn is_datagram_companion(&self, peer: PeerId, connection: ConnectionId) -> bool {
+        let Some(conns) = self.connections.get(&peer) else { return false };
+        let quic =
+            conns.iter().any(|c| c.id == connection && is_direct_quic_connection(&c.endpoint));
+        quic && conns.iter().any(|c| c.id != connection && !c.endpoint.is_relayed())
+    }
+
     /// Dials the bootstrap addresses again while no member is connected.
     fn redial_bootstrap(&mut self) {
         let gate = &self.swarm.behaviour().gate;
@@ -895,6 +963,7 @@ impl EventLoop {
 
     /// Shuts the gate on `peer`, drops it from the routing table, closes its connections.
     fn expel(&mut self, peer: PeerId) {
+        self.links.forget(&peer);
         let behaviour = self.swarm.behaviour_mut();
         behaviour.gate.forget(&peer);
         behaviour.gate.inner.kad.remove_peer(&peer);

@@ -3,7 +3,9 @@
 //! The stream behaviour opens a new stream on any connection it knows to the peer. Once a
 //! hole is punched a peer has two, one through a relay and one direct; [`PreferDirect`]
 //! shows the stream behaviour only the direct ones while there are any, and the relayed
-//! ones again when the last direct one closes. Every connection keeps its handler, so
+//! ones again when the last direct one closes. Of direct connections, TCP ones carry the
+//! streams while a peer has one: its QUIC connection is for datagrams, and streams stay up
+//! when UDP alone fails. Every connection keeps its handler, so
 //! streams the peer opens are taken on either, and the relayed connection stays up as the
 //! fallback.
 
@@ -18,6 +20,18 @@ use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm,
 };
+
+/// How good a connection is for streams: a direct TCP one (2) before a direct QUIC one (1),
+/// which carries datagrams and may fail with UDP alone, before a relayed one (0).
+fn rank(endpoint: &ConnectedPoint) -> u8 {
+    if endpoint.is_relayed() {
+        0
+    } else if crate::datagram::is_direct_quic(endpoint.get_remote_address()) {
+        1
+    } else {
+        2
+    }
+}
 
 /// Wraps a behaviour, showing it a peer's direct connections only while it has any.
 pub(crate) struct PreferDirect<B> {
@@ -39,14 +53,14 @@ impl<B: NetworkBehaviour> PreferDirect<B> {
         Self { inner, connections: HashMap::new(), shown: HashSet::new(), no_addresses: Vec::new() }
     }
 
-    /// Shows the inner behaviour what it should see of `peer`'s connections now: the
-    /// direct ones if there are any, else all of them.
+    /// Shows the inner behaviour what it should see of `peer`'s connections now: those of
+    /// the best kind it has (see [`rank`]).
     fn reconcile(&mut self, peer: PeerId) {
         let conns = self.connections.get(&peer).cloned().unwrap_or_default();
-        let direct = conns.iter().any(|(_, e)| !e.is_relayed());
+        let best = conns.iter().map(|(_, e)| rank(e)).max().unwrap_or(0);
         let mut visible = conns.iter().filter(|(id, _)| self.shown.contains(id)).count();
         for (id, endpoint) in &conns {
-            let want = !direct || !endpoint.is_relayed();
+            let want = rank(endpoint) == best;
             if want && self.shown.insert(*id) {
                 self.inner.on_swarm_event(FromSwarm::ConnectionEstablished(
                     ConnectionEstablished {
@@ -61,7 +75,7 @@ impl<B: NetworkBehaviour> PreferDirect<B> {
             }
         }
         for (id, endpoint) in &conns {
-            let want = !direct || !endpoint.is_relayed();
+            let want = rank(endpoint) == best;
             if !want && self.shown.remove(id) {
                 visible = visible.saturating_sub(1);
                 self.inner.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {

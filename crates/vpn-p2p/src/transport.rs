@@ -19,8 +19,9 @@ use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::{Multiaddr, PeerId, Transport, noise, quic, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Transport, noise, tcp, yamux};
 use vpn_config::Transport as Kind;
+use vpn_quic::{Links, QuicConfig, QuicTransport};
 
 /// How much later a dial over the transport that is not preferred starts.
 pub const HEAD_START: Duration = Duration::from_millis(500);
@@ -49,12 +50,17 @@ fn routable(addr: &Multiaddr) -> bool {
     }
 }
 
-/// TCP + Noise + yamux and QUIC v1, dialing `preferred` first.
+/// Why the transport could not be built (a Noise or TLS key could not be made).
+pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
+
+/// TCP + Noise + yamux and QUIC v1 (ours, with datagrams, its connections' links kept in
+/// `links`), dialing `preferred` first.
 pub fn build(
     key: &Keypair,
     preferred: Kind,
     psk: Option<PreSharedKey>,
-) -> Result<HeadStart<Boxed<(PeerId, StreamMuxerBox)>>, noise::Error> {
+    links: Links,
+) -> Result<HeadStart<Boxed<(PeerId, StreamMuxerBox)>>, BuildError> {
     let socket = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     if let Some(psk) = psk {
         // A private network: the key's handshake comes before anything else on TCP, and
@@ -73,7 +79,7 @@ pub fn build(
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-    let quic = quic::tokio::Transport::new(quic::Config::new(key))
+    let quic = QuicTransport::new(key, &QuicConfig::default(), links)?
         .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)));
     let both = tcp.or_transport(quic).map(|either, _| either.into_inner()).boxed();
     Ok(HeadStart { inner: both, preferred })

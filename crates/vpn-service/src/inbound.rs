@@ -121,10 +121,10 @@ pub(crate) async fn serve_peers(
 
 /// A packet waiting for its sender's record: the packet (copied out of the read buffer),
 /// its offload info, and its bytes' place in the peer's budget.
-type Waiting = (Bytes, Option<GsoInfo>, LookupHold);
+pub(crate) type Waiting = (Bytes, Option<GsoInfo>, LookupHold);
 
 /// The receiver checks of one inbound stream, in front of its TUN batch.
-struct PeerSink<'a> {
+pub(crate) struct PeerSink<'a> {
     peer: PeerId,
     receiver: &'a Receiver,
     /// Packets whose source this node cannot place yet, to be looked up.
@@ -135,7 +135,17 @@ struct PeerSink<'a> {
     member: Option<bool>,
 }
 
-impl PeerSink<'_> {
+impl<'a> PeerSink<'a> {
+    /// The checks of `peer`'s packets, with packets of sources not known yet queued on
+    /// `unknown`.
+    pub(crate) fn new(
+        peer: PeerId,
+        receiver: &'a Receiver,
+        unknown: &'a mpsc::Sender<Waiting>,
+    ) -> Self {
+        Self { peer, receiver, unknown, batch: Vec::new(), member: None }
+    }
+
     /// Whether the sender may still send to us (a reload can take it out while its stream
     /// is open, a certificate can run out).
     fn ask_membership(&self) -> bool {
@@ -152,7 +162,13 @@ impl PeerSink<'_> {
         member
     }
 
-    fn judge(&mut self, packet: Bytes, gso: Option<GsoInfo>) {
+    /// Packets accepted and waiting for the TUN.
+    pub(crate) fn pending(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Judges one packet: into the TUN batch, the lookup queue, or counted as dropped.
+    pub(crate) fn judge(&mut self, packet: Bytes, gso: Option<GsoInfo>) {
         let Receiver { check, delivery, budgets, .. } = self.receiver;
         if !self.is_member() {
             // Neither delivered nor looked up; the stream is reset at the end of this read.
@@ -228,6 +244,38 @@ async fn judge_after_lookup(receiver: &Receiver, peer: PeerId, packet: &[u8]) ->
     }
 }
 
+/// Starts the task that judges `peer`'s packets whose source was not known, in order, once
+/// looked up. Returns where to queue them, and what tells that the task has ended (the
+/// packets waiting still count against the peer's budgets until then).
+pub(crate) fn spawn_lookups(
+    receiver: &Arc<Receiver>,
+    peer: PeerId,
+    tasks: &Tasks,
+) -> (mpsc::Sender<Waiting>, tokio::sync::oneshot::Receiver<()>) {
+    let (unknown, mut waiting) = mpsc::channel::<Waiting>(LOOKUP_QUEUE);
+    // Tells the caller the lookup task has ended (the sender is dropped with the task,
+    // whether it finished or was stopped).
+    let (lookups_done, lookups_ended) = tokio::sync::oneshot::channel::<()>();
+    let receiver = receiver.clone();
+    tasks.spawn(async move {
+        let _done = lookups_done;
+        let mut batch = Vec::new();
+        let delivery = &receiver.delivery;
+        while let Some((packet, gso, hold)) = waiting.recv().await {
+            match judge_after_lookup(&receiver, peer, &packet).await {
+                Verdict::Accept => delivery.accept(&mut batch, packet, gso),
+                Verdict::Drop(reason) => delivery.metrics.record_drop(reason),
+                Verdict::LookUp(_) => delivery.metrics.record_drop(DropReason::Spoofed),
+            }
+            drop(hold);
+            if delivery.write(&mut batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    (unknown, lookups_ended)
+}
+
 /// Serves one inbound stream: its frames pass the receiver checks into TUN batches; packets
 /// whose source is not known yet wait for a lookup on a second task, in order. Ends when
 /// the stream does; the peer's stream slot is held until then.
@@ -239,32 +287,8 @@ async fn serve_peer(
 ) {
     let peer = stream.peer_id();
     let metrics = receiver.delivery.metrics.clone();
-    // Packets whose source this node cannot place yet wait here for a lookup, in order.
-    let (unknown, mut waiting) = mpsc::channel::<Waiting>(LOOKUP_QUEUE);
-    // Tells this function the lookup task has ended (the sender is dropped with the task,
-    // whether it finished or was stopped).
-    let (lookups_done, lookups_ended) = tokio::sync::oneshot::channel::<()>();
-    {
-        let receiver = receiver.clone();
-        tasks.spawn(async move {
-            let _done = lookups_done;
-            let mut batch = Vec::new();
-            let delivery = &receiver.delivery;
-            while let Some((packet, gso, hold)) = waiting.recv().await {
-                match judge_after_lookup(&receiver, peer, &packet).await {
-                    Verdict::Accept => delivery.accept(&mut batch, packet, gso),
-                    Verdict::Drop(reason) => delivery.metrics.record_drop(reason),
-                    Verdict::LookUp(_) => delivery.metrics.record_drop(DropReason::Spoofed),
-                }
-                drop(hold);
-                if delivery.write(&mut batch).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    let sink =
-        PeerSink { peer, receiver: &receiver, unknown: &unknown, batch: Vec::new(), member: None };
+    let (unknown, lookups_ended) = spawn_lookups(&receiver, peer, &tasks);
+    let sink = PeerSink::new(peer, &receiver, &unknown);
     let end = serve_inbound(stream, sink, receiver.limits).await;
     drop(unknown);
     // The packets waiting for a lookup still count against the peer's budgets.

@@ -13,6 +13,7 @@
 mod budget;
 mod builder;
 mod control;
+mod datagram;
 mod fault;
 mod identity;
 mod inbound;

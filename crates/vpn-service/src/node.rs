@@ -65,6 +65,8 @@ struct Parts {
     kad: Option<Arc<KadDiscovery>>,
     /// The receive path's shared state, whose firewall `reload` replaces.
     receiver: Option<Arc<Receiver>>,
+    /// The QUIC connections' datagram links, when packets ride datagrams.
+    links: Option<vpn_quic::Links>,
 }
 
 impl Parts {
@@ -468,7 +470,11 @@ impl VpnNode {
         // The swarm moves flows onto direct connections through the pool, started after it.
         let moves = Arc::new(std::sync::OnceLock::new());
         if given.needs_swarm() {
-            parts.p2p = Some(self.start_swarm(&registry, moves.clone()).await?);
+            let config = self.config();
+            let datagrams = config.network.datagrams && config.network.psk_file.is_none();
+            let links = vpn_quic::Links::new();
+            parts.p2p = Some(self.start_swarm(&registry, moves.clone(), links.clone()).await?);
+            parts.links = datagrams.then_some(links);
         }
         let handle = parts.p2p.as_ref().map(|p| p.handle().clone());
         let discovery: Arc<dyn PeerDiscoveryService> = match given.discovery.take() {
@@ -490,7 +496,10 @@ impl VpnNode {
         if let Some(pool) = &parts.pool {
             let _ = moves.set(pool.clone());
         }
-        let dispatcher = self.start_dispatcher(&mut given, discovery.clone(), pool);
+        let paths = parts.links.clone().map(|links| {
+            Arc::new(crate::datagram::LinkPaths { links }) as Arc<dyn vpn_api::DatagramPaths>
+        });
+        let dispatcher = self.start_dispatcher(&mut given, discovery.clone(), pool, paths);
         parts.dispatcher = Some(dispatcher.clone());
         let tun = match given.tun.take() {
             Some(tun) => tun,
@@ -506,6 +515,14 @@ impl VpnNode {
         };
         let receiver = self.receiver(discovery.clone(), tun.clone(), members);
         parts.receiver = Some(receiver.clone());
+        if let Some(links) = &parts.links {
+            let serve = crate::datagram::serve_links(
+                links.subscribe(),
+                receiver.clone(),
+                parts.tasks.clone(),
+            );
+            parts.tasks.spawn(serve);
+        }
         parts.tasks.spawn(serve_peers(inbound, receiver, parts.tasks.clone()));
         parts.tasks.spawn(crate::tun_reader::read_tun(tun, dispatcher, self.fault.clone()));
         let every = self.config().discovery.republish_interval;
@@ -525,6 +542,7 @@ impl VpnNode {
         &self,
         registry: &Arc<LiveRegistry>,
         moves: Arc<std::sync::OnceLock<StreamPool>>,
+        links: vpn_quic::Links,
     ) -> Result<P2pNode, VpnError> {
         let config = self.config();
         let mut p2p = P2pConfig::new(self.keypair.clone(), config.network.listen.clone());
@@ -563,6 +581,8 @@ impl VpnNode {
         p2p.external = config.network.external_addresses.clone();
         let observer = crate::reach::PathMetrics { metrics: self.metrics.clone(), pool: moves };
         p2p.observer = Some(Arc::new(observer));
+        p2p.datagrams = config.network.datagrams && config.network.psk_file.is_none();
+        p2p.links = links;
         if let Some(path) = &config.network.psk_file {
             let key =
                 crate::membership::load_psk(path).map_err(|e| startup("load pre-shared key", e))?;
@@ -640,6 +660,7 @@ impl VpnNode {
         given: &mut Given,
         discovery: Arc<dyn PeerDiscoveryService>,
         pool: Arc<dyn StreamPoolService>,
+        datagrams: Option<Arc<dyn vpn_api::DatagramPaths>>,
     ) -> Dispatcher {
         let config = self.config();
         let breakers: Arc<dyn CircuitBreakerService> = match given.breakers.take() {
@@ -658,6 +679,10 @@ impl VpnNode {
             self.metrics.clone(),
             config.worker.clone(),
         );
+        let ctx = match datagrams {
+            Some(paths) => ctx.with_datagrams(paths),
+            None => ctx,
+        };
         let dispatcher = Dispatcher::new(Arc::new(ctx));
         dispatcher.start();
         dispatcher

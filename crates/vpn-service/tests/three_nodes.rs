@@ -23,19 +23,7 @@ fn config(
     peers: &[(&Keypair, &str)],
     allowed: &[&Keypair],
 ) -> vpn_config::VpnConfig {
-    let mut text = format!(
-        "[node]\naddress = \"{address}/10\"\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
-         allowed_peers = [{}]\n",
-        allowed
-            .iter()
-            .map(|k| format!("\"{}\"", k.public().to_peer_id()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    if let Some(addr) = bootstrap {
-        text.push_str(&format!("bootstrap = [\"{addr}\"]\n"));
-    }
-    text.push_str("[discovery]\nmdns = false\nnegative_cache_ttl = \"100ms\"\n");
+    let mut text = common::config_text(address, &["/ip4/127.0.0.1/tcp/0"], bootstrap, allowed);
     for (key, addr) in peers {
         text.push_str(&format!(
             "[[peers]]\npeer_id = \"{}\"\naddresses = [\"{addr}\"]\n",

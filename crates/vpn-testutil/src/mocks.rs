@@ -138,6 +138,7 @@ mock! {
         fn record_stream_error(&self);
         fn record_sent(&self, packets: u64, bytes: u64);
         fn record_received(&self, packets: u64, bytes: u64);
+        fn record_datagrams(&self, sent: u64, received: u64);
         fn record_drops(&self, reason: DropReason, packets: u64);
         fn record_budget_exceeded(&self, budget: Budget);
         fn record_peer_refused(&self, why: PeerRefusal);

@@ -4,6 +4,8 @@
 //!   functions and read back by the incremental [`FrameDecoder`], which accepts bytes in
 //!   any chunking, skips extension kinds, and reports protocol violations as
 //!   [`FrameError`]s. [`FrameCodec`] plugs both into `tokio_util::codec`.
+//! - Datagrams (QUIC datagrams between members): [`Datagram`], an IP packet as it is or
+//!   a PING/PONG that tells whether datagrams get through.
 //! - IP records in the DHT: [`IpRecord`], signed into a libp2p `SignedEnvelope` and
 //!   checked against every rule of the protocol by [`IpRecord::open`]; [`select_record`]
 //!   picks among valid records and refuses conflicts.
@@ -35,6 +37,7 @@
 
 mod cert;
 mod codec;
+mod datagram;
 mod decoder;
 mod error;
 mod frame;
@@ -47,6 +50,7 @@ pub use cert::{
     MAX_CERT_NAME, MAX_CERT_NETS,
 };
 pub use codec::FrameCodec;
+pub use datagram::{CONTROL_LEN, DATAGRAM_VERSION, Datagram, DatagramError};
 pub use decoder::FrameDecoder;
 pub use error::{FrameError, RecordError};
 pub use frame::{

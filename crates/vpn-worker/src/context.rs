@@ -6,8 +6,8 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use vpn_api::PeerId;
 use vpn_api::{
-    CircuitBreakerService, MetricsService, PeerDiscoveryService, RetryService, StreamLease,
-    StreamPoolService,
+    CircuitBreakerService, DatagramPaths, MetricsService, PeerDiscoveryService, RetryService,
+    StreamLease, StreamPoolService,
 };
 use vpn_errors::VpnError;
 use vpn_resilience::{BreakerLayer, RetryLayer, TimeoutLayer};
@@ -25,6 +25,8 @@ pub struct WorkerContext {
     pub(crate) settings: WorkerSettings,
     pub(crate) opener: LeaseOpener,
     pub(crate) epoch: Instant,
+    /// Peers whose packets go as datagrams while their datagram path is up.
+    pub(crate) datagrams: Option<Arc<dyn DatagramPaths>>,
     budget: Arc<ByteBudget>,
 }
 
@@ -57,8 +59,16 @@ impl WorkerContext {
             settings,
             opener: BoxCloneSyncService::new(opener),
             epoch: Instant::now(),
+            datagrams: None,
             budget,
         }
+    }
+
+    /// Sends a peer's packets as datagrams while `paths` has a path to it up, and on
+    /// streams otherwise.
+    pub fn with_datagrams(mut self, paths: Arc<dyn DatagramPaths>) -> Self {
+        self.datagrams = Some(paths);
+        self
     }
 
     /// The workers' settings.

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
-use vpn_api::{FrameBatch, StreamLease};
+use vpn_api::{DatagramPath, FrameBatch, StreamLease};
 use vpn_errors::{NetworkErrorKind, ServiceErrorKind, VpnError};
 use vpn_types::{BudgetPermit, DropReason, FlowKey};
 use vpn_wire::{FRAME_HEADER_LEN, MAX_FRAME, SEGMENT_HEADER_LEN};
@@ -101,6 +101,8 @@ pub struct Worker {
     stats: Arc<Stats>,
     lease: Option<StreamLease>,
     buf: BytesMut,
+    /// The datagrams of one batch, kept for the next.
+    datagrams: Vec<bytes::Bytes>,
 }
 
 /// What became of a batch that was not handed over.
@@ -127,8 +129,15 @@ impl Worker {
         let (tx, rx) = mpsc::channel(capacity);
         let stats = Arc::new(Stats::default());
         stats.last_active_ms.store(ctx.now_ms(), Ordering::Release);
-        let worker =
-            Worker { key, ctx, rx, stats: stats.clone(), lease: None, buf: BytesMut::new() };
+        let worker = Worker {
+            key,
+            ctx,
+            rx,
+            stats: stats.clone(),
+            lease: None,
+            buf: BytesMut::new(),
+            datagrams: Vec::new(),
+        };
         WorkerHandle { tx, stats, task: tokio::spawn(worker.run()), capacity }
     }
 
@@ -197,6 +206,9 @@ impl Worker {
     async fn send(&mut self, batch: &mut [QueuedPacket]) -> Result<(u64, u64), DropReason> {
         let peer =
             self.ctx.discovery.peer_for_ip(self.key.dst_ip).await.map_err(|e| reason_of(&e))?;
+        if let Some(path) = self.ctx.datagrams.as_ref().and_then(|paths| paths.path(&peer)) {
+            return self.send_datagrams(path.as_ref(), batch).await;
+        }
         if let Some(lease) = &self.lease
             && lease.peer == peer
             && lease.sink.is_moving()
@@ -236,6 +248,50 @@ impl Worker {
             }
             return Err(reason_of(&e));
         }
+        Ok((packets, bytes))
+    }
+
+    /// Sends the batch as datagrams, each packet (or each segment of a super-packet) in
+    /// one. A stream the flow used before is drained first, so nothing the flow sent on
+    /// it arrives after the datagrams that follow.
+    async fn send_datagrams(
+        &mut self,
+        path: &dyn DatagramPath,
+        batch: &mut [QueuedPacket],
+    ) -> Result<(u64, u64), DropReason> {
+        if let Some(lease) = self.lease.take() {
+            let within = DRAIN_LIMIT.min(self.ctx.settings.send_timeout / 2);
+            if !lease.sink.is_closed() && !lease.sink.drain(within).await {
+                tracing::debug!(flow = %self.key, "moving to datagrams without the stream's confirmation");
+            }
+            self.ctx.pool.release(lease, true);
+        }
+        let max = path.max_packet();
+        let datagrams = &mut self.datagrams;
+        datagrams.clear();
+        let metrics = &self.ctx.metrics;
+        for packet in batch.iter() {
+            match &packet.gso {
+                Some(gso) => {
+                    if vpn_utils::segment(&packet.data, gso, datagrams).is_err() {
+                        metrics.record_drop(DropReason::Malformed);
+                    }
+                }
+                None => datagrams.push(packet.data.clone()),
+            }
+        }
+        datagrams.retain(|d| {
+            let fits = d.len() <= max;
+            if !fits {
+                metrics.record_drop(DropReason::TooLarge);
+            }
+            fits
+        });
+        let bytes: u64 = datagrams.iter().map(|d| d.len() as u64).sum();
+        let sent = path.send(datagrams).await.map_err(|e| reason_of(&e))?;
+        let packets = sent as u64;
+        self.ctx.metrics.record_sent(packets, bytes);
+        self.ctx.metrics.record_datagrams(packets, 0);
         Ok((packets, bytes))
     }
 

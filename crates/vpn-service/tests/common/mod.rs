@@ -49,6 +49,29 @@ pub async fn reaches(from: &Member, to: &mut Member, packet: Bytes) {
     panic!("the packet never arrived");
 }
 
+/// The configuration text of a node at `address` listening on `listen` (loopback
+/// addresses), bootstrapping from `bootstrap`, letting `allowed` join; no mDNS.
+pub fn config_text(
+    address: &str,
+    listen: &[&str],
+    bootstrap: Option<&vpn_p2p::Multiaddr>,
+    allowed: &[&Keypair],
+) -> String {
+    let quoted = |items: Vec<String>| items.join(", ");
+    let listen = quoted(listen.iter().map(|a| format!("\"{a}\"")).collect());
+    let allowed =
+        quoted(allowed.iter().map(|k| format!("\"{}\"", k.public().to_peer_id())).collect());
+    let mut text = format!(
+        "[node]\naddress = \"{address}/10\"\n[network]\nlisten = [{listen}]\n\
+         allowed_peers = [{allowed}]\n"
+    );
+    if let Some(addr) = bootstrap {
+        text.push_str(&format!("bootstrap = [\"{addr}\"]\n"));
+    }
+    text.push_str("[discovery]\nmdns = false\nnegative_cache_ttl = \"100ms\"\n");
+    text
+}
+
 /// Waits (at most 20 s) until `done` holds.
 pub async fn until(what: &str, done: impl Fn() -> bool) {
     let wait = async {

@@ -1,0 +1,112 @@
+//! The datagram data path on real swarms over 127.0.0.1 with in-memory TUN devices: two
+//! members reached over TCP open a QUIC connection beside it and their packets cross as
+//! datagrams; a stranger's QUIC connection, though its handshake proves a peer ID, gets no
+//! datagram read; a member a reload removes is cut off on the datagram path too.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Member, ping, start};
+use libp2p::Transport;
+use libp2p::core::Endpoint;
+use libp2p::core::transport::{DialOpts, PortUse};
+use vpn_api::VpnService;
+use vpn_p2p::{Keypair, Multiaddr};
+use vpn_types::DropReason;
+
+fn config(address: &str, bootstrap: Option<&Multiaddr>, members: &[&Keypair]) -> String {
+    let listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"];
+    common::config_text(address, &listen, bootstrap, members)
+}
+
+async fn tcp_bootstrap(member: &Member) -> Multiaddr {
+    let addrs = member.node.listen_addrs().await;
+    let tcp = addrs.into_iter().find(|a| a.to_string().contains("/tcp/")).unwrap();
+    tcp.with(libp2p::multiaddr::Protocol::P2p(member.node.local_peer_id()))
+}
+
+async fn quic_addr(member: &Member) -> Multiaddr {
+    let addrs = member.node.listen_addrs().await;
+    addrs.into_iter().find(|a| a.to_string().contains("/quic-v1")).unwrap()
+}
+
+/// Injects pings from `from` until one comes out of `to` having crossed as a datagram.
+async fn crosses_as_datagram(from: &Member, to: &mut Member, src: &str, dst: &str) {
+    for seq in 0..100 {
+        let before = to.node.metrics().datagrams_received;
+        let packet = ping(src, dst, seq);
+        from.os.inject(packet.clone()).await;
+        let out = tokio::time::timeout(Duration::from_secs(5), to.os.next_written()).await;
+        let out = out.expect("the packet arrives").unwrap();
+        assert_eq!(out.data, packet);
+        if to.node.metrics().datagrams_received > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no packet crossed as a datagram");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_send_datagrams_and_a_strangers_are_never_read() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let text = config("100.64.0.1", None, &[&kb]);
+    let mut a = start(&ka, vpn_config::load_str(&text, []).unwrap()).await;
+    let boot = tcp_bootstrap(&a).await;
+    let text = config("100.64.0.2", Some(&boot), &[&ka]);
+    let mut b = start(&kb, vpn_config::load_str(&text, []).unwrap()).await;
+
+    // B dialed A over TCP; A's identify told it A's QUIC address, and the datagram path
+    // comes up beside the TCP connection, both ways.
+    crosses_as_datagram(&b, &mut a, "100.64.0.2", "100.64.0.1").await;
+    crosses_as_datagram(&a, &mut b, "100.64.0.1", "100.64.0.2").await;
+    assert!(a.node.metrics().datagrams_sent > 0 && b.node.metrics().datagrams_sent > 0);
+
+    // A stranger completes a QUIC handshake with A (its peer ID proven) and sends packets
+    // as datagrams at once: A never reads them, since the stranger is never admitted.
+    let stranger = Keypair::generate_ed25519();
+    let links = vpn_quic::Links::new();
+    let mut transport =
+        vpn_quic::QuicTransport::new(&stranger, &vpn_quic::QuicConfig::default(), links.clone())
+            .unwrap();
+    let opts = DialOpts { role: Endpoint::Dialer, port_use: PortUse::New };
+    // A dial with no listener leaves from a client endpoint of its own: nothing to drive.
+    let dial = transport.dial(quic_addr(&a).await, opts).unwrap();
+    let (peer, _muxer) = dial.await.unwrap();
+    assert_eq!(peer, a.node.local_peer_id());
+    let link = links.of(&peer).pop().unwrap();
+    let received = a.node.metrics().packets_received;
+    for seq in 0..20 {
+        link.send(ping("100.64.0.9", "100.64.0.1", seq)).await.unwrap();
+    }
+    // A member's packet sent after them comes through; none of the stranger's did.
+    crosses_as_datagram(&b, &mut a, "100.64.0.2", "100.64.0.1").await;
+    assert_eq!(a.node.metrics().packets_received, received + 1);
+    assert!(a.os.try_written().is_none());
+
+    // A reload removes B: what B still sends as datagrams is dropped as not_member, and B is
+    // cut off.
+    let text = config("100.64.0.1", None, &[]);
+    a.node.reload(vpn_config::load_str(&text, []).unwrap()).await.unwrap();
+    let dropped = |m: &Member| m.node.metrics().dropped(DropReason::NotMember);
+    let before = a.node.metrics().packets_received;
+    let cut = async {
+        for seq in 0.. {
+            b.os.inject(ping("100.64.0.2", "100.64.0.1", 500 + seq)).await;
+            // A drops what arrives; B, refused by A, soon sends nothing (its breaker opens).
+            let b_dropped: u64 = b.node.metrics().drops.iter().sum();
+            if dropped(&a) > 0 || b_dropped > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), cut).await.is_err() {
+        panic!("B is not cut off: A {:?}\nB {:?}", a.node.metrics(), b.node.metrics());
+    }
+    assert_eq!(a.node.metrics().packets_received, before, "nothing of B's got in after the reload");
+}
