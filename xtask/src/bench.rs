@@ -36,6 +36,8 @@ struct Row {
     tcp4_gbps: Option<f64>,
     udp_kpps: Option<f64>,
     ping_ms: Option<f64>,
+    /// Ping while one TCP flow fills the tunnel.
+    ping_load_ms: Option<f64>,
     cpu_s_per_gb: Option<f64>,
     peak_rss_mib: Option<f64>,
     idle_rss_mib: Option<f64>,
@@ -88,13 +90,15 @@ impl Tunnel {
     }
 }
 
-/// The systems compared, in table order. vpn-node runs with its defaults (TCP, TUN
-/// offload, MTU 1400) unless its name says otherwise.
-const SYSTEMS: [&str; 8] = [
+/// The systems compared, in table order. vpn-node runs with its defaults (datagrams where
+/// a QUIC connection carries them, TCP for streams, TUN offload, MTU 1400) unless its name
+/// says otherwise: `streams` turns datagrams off.
+const SYSTEMS: [&str; 9] = [
     "raw veth",
-    "vpn-node (TCP)",
-    "vpn-node (QUIC)",
-    "vpn-node (TCP, no offload)",
+    "vpn-node (datagrams)",
+    "vpn-node (TCP, streams)",
+    "vpn-node (QUIC, streams)",
+    "vpn-node (TCP, streams, no offload)",
     "vpn-node (TCP, relayed)",
     "wireguard-go",
     "boringtun",
@@ -125,7 +129,8 @@ fn selection() -> Result<(Vec<String>, Vec<u32>)> {
     Ok((systems, losses))
 }
 
-/// The lab setup a vpn-node system name asks for: `vpn-node (TCP|QUIC[, no offload][, MTU n])`.
+/// The lab setup a vpn-node system name asks for:
+/// `vpn-node (datagrams|TCP|QUIC[, streams][, no offload][, relayed][, MTU n])`.
 fn vpn_setup(system: &str) -> Result<Setup> {
     let inner = system
         .strip_prefix("vpn-node (")
@@ -134,7 +139,8 @@ fn vpn_setup(system: &str) -> Result<Setup> {
     let mut setup = Setup { pair_only: true, ..Setup::default() };
     for part in inner.split(',').map(str::trim) {
         match part {
-            "TCP" => setup.quic = false,
+            "TCP" | "datagrams" => setup.quic = false,
+            "streams" => setup.streams_only = true,
             "QUIC" => setup.quic = true,
             "no offload" => setup.offload = false,
             "relayed" => setup.relayed = true,
@@ -186,11 +192,12 @@ pub fn run(binary: &Path, tools_dir: &Path, out: &Path) -> Result<()> {
                 Err(e) => failed(system, loss, &e),
             };
             eprintln!(
-                "bench:   TCP {} / {} Gbit/s, UDP {} kpps, ping {} ms, {} CPU s/GB, RSS {} MiB",
+                "bench:   TCP {} / {} Gbit/s, UDP {} kpps, ping {} ms ({} loaded), {} CPU s/GB, RSS {} MiB",
                 cell(row.tcp1_gbps, 2),
                 cell(row.tcp4_gbps, 2),
                 cell(row.udp_kpps, 1),
                 cell(row.ping_ms, 3),
+                cell(row.ping_load_ms, 3),
                 cell(row.cpu_s_per_gb, 2),
                 cell(row.peak_rss_mib, 1),
             );
@@ -494,9 +501,21 @@ fn measure(lab: &Lab, tunnel: &Tunnel, ticks: f64, raw: &Path) -> Result<Row> {
         row.idle_rss_mib = memory_mib(&tunnel.pids, "VmRSS:");
     }
     row.ping_ms = ping_avg(lab, target).ok();
+    // Pings from 2 s into the flow for 5 s: the queue a bulk flow builds in the tunnel.
+    let pings = format!("sleep 2; ping -c 100 -i 0.05 -q {target}");
+    let loaded = Command::new("ip")
+        .args(lab.bounded("a", &["sh", "-c", &pings], Duration::from_secs(30))?)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start ping under load")?;
     let before = cpu_ticks(&tunnel.pids);
-    let tcp1 = iperf("tcp1", &[])?;
+    let tcp1 = iperf("tcp1", &[]);
     let after = cpu_ticks(&tunnel.pids);
+    let loaded = loaded.wait_with_output().context("ping under load")?;
+    row.ping_load_ms = ping_summary(&loaded.stdout).ok();
+    let tcp1 = tcp1?;
     row.tcp1_gbps = json_number(&tcp1, "/end/sum_received/bits_per_second").map(|b| b / 1e9);
     let bytes = json_number(&tcp1, "/end/sum_received/bytes").unwrap_or(0.0);
     if daemons && bytes > 0.0 {
@@ -527,7 +546,12 @@ fn file_name(path: &Path) -> String {
 /// decide comparisons of a few percent).
 fn ping_avg(lab: &Lab, target: &str) -> Result<f64> {
     let out = lab.exec("a", &["ping", "-c", "200", "-i", "0.02", "-q", target])?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    ping_summary(&out.stdout)
+}
+
+/// The average round trip ping's summary gives, in ms.
+fn ping_summary(stdout: &[u8]) -> Result<f64> {
+    let text = String::from_utf8_lossy(stdout);
     // rtt min/avg/max/mdev = 0.051/0.062/0.090/0.008 ms
     let stats = text.lines().find(|l| l.contains("min/avg/max")).context("no ping summary")?;
     let values = stats.split('=').nth(1).context("ping summary")?;
@@ -551,9 +575,9 @@ fn render(rows: &[Row]) -> String {
         let _ = writeln!(out, "\nunderlay loss {loss}%\n");
         let _ = writeln!(
             out,
-            "| system | TCP 1 flow Gbit/s | TCP 4 flows Gbit/s | UDP kpps | ping avg ms | daemon CPU s per GB | peak RSS MiB (idle) |"
+            "| system | TCP 1 flow Gbit/s | TCP 4 flows Gbit/s | UDP kpps | ping avg ms | ping under load ms | daemon CPU s per GB | peak RSS MiB (idle) |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for row in rows.iter().filter(|r| r.loss == loss) {
             let rss = match (row.peak_rss_mib, row.idle_rss_mib) {
                 (Some(peak), Some(idle)) => format!("{peak:.1} ({idle:.1})"),
@@ -561,13 +585,14 @@ fn render(rows: &[Row]) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {}{} | {} | {} | {} | {} | {} | {} |",
+                "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
                 row.system,
                 if row.note.is_empty() { String::new() } else { format!(" ({})", row.note) },
                 cell(row.tcp1_gbps, 2),
                 cell(row.tcp4_gbps, 2),
                 cell(row.udp_kpps, 1),
                 cell(row.ping_ms, 3),
+                cell(row.ping_load_ms, 3),
                 cell(row.cpu_s_per_gb, 2),
                 rss,
             );
@@ -587,6 +612,7 @@ fn json(rows: &[Row]) -> Result<String> {
                 "tcp_4_flows_gbit_s": r.tcp4_gbps,
                 "udp_kpps": r.udp_kpps,
                 "ping_avg_ms": r.ping_ms,
+                "ping_under_load_ms": r.ping_load_ms,
                 "daemon_cpu_s_per_gb": r.cpu_s_per_gb,
                 "peak_rss_mib": r.peak_rss_mib,
                 "idle_rss_mib": r.idle_rss_mib,
@@ -613,8 +639,10 @@ mod tests {
 
     #[test]
     fn vpn_node_system_names_set_up_the_lab() {
-        let default = vpn_setup("vpn-node (TCP)").unwrap();
-        assert!(!default.quic && default.offload && default.pair_only);
+        let default = vpn_setup("vpn-node (datagrams)").unwrap();
+        assert!(!default.quic && default.offload && default.pair_only && !default.streams_only);
+        let streams = vpn_setup("vpn-node (QUIC, streams)").unwrap();
+        assert!(streams.quic && streams.streams_only);
         assert_eq!(default.mtu, 1400);
         let variant = vpn_setup("vpn-node (QUIC, no offload, MTU 9000)").unwrap();
         assert!(variant.quic && !variant.offload);

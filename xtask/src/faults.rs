@@ -61,7 +61,8 @@ pub fn run(binary: &Path, soak: bool, only: &[String]) -> Result<()> {
         let transport = if quic { "QUIC" } else { "TCP" };
         let mut lab = Lab::new(binary.to_owned())?;
         lab.write_configs_with(&setup(quic))?;
-        let checks: [(&str, Check); 6] = [
+        let checks: [(&str, Check); 7] = [
+            ("UDP alone black-holed, 20 s", udp_black_hole),
             ("black hole at first contact, 4 s", |lab| black_hole_at_start(lab, 4)),
             ("black hole at first contact, 12 s", |lab| black_hole_at_start(lab, 12)),
             ("cut of an established path, 30 s", cut_established),
@@ -70,6 +71,10 @@ pub fn run(binary: &Path, soak: bool, only: &[String]) -> Result<()> {
             ("own address changed mid-flow (roaming)", roaming),
         ];
         for (name, check) in checks {
+            if quic && name.starts_with("UDP alone") {
+                // QUIC's streams ride UDP too: nothing would be left to fall back on.
+                continue;
+            }
             let name = format!("{name} ({transport})");
             if wanted(&name) {
                 rows.push(run_check(&mut lab, name, check));
@@ -347,6 +352,37 @@ fn cut_established(lab: &mut Lab) -> Result<Outcome> {
     let healed = heal(lab)?;
     let (recovery, words) = recovery_both(&pingers, healed)?;
     Ok(Outcome::recovered(recovery, words))
+}
+
+/// UDP alone is dropped between the nodes for 20 s (TCP still passes): packets leave the
+/// datagram path for streams, and return to datagrams once UDP does.
+fn udp_black_hole(lab: &mut Lab) -> Result<Outcome> {
+    let pingers = established(lab, Duration::from_secs(80))?;
+    lab.wait_data_path("a", "b", "datagram", RECOVERY_LIMIT)?;
+    lab.wait_data_path("b", "a", "datagram", RECOVERY_LIMIT)?;
+    let b = lab.node("b")?.underlay.clone();
+    let cut_at = unix_now();
+    install(
+        lab,
+        "a",
+        &[
+            format!("ip saddr {b} meta l4proto udp drop"),
+            format!("ip daddr {b} meta l4proto udp drop"),
+        ],
+    )?;
+    let moved = lab.wait_data_path("a", "b", "stream direct", RECOVERY_LIMIT)?;
+    let (carried, on_streams) = recovery_both(&pingers, cut_at + moved.as_secs_f64())?;
+    std::thread::sleep(Duration::from_secs(20));
+    let healed = heal(lab)?;
+    let (recovery, _) = recovery_both(&pingers, healed)?;
+    let back = lab.wait_data_path("a", "b", "datagram", RECOVERY_LIMIT)?;
+    let detail = format!(
+        "on streams {:.2} s after UDP was cut, pings through {carried:.2} s later ({on_streams}); \
+         back on datagrams {:.2} s after UDP returned",
+        moved.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    Ok(Outcome::recovered(back.as_secs_f64().max(recovery), detail))
 }
 
 /// `b` is killed outright mid-flow and started again with the same identity and port.

@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 /// The targets, as `fuzz/Cargo.toml` names them.
-pub const TARGETS: [&str; 6] =
-    ["frame_decoder", "segmented", "packet_info", "ip_record", "certificate", "config"];
+pub const TARGETS: [&str; 7] =
+    ["frame_decoder", "segmented", "datagram", "packet_info", "ip_record", "certificate", "config"];
 
 /// The toolchain libFuzzer's instrumentation needs.
 const NIGHTLY: &str = "nightly";

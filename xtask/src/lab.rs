@@ -98,6 +98,8 @@ pub struct Setup {
     /// direct path is dropped by the caller): they know each other by peer ID alone, take
     /// `c` as their bootstrap peer, neither checks its own reachability nor punches holes.
     pub relayed: bool,
+    /// Packets take streams only (`[network] datagrams = false`).
+    pub streams_only: bool,
 }
 
 impl Default for Setup {
@@ -110,6 +112,7 @@ impl Default for Setup {
             pair_only: false,
             wildcard: false,
             relayed: false,
+            streams_only: false,
         }
     }
 }
@@ -223,17 +226,26 @@ impl Lab {
     /// Adds a NAT router `name` on the switch at 198.18.0.`n`: it masquerades what its
     /// home network sends out (keeping source ports where it can: endpoint-independent
     /// mapping; or, `symmetric`, a random port for every flow) and drops whatever comes
-    /// in unasked, as home routers do. Its home network is added by [`Lab::add_home_node`].
-    pub fn add_router(&mut self, name: &str, n: usize, symmetric: bool) -> Result<()> {
+    /// in unasked, as home routers do (or, `answers`, answers it: a RST, an ICMP error). Its home network is added by [`Lab::add_home_node`].
+    pub fn add_router(
+        &mut self,
+        name: &str,
+        n: usize,
+        symmetric: bool,
+        answers: bool,
+    ) -> Result<()> {
         let switch = self.switch.clone();
         self.add_namespace(name, &format!("198.18.0.{n}/24"), &switch, FarEnd::Bridge)?;
         let netns = format!("{}{name}", self.prefix);
         self.routers.push(netns.clone());
         run("ip", &["netns", "exec", &netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         let random = if symmetric { " random" } else { "" };
+        // A router that answers takes unsolicited packets itself: a SYN to a port it maps
+        // nothing to gets a RST, a datagram an ICMP error, as many routers and carrier NATs do.
+        let input = if answers { "accept" } else { "drop" };
         let script = format!(
             "table ip nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    oifname \"eth0\" masquerade{random}\n  }}\n}}\n\
-             table inet filter {{\n  chain input {{\n    type filter hook input priority filter; policy drop;\n    iifname \"lo\" accept\n    ct state established,related accept\n    iifname \"home\" accept\n  }}\n  \
+             table inet filter {{\n  chain input {{\n    type filter hook input priority filter; policy {input};\n    iifname \"lo\" accept\n    ct state established,related accept\n    iifname \"home\" accept\n  }}\n  \
              chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"home\" oifname \"eth0\" accept\n  }}\n}}\n"
         );
         let path = self.root.join(format!("{name}.nft"));
@@ -329,6 +341,9 @@ impl Lab {
                 text,
                 "[network]\nlisten = [\"/ip4/{listen}/tcp/4001\", \"/ip4/{listen}/udp/4001/quic-v1\"]"
             )?;
+            if setup.streams_only {
+                writeln!(text, "datagrams = false")?;
+            }
             let others: Vec<&Node> = self.nodes.iter().filter(|n| n.name != node.name).collect();
             let pair_only = setup.pair_only;
             if node.name == "a" && !pair_only {
@@ -678,6 +693,37 @@ impl Lab {
     pub fn path_kind(&self, from: &str, to: &str) -> Result<Option<String>> {
         let path = self.peer_view(from, to)?;
         Ok(path.and_then(|p| p.get("path").and_then(|k| k.as_str()).map(str::to_owned)))
+    }
+
+    /// The data path (`datagram`, `stream direct` or `stream relayed`) packets from `from`
+    /// to `to` take now, if connected.
+    pub fn data_path(&self, from: &str, to: &str) -> Result<Option<String>> {
+        let path = self.peer_view(from, to)?;
+        Ok(path.and_then(|p| p.get("data_path").and_then(|k| k.as_str()).map(str::to_owned)))
+    }
+
+    /// Waits (at most `within`) until packets from `from` to `to` take `kind`; returns how
+    /// long that took.
+    pub fn wait_data_path(
+        &self,
+        from: &str,
+        to: &str,
+        kind: &str,
+        within: Duration,
+    ) -> Result<Duration> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.data_path(from, to)?.as_deref() == Some(kind) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > within {
+                bail!(
+                    "{from} does not reach {to} over {kind} within {within:?} (now {:?})",
+                    self.data_path(from, to)?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Prints the last lines of each node's log (up to a panic's message, not the

@@ -43,7 +43,7 @@ pub(crate) struct Members {
     /// Relaying for members (none when `relay.serve` is off).
     pub(crate) relay: Toggle<relay::Behaviour>,
     /// Hole punching on relayed connections.
-    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
+    pub(crate) dcutr: Toggle<crate::punch::UdpFirst<dcutr::Behaviour>>,
     /// Which of our addresses others can dial.
     pub(crate) autonat: Toggle<autonat::v2::client::Behaviour>,
     /// Testing others' addresses for them.
@@ -133,7 +133,9 @@ impl Behaviour {
                 }));
                 relay
             })),
-            dcutr: Toggle::from(reach.hole_punch.then(|| dcutr::Behaviour::new(peer))),
+            dcutr: Toggle::from(reach.hole_punch.then(|| {
+                crate::punch::UdpFirst::new(dcutr::Behaviour::new(peer), config.datagrams)
+            })),
             autonat: Toggle::from(reach.autonat.then(autonat::v2::client::Behaviour::default)),
             autonat_server: Toggle::from(
                 reach.autonat.then(autonat::v2::server::Behaviour::default),

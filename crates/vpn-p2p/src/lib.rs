@@ -23,9 +23,11 @@ mod exchange;
 mod gate;
 mod node;
 mod prefer;
+mod punch;
 mod reach;
 mod stream;
 mod transport;
+mod wrap;
 
 pub use config::{Admission, P2pConfig, PathObserver, ReachConfig, RecordFilter};
 pub use error::P2pError;

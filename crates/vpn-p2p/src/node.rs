@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
-use libp2p::core::transport::ListenerId;
+use libp2p::core::transport::{ListenerId, PortUse};
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey};
 use libp2p::multiaddr::Protocol;
@@ -926,7 +926,12 @@ impl EventLoop {
             if !gate.is_open(peer) {
                 continue;
             }
-            let has_quic = conns.iter().any(|c| is_direct_quic_connection(&c.endpoint));
+            // A reachability check's dial back (from a new port) does not count: it goes.
+            let has_quic = conns.iter().any(|c| {
+                let dial_back =
+                    matches!(c.endpoint, ConnectedPoint::Dialer { port_use: PortUse::New, .. });
+                is_direct_quic_connection(&c.endpoint) && !dial_back
+            });
             if let Some(addrs) = dials.due(*peer, has_quic, now) {
                 due.push((*peer, addrs));
             }

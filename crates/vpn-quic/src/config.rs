@@ -8,10 +8,14 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::QuicError;
 
-/// The UDP payload a connection starts with: fits a 1500-byte link under IPv6 (1500 - 40 -
-/// 8), so a 1400-byte TUN packet rides one datagram from the first packet on. A path that
-/// cannot carry it is found by quinn's black-hole detection, which falls back to 1200.
-pub const INITIAL_MTU: u16 = 1452;
+/// The UDP payload a connection starts with and never goes below: 1440 bytes, which fits a
+/// 1500-byte link under IPv4 and IPv6 and a PPPoE link (1492) under both, and carries a
+/// datagram of 1408 bytes, so a 1400-byte TUN packet rides one datagram from the first
+/// packet on. Handshake packets are padded to it, so a path that cannot carry it makes no
+/// QUIC connection at all (its packets take TCP streams) rather than one whose large
+/// packets vanish. quinn's path MTU discovery raises it where the path allows (to 1452);
+/// its black-hole detection, which random loss can fool, never lowers it below this.
+pub const INITIAL_MTU: u16 = 1440;
 
 /// How the QUIC transport behaves. `QuicConfig::new` gives the defaults; `with_*` change one.
 #[derive(Debug, Clone)]
@@ -96,6 +100,7 @@ impl QuinnConfigs {
             ))
             .allow_spin(false)
             .initial_mtu(INITIAL_MTU)
+            .min_mtu(INITIAL_MTU)
             .datagram_send_buffer_size(config.datagram_send_buffer)
             .datagram_receive_buffer_size(Some(config.datagram_receive_buffer))
             .stream_receive_window(10_000_000u32.into())

@@ -243,7 +243,9 @@ impl Links {
     }
 
     /// Open links, each once, from now on (links open already are sent first). A new call
-    /// replaces the receiver before it.
+    /// replaces the receiver before it. Every link handed out must be read
+    /// ([`DatagramLink::recv`]): that is where the peer's PINGs are answered and its PONGs
+    /// noted, so an unread link is never up.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<DatagramLink> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut table = self.lock();

@@ -87,7 +87,7 @@ impl QuicTransport {
         }
         let any: IpAddr =
             if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
-        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+        let socket = udp_socket(SocketAddr::new(any, 0))?;
         let endpoint = endpoint(self.configs.endpoint.clone(), None, socket)?;
         self.dialers.insert(v6, endpoint.clone());
         Ok(endpoint)
@@ -138,6 +138,34 @@ async fn punch(socket: UdpSocket, to: SocketAddr) -> QuicError {
         }
         tokio::time::sleep(Duration::from_millis(fastrand::u64(10..=200))).await;
     }
+}
+
+/// Bytes of the kernel's buffers of one UDP socket, each way: a burst of a few thousand
+/// datagrams waits there while the endpoint's task is busy, instead of being dropped (the
+/// kernel's default, about 200 KiB, overflows within a millisecond at a gigabit).
+pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A UDP socket bound to `at`, with [`SOCKET_BUFFER`]-sized buffers: forced past the
+/// system's limit where the process may (CAP_NET_ADMIN, which a node keeps), else as
+/// large as the limit allows.
+fn udp_socket(at: SocketAddr) -> Result<UdpSocket, QuicError> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(at),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if at.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+    socket.bind(&at.into())?;
+    Ok(socket.into())
 }
 
 fn endpoint(
@@ -308,16 +336,7 @@ impl Listener {
         configs: &QuinnConfigs,
         handshake_timeout: Duration,
     ) -> Result<Self, QuicError> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(at),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        if at.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.bind(&at.into())?;
-        let socket: UdpSocket = socket.into();
+        let socket = udp_socket(at)?;
         let local = socket.local_addr()?;
         let spare = socket.try_clone()?;
         let endpoint = endpoint(configs.endpoint.clone(), Some(configs.server.clone()), socket)?;

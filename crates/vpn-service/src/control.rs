@@ -86,13 +86,28 @@ pub async fn peers_json(node: &VpnNode) -> String {
     let ms = |d: Option<Duration>| {
         d.map_or_else(|| "null".to_owned(), |r| format!("{:.3}", r.as_secs_f64() * 1e3))
     };
+    let mut datagrams = Vec::with_capacity(paths.len());
+    for path in &paths {
+        datagrams.push(node.datagram_path(&path.peer).await);
+    }
     let mut peers: Vec<String> = paths
         .iter()
-        .map(|path| {
+        .zip(datagrams)
+        .map(|(path, datagram)| {
             let h = health.peers.iter().find(|h| h.peer == path.peer);
+            let data_path = match (&datagram, path.relayed) {
+                (Some(_), _) => "datagram",
+                (None, false) => "stream direct",
+                (None, true) => "stream relayed",
+            };
+            let datagram_address =
+                datagram.map_or_else(|| "null".to_owned(), |(a, _)| json::string(&a.to_string()));
             format!(
-                "{{\"peer_id\":{},\"connected\":true,\"path\":{},\"address\":{},\"connections\":{},\"hole_punched\":{},\"connection_rtt_ms\":{},\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":{}}}",
+                "{{\"peer_id\":{},\"connected\":true,\"data_path\":{},\"datagram_address\":{},\"datagram_rtt_ms\":{},\"path\":{},\"address\":{},\"connections\":{},\"hole_punched\":{},\"connection_rtt_ms\":{},\"streams\":{},\"healthy_streams\":{},\"rtt_ms\":{}}}",
                 json::string(&path.peer.to_string()),
+                json::string(data_path),
+                datagram_address,
+                ms(datagram.map(|(_, rtt)| rtt)),
                 json::string(if path.relayed { "relayed" } else { "direct" }),
                 json::string(&path.address.to_string()),
                 path.connections,

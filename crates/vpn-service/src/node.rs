@@ -248,6 +248,17 @@ impl VpnNode {
         }
     }
 
+    /// The datagram link packets to `peer` take now, if one is up: the peer's UDP address
+    /// and the connection's round trip.
+    pub async fn datagram_path(
+        &self,
+        peer: &PeerId,
+    ) -> Option<(std::net::SocketAddr, std::time::Duration)> {
+        let parts = self.parts.lock().await;
+        let link = parts.as_ref()?.links.as_ref()?.best(peer)?;
+        Some((link.remote_address(), link.rtt()))
+    }
+
     /// What this node asked of the DHT (zero when not started).
     pub async fn dht_counts(&self) -> vpn_p2p::DhtCounts {
         match self.p2p_handle().await {

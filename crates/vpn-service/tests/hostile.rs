@@ -119,6 +119,8 @@ struct Shared {
     attacker: P2pNode,
     attacker_key: Keypair,
     victim_id: PeerId,
+    /// The attacker's QUIC connections' datagram links.
+    attacker_links: vpn_quic::Links,
 }
 
 /// The member's side of the legitimate flow: its TUN, and what of it reached the victim.
@@ -135,7 +137,8 @@ fn config(
     extra: &str,
 ) -> vpn_config::VpnConfig {
     let mut text = format!(
-        "[node]\naddress = \"{address}/10\"\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
+        "[node]\naddress = \"{address}/10\"\n[network]\n\
+         listen = [\"/ip4/127.0.0.1/tcp/0\", \"/ip4/127.0.0.1/udp/0/quic-v1\"]\n\
          [discovery]\nmdns = false\n[firewall]\ndeny_ports = [{DENIED_PORT}]\n[limits]\n\
          inbound_write_timeout = \"1s\"\n{extra}"
     );
@@ -161,7 +164,8 @@ async fn lab() -> (Shared, Member, mpsc::UnboundedReceiver<TunPacket>) {
     let victim = VpnNode::builder(victim_config, victim_key.clone()).tun(Arc::new(tun)).build();
     victim.start().await.unwrap();
     let victim_id = victim.local_peer_id();
-    let victim_addr = victim.listen_addrs().await.remove(0);
+    let tcp = |a: &Multiaddr| a.to_string().contains("/tcp/");
+    let victim_addr = victim.listen_addrs().await.into_iter().find(tcp).unwrap();
 
     let (tun, member_os) = MemoryTun::new("member", 1400, 1024);
     let member_config = config(
@@ -172,9 +176,14 @@ async fn lab() -> (Shared, Member, mpsc::UnboundedReceiver<TunPacket>) {
     let member = VpnNode::builder(member_config, member_key).tun(Arc::new(tun)).build();
     member.start().await.unwrap();
 
+    let listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"];
     let mut attacker_config =
-        P2pConfig::new(attacker_key.clone(), vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]);
+        P2pConfig::new(attacker_key.clone(), listen.iter().map(|a| a.parse().unwrap()).collect());
     attacker_config.mdns = false;
+    // The attacker opens a QUIC connection beside its TCP one, as a member does.
+    let attacker_links = vpn_quic::Links::new();
+    attacker_config.links = attacker_links.clone();
+    attacker_config.datagrams = true;
     attacker_config.known_peers = vec![(victim_id, vec![victim_addr])];
     let attacker = P2pNode::start(attacker_config).await.unwrap();
 
@@ -189,7 +198,14 @@ async fn lab() -> (Shared, Member, mpsc::UnboundedReceiver<TunPacket>) {
             let _ = to.send(packet);
         }
     });
-    let shared = Shared { victim, member, attacker, attacker_key, victim_id };
+    // The attacker reads its datagram links (the victim's PONGs among what comes back).
+    let mut links = attacker_links.subscribe();
+    tokio::spawn(async move {
+        while let Some(link) = links.recv().await {
+            tokio::spawn(async move { while link.recv().await.is_ok() {} });
+        }
+    });
+    let shared = Shared { victim, member, attacker, attacker_key, victim_id, attacker_links };
     let mut member = Member { os: member_os, arrived: from_member, sent: 0 };
     member.delivers(3).await;
     (shared, member, from_others)
@@ -211,6 +227,26 @@ impl Shared {
         .expect("the stream opens in time")
         .expect("the stream opens");
         Libp2pStream::new(stream, self.victim_id)
+    }
+
+    /// The attacker's datagram link to the victim, once the victim answers its probes.
+    async fn attacker_link(&self) -> vpn_quic::DatagramLink {
+        let up = async {
+            loop {
+                if let Some(link) = self.attacker_links.best(&self.victim_id) {
+                    return link;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(20), up).await {
+            Ok(link) => link,
+            Err(_) => panic!(
+                "the datagram link is not up: {:?}; connections {:?}",
+                self.attacker_links.of(&self.victim_id),
+                self.attacker.handle().paths().await
+            ),
+        }
     }
 
     async fn stop(self) {
@@ -354,6 +390,53 @@ async fn malformed_frames_are_dropped_and_counted_by_reason() {
             .await;
     }
     assert_eq!(shared.metrics().stream_errors, errors + 3);
+    shared.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_misaddressed_datagrams_are_dropped_and_counted_by_reason() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (shared, mut member, mut from_others) = lab().await;
+    let link = shared.attacker_link().await;
+    let from_member = PacketBuilder::udp(ip(MEMBER), ip(VICTIM), 5000, 9).build();
+    let elsewhere = from_attacker("100.64.0.77", 9).build();
+    let denied = from_attacker(VICTIM, DENIED_PORT).build();
+    let mut bad_length = from_attacker(VICTIM, 9).payload(b"x").build();
+    bad_length[3] = bad_length[3].wrapping_add(9);
+    let rounds = 50u64;
+    let datagrams: Vec<Vec<u8>> = vec![
+        vec![0x55, 1, 2],                      // no IP version, no control message
+        vec![0, 1, 1, 0],                      // a control message cut short
+        vec![0, 1, 9, 0, 0, 0, 0, 0, 0, 0, 0], // a PING of a version we do not speak
+        bad_length,                            // an IP packet whose length disagrees
+        from_member,                           // the member's address: spoofed
+        elsewhere,                             // not for the victim
+        denied,                                // refused by the firewall
+    ];
+    member
+        .under_attack(async {
+            for _ in 0..rounds {
+                for datagram in &datagrams {
+                    link.send(Bytes::copy_from_slice(datagram)).await.unwrap();
+                }
+            }
+            let m = counted(&shared, |m| {
+                m.dropped(DropReason::Malformed) >= 4 * rounds
+                    && m.dropped(DropReason::Spoofed) >= rounds
+                    && m.dropped(DropReason::NotOurs) >= rounds
+                    && m.dropped(DropReason::Firewall) >= rounds
+            })
+            .await;
+            // Datagrams may be lost, never invented: no reason counts more than was sent.
+            assert!(m.dropped(DropReason::Malformed) <= 4 * rounds, "{m:?}");
+        })
+        .await;
+    // A good packet after them arrives, and none of the bad ones did.
+    let good = from_attacker(VICTIM, 9).payload(b"fine").build();
+    link.send(Bytes::from(good.clone())).await.unwrap();
+    let arrived = tokio::time::timeout(Duration::from_secs(20), from_others.recv()).await;
+    assert_eq!(arrived.expect("the good packet arrives").unwrap().data, Bytes::from(good));
+    assert!(from_others.try_recv().is_err());
     shared.stop().await;
 }
 

@@ -64,6 +64,33 @@ impl ReadBuffers {
     }
 }
 
+/// Most coalescers kept for reuse (one per writer writing at the same moment).
+const COALESCERS_KEPT: usize = 8;
+
+/// What turns a run of plain packets into as few writes as it can: consecutive segments
+/// of one TCP (or UDP) flow are merged into one offload super-packet (GRO), the way the
+/// kernel would have received them from a NIC, so a burst of datagrams costs the receiving
+/// kernel a few large packets instead of many small ones.
+struct Coalescer {
+    table: tun_rs::GROTable,
+    /// One buffer per packet: the virtio-net header's room, then the packet.
+    bufs: Vec<BytesMut>,
+}
+
+impl Coalescer {
+    fn new() -> Self {
+        Self { table: tun_rs::GROTable::new(), bufs: Vec::new() }
+    }
+
+    /// Copies `packet` in behind the header's room.
+    fn push(&mut self, packet: &[u8]) {
+        let mut buf = BytesMut::with_capacity(vnet::LEN + packet.len());
+        buf.resize(vnet::LEN, 0);
+        buf.extend_from_slice(packet);
+        self.bufs.push(buf);
+    }
+}
+
 /// A TUN interface.
 pub struct Tun {
     device: AsyncDevice,
@@ -71,6 +98,8 @@ pub struct Tun {
     mtu: u16,
     offload: bool,
     reader: tokio::sync::Mutex<ReadBuffers>,
+    /// Coalescing state for writes of plain packets, lent to one writer at a time.
+    coalescers: std::sync::Mutex<Vec<Coalescer>>,
     /// Where reads that cannot be used are counted (as `malformed` drops).
     metrics: Option<Arc<dyn MetricsService>>,
 }
@@ -175,7 +204,8 @@ impl OpenTun {
             }
         }
         let reader = tokio::sync::Mutex::new(reader);
-        Ok(Tun { device, name, mtu: config.mtu, offload, reader, metrics: None })
+        let coalescers = std::sync::Mutex::new(Vec::new());
+        Ok(Tun { device, name, mtu: config.mtu, offload, reader, coalescers, metrics: None })
     }
 }
 
@@ -259,6 +289,9 @@ impl TunDevice for Tun {
     }
 
     async fn send_batch(&self, packets: &[TunPacket]) -> io::Result<usize> {
+        if self.offload && packets.len() > 1 && packets.iter().all(|p| p.gso.is_none()) {
+            return self.send_coalesced(packets).await;
+        }
         let mut written = 0;
         for packet in packets {
             let sent = if self.offload {
@@ -277,6 +310,39 @@ impl TunDevice for Tun {
             }
         }
         Ok(written)
+    }
+}
+
+impl Tun {
+    /// Writes plain packets merged where they belong to one flow (see [`Coalescer`]).
+    /// Counts every packet as written unless the device is gone.
+    async fn send_coalesced(&self, packets: &[TunPacket]) -> io::Result<usize> {
+        let lock = |c: &std::sync::Mutex<Vec<Coalescer>>| {
+            c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
+        };
+        let mut coalescer = lock(&self.coalescers).unwrap_or_else(Coalescer::new);
+        coalescer.bufs.clear();
+        for packet in packets {
+            coalescer.push(&packet.data);
+        }
+        let Coalescer { table, bufs } = &mut coalescer;
+        let sent = self.device.send_multiple(table, bufs, vnet::LEN).await;
+        coalescer.bufs.clear();
+        {
+            let mut kept =
+                self.coalescers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if kept.len() < COALESCERS_KEPT {
+                kept.push(coalescer);
+            }
+        }
+        match sent.map_err(gone_as_broken_pipe) {
+            Ok(_) => Ok(packets.len()),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "the kernel did not take a coalesced batch");
+                Ok(0)
+            }
+        }
     }
 }
 

@@ -116,6 +116,16 @@ fn reason_of(err: &VpnError) -> DropReason {
     }
 }
 
+/// The largest datagram a packet becomes: itself, or a super-packet's largest segment.
+/// A batch with a packet larger than the datagram path carries goes on a stream (which has
+/// no MTU), so no packet is lost for its size.
+fn datagram_size(packet: &QueuedPacket) -> usize {
+    match &packet.gso {
+        Some(gso) => usize::from(gso.hdr_len) + usize::from(gso.gso_size),
+        None => packet.data.len(),
+    }
+}
+
 /// Whether a packet fits in one frame.
 fn fits(packet: &QueuedPacket) -> bool {
     let header = if packet.gso.is_some() { SEGMENT_HEADER_LEN } else { 0 };
@@ -206,7 +216,9 @@ impl Worker {
     async fn send(&mut self, batch: &mut [QueuedPacket]) -> Result<(u64, u64), DropReason> {
         let peer =
             self.ctx.discovery.peer_for_ip(self.key.dst_ip).await.map_err(|e| reason_of(&e))?;
-        if let Some(path) = self.ctx.datagrams.as_ref().and_then(|paths| paths.path(&peer)) {
+        if let Some(path) = self.ctx.datagrams.as_ref().and_then(|paths| paths.path(&peer))
+            && batch.iter().all(|p| datagram_size(p) <= path.max_packet())
+        {
             return self.send_datagrams(path.as_ref(), batch).await;
         }
         if let Some(lease) = &self.lease
@@ -266,7 +278,6 @@ impl Worker {
             }
             self.ctx.pool.release(lease, true);
         }
-        let max = path.max_packet();
         let datagrams = &mut self.datagrams;
         datagrams.clear();
         let metrics = &self.ctx.metrics;
@@ -280,13 +291,6 @@ impl Worker {
                 None => datagrams.push(packet.data.clone()),
             }
         }
-        datagrams.retain(|d| {
-            let fits = d.len() <= max;
-            if !fits {
-                metrics.record_drop(DropReason::TooLarge);
-            }
-            fits
-        });
         let bytes: u64 = datagrams.iter().map(|d| d.len() as u64).sum();
         let sent = path.send(datagrams).await.map_err(|e| reason_of(&e))?;
         let packets = sent as u64;
