@@ -638,6 +638,19 @@ impl EventLoop {
                 // The connection carries nothing any more; the next stream dials anew.
                 tracing::warn!(%peer, %error, "connection stopped answering pings; closing it");
                 self.swarm.close_connection(connection);
+                if self.links.best(&peer).is_none() {
+                    // Datagrams do not get through either: the whole path is gone, and a
+                    // QUIC connection kept for them would hold the peer "connected" and take
+                    // its streams until QUIC's idle timeout.
+                    let quic = self.connections.get(&peer).into_iter().flatten();
+                    let quic: Vec<ConnectionId> = quic
+                        .filter(|c| c.id != connection && is_direct_quic_connection(&c.endpoint))
+                        .map(|c| c.id)
+                        .collect();
+                    for id in quic {
+                        self.swarm.close_connection(id);
+                    }
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
             SwarmEvent::Behaviour(BehaviourEvent::Gate(MembersEvent::Dcutr(event))) => {
