@@ -33,3 +33,8 @@ pub use error::QuicError;
 pub use links::{DatagramLink, Incoming, Links, PATH_TIMEOUT, PROBE_INTERVAL, SendError};
 pub use muxer::{QuicMuxer, QuicStream};
 pub use transport::{QuicTransport, Upgrade};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
