@@ -17,7 +17,7 @@ use crate::QuicError;
 /// its black-hole detection, which random loss can fool, never lowers it below this.
 pub const INITIAL_MTU: u16 = 1440;
 
-/// How the QUIC transport behaves. `QuicConfig::new` gives the defaults; `with_*` change one.
+/// How the QUIC transport behaves. `QuicConfig::default()` gives the defaults; `with_*` change one.
 #[derive(Debug, Clone)]
 pub struct QuicConfig {
     /// A handshake (QUIC and TLS) may take this long.
