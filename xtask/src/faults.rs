@@ -662,6 +662,8 @@ fn within_tenth(base: u64, now: u64, slack: u64) -> bool {
 /// 10% of what it held after the first minute.
 fn loss_soak(lab: &mut Lab) -> Result<Outcome> {
     path_works(lab, Duration::from_secs(30))?;
+    // With the defaults the soak's packets ride datagrams; it says so if they do not.
+    lab.wait_data_path("a", "b", "datagram", RECOVERY_LIMIT)?;
     lossy(lab, 5)?;
     let target = lab.node("b")?.overlay.clone();
     let ping = Pinger::start(lab, "a", "b", SOAK + Duration::from_secs(30))?;
@@ -701,8 +703,12 @@ fn loss_soak(lab: &mut Lab) -> Result<Outcome> {
         }
     }
     let replies = ping.replies().len();
+    let path = lab.data_path("a", "b")?;
+    if path.as_deref() != Some("datagram") {
+        bail!("the soak ended off the datagram path: {path:?}");
+    }
     let mut words = vec![format!(
-        "4 flows {:.0} Mbit/s in all, {replies} ping replies",
+        "4 flows {:.0} Mbit/s in all over datagrams, {replies} ping replies",
         lab::json_number(&report, "/end/sum_received/bits_per_second").unwrap_or(0.0) / 1e6
     )];
     for ((node, f), l) in ["a", "b"].iter().zip(first).zip(last) {
