@@ -271,11 +271,15 @@ impl Worker {
         path: &dyn DatagramPath,
         batch: &mut [QueuedPacket],
     ) -> Result<(u64, u64), DropReason> {
-        if let Some(lease) = self.lease.take() {
+        // The lease stays held while the stream drains: a drain cut short (the send timed
+        // out) leaves it to be drained and released with the next batch.
+        if let Some(sink) = self.lease.as_ref().map(|l| l.sink.clone()) {
             let within = DRAIN_LIMIT.min(self.ctx.settings.send_timeout / 2);
-            if !lease.sink.is_closed() && !lease.sink.drain(within).await {
+            if !sink.is_closed() && !sink.drain(within).await {
                 tracing::debug!(flow = %self.key, "moving to datagrams without the stream's confirmation");
             }
+        }
+        if let Some(lease) = self.lease.take() {
             self.ctx.pool.release(lease, true);
         }
         let datagrams = &mut self.datagrams;
