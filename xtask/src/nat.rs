@@ -28,6 +28,9 @@ const HOMES: [(&str, &str, usize, usize, usize, bool, bool); 3] = [
 ];
 /// Longest wait for anything in the scenario to happen.
 const WAIT: Duration = Duration::from_secs(60);
+/// How long two homes may take to end on a punched hole: a first punch can fail (a router
+/// that answers a stray packet spoils the mapping) and is tried again after a pause.
+const PUNCH_WAIT: Duration = Duration::from_secs(150);
 
 /// How long the soak's relayed flow runs, and the least it must move.
 const SOAK: Duration = Duration::from_secs(600);
@@ -212,7 +215,7 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     let asked = Instant::now();
     let rtt = lab.ping_until("h1", &h2, WAIT)?;
     let first = asked.elapsed();
-    until("h1 and h2 are connected directly", WAIT, || {
+    until("h1 and h2 are connected directly", PUNCH_WAIT, || {
         Ok(lab.path_kind("h1", "h2")?.as_deref() == Some("direct")
             && lab.path_kind("h2", "h1")?.as_deref() == Some("direct"))
     })?;
@@ -244,12 +247,18 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     // Symmetric to home: the punch cannot work; the relay carries the tunnel.
     let h1 = lab.node("h1")?.overlay.clone();
     let rtt = lab.ping_until("hs", &h1, WAIT)?;
-    until("the hole punch between hs and h1 has failed", WAIT, || {
-        let failed = ["hs", "h1"].iter().try_fold(0, |sum, n| {
+    let failed = || {
+        ["hs", "h1"].iter().try_fold(0, |sum, n| {
             lab.counter(n, "vpn_hole_punches_total{result=\"failed\"}").map(|c| sum + c)
-        })?;
-        Ok(failed > 0)
-    })?;
+        })
+    };
+    until("the hole punch between hs and h1 has failed", WAIT, || Ok(failed()? > 0))?;
+    let failed_first = failed()?;
+    let connections = |from: &str, to: &str| -> Result<u64> {
+        let view = lab.peer_view(from, to)?;
+        Ok(view.and_then(|v| v.get("connections").and_then(|c| c.as_u64())).unwrap_or(0))
+    };
+    let connections_first = connections("hs", "h1")?.max(connections("h1", "hs")?);
     for (from, to) in [("hs", "h1"), ("h1", "hs")] {
         let kind = lab.data_path(from, to)?;
         if kind.as_deref() != Some("stream relayed") {
@@ -265,6 +274,20 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         bail!("hs -> h1 left the relay: {}", describe(lab, "hs", "h1")?);
     }
     println!("    iperf3 hs -> h1 through the relay: {relayed_gbps:.2} Gbit/s");
+
+    // A failed punch is tried again after a pause, through a new relayed connection that
+    // goes again when that punch fails as well; the relay carries on throughout.
+    until("the hole punch between hs and h1 is tried again", PUNCH_WAIT, || {
+        Ok(failed()? > failed_first)
+    })?;
+    until("the connection made for the second punch is closed again", WAIT, || {
+        Ok(connections("hs", "h1")?.max(connections("h1", "hs")?) <= connections_first)
+    })?;
+    lab.ping_until("hs", &h1, Duration::from_secs(5))?;
+    println!(
+        "  hs -> h1: the punch was tried again, failed again, and its relayed connection closed ({} connections)",
+        connections("hs", "h1")?
+    );
     println!(
         "  throughput relayed / direct: {:.2}",
         if direct_gbps > 0.0 { relayed_gbps / direct_gbps } else { 0.0 }

@@ -33,10 +33,46 @@ pub(crate) fn is_direct_quic(addr: &Multiaddr) -> bool {
     quic
 }
 
+/// Keeps the first `most` of `addrs` that are `wanted` as `peer`'s in `book` (none: the
+/// peer leaves it).
+pub(crate) fn keep_addrs(
+    book: &mut HashMap<PeerId, Vec<Multiaddr>>,
+    peer: PeerId,
+    addrs: &[Multiaddr],
+    wanted: fn(&Multiaddr) -> bool,
+    most: usize,
+) {
+    let kept: Vec<Multiaddr> = addrs.iter().filter(|a| wanted(a)).take(most).cloned().collect();
+    if kept.is_empty() {
+        book.remove(&peer);
+    } else {
+        book.insert(peer, kept);
+    }
+}
+
+/// When something may be tried again: a pause that doubles from `first` up to `max` with
+/// each try.
 #[derive(Debug)]
-struct Schedule {
+pub(crate) struct Schedule {
     next: Instant,
     pause: Duration,
+}
+
+impl Schedule {
+    /// A schedule whose first try is due at `next`.
+    pub(crate) fn at(next: Instant) -> Self {
+        Self { next, pause: Duration::ZERO }
+    }
+
+    /// Whether a try is due at `now`; if so the next pause starts.
+    pub(crate) fn try_now(&mut self, now: Instant, first: Duration, max: Duration) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.pause = (self.pause * 2).clamp(first, max);
+        self.next = now + self.pause;
+        true
+    }
 }
 
 /// The QUIC addresses members announce, and when each may be dialed again.
@@ -49,13 +85,7 @@ pub(crate) struct QuicDials {
 impl QuicDials {
     /// `peer` announces `addrs` (all its listen addresses; the direct QUIC ones are kept).
     pub(crate) fn learned(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
-        let quic: Vec<Multiaddr> =
-            addrs.iter().filter(|a| is_direct_quic(a)).take(MAX_ADDRS).cloned().collect();
-        if quic.is_empty() {
-            self.addrs.remove(&peer);
-        } else {
-            self.addrs.insert(peer, quic);
-        }
+        keep_addrs(&mut self.addrs, peer, addrs, is_direct_quic, MAX_ADDRS);
     }
 
     /// The addresses to dial `peer` at now, if it has no QUIC connection (`has_quic`) and
@@ -71,14 +101,8 @@ impl QuicDials {
             return None;
         }
         let addrs = self.addrs.get(&peer)?;
-        let schedule =
-            self.schedule.entry(peer).or_insert(Schedule { next: now, pause: Duration::ZERO });
-        if now < schedule.next {
-            return None;
-        }
-        schedule.pause = (schedule.pause * 2).clamp(FIRST_PAUSE, MAX_PAUSE);
-        schedule.next = now + schedule.pause;
-        Some(addrs.clone())
+        let schedule = self.schedule.entry(peer).or_insert_with(|| Schedule::at(now));
+        schedule.try_now(now, FIRST_PAUSE, MAX_PAUSE).then(|| addrs.clone())
     }
 
     /// `peer` is gone: nothing of it is kept.

@@ -228,6 +228,7 @@ impl P2pNode {
                 observer: config.observer,
                 links: config.links,
                 quic_dials: config.datagrams.then(Default::default),
+                repunch: Default::default(),
                 paths_told: (0, 0),
                 looked_up: HashMap::new(),
                 dht: DhtCounts::default(),
@@ -343,6 +344,8 @@ struct EventLoop {
     links: vpn_quic::Links,
     /// Members to dial over QUIC for datagrams (`None`: packets take streams only).
     quic_dials: Option<crate::datagram::QuicDials>,
+    /// Peers whose hole punch failed, to punch again.
+    repunch: crate::punch::Repunch,
     /// The paths last told: peers connected directly, and through relays only.
     paths_told: (usize, usize),
     /// When peers whose dials failed were last looked up (at most 1024).
@@ -440,6 +443,7 @@ impl EventLoop {
                     self.update_relays();
                     self.look_up_unknown();
                     self.dial_quic();
+                    self.punch_again();
                 }
             }
         }
@@ -581,18 +585,17 @@ impl EventLoop {
                         ip_of(c.endpoint.get_remote_address()).is_some_and(|ip| ip.is_loopback())
                     })
                 });
-                if self.quic_dials.is_some() {
-                    let usable: Vec<Multiaddr> = info
-                        .listen_addrs
-                        .iter()
-                        .filter(|a| !self.in_overlay(a))
-                        .filter(|a| local || !ip_of(a).is_some_and(|ip| ip.is_loopback()))
-                        .cloned()
-                        .collect();
-                    if let Some(dials) = self.quic_dials.as_mut() {
-                        dials.learned(peer_id, &usable);
-                    }
+                let usable: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .iter()
+                    .filter(|a| !self.in_overlay(a))
+                    .filter(|a| local || !ip_of(a).is_some_and(|ip| ip.is_loopback()))
+                    .cloned()
+                    .collect();
+                if let Some(dials) = self.quic_dials.as_mut() {
+                    dials.learned(peer_id, &usable);
                 }
+                self.repunch.learned(peer_id, &usable);
                 for addr in info.listen_addrs {
                     let loopback = ip_of(&addr).is_some_and(|ip| ip.is_loopback());
                     if (local || !loopback) && !self.in_overlay(&addr) {
@@ -696,7 +699,9 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?endpoint, "connected");
-                if endpoint.is_relayed() {
+                if self.repunch.is_probe(&peer_id, connection_id) {
+                    tracing::debug!(peer = %peer_id, "connected through a relay again, to punch a hole anew");
+                } else if endpoint.is_relayed() {
                     tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected through a relay");
                 }
                 if num_established.get() == 1 {
@@ -738,6 +743,7 @@ impl EventLoop {
                     if let Some(dials) = self.quic_dials.as_mut() {
                         dials.forget(&peer_id);
                     }
+                    self.repunch.forget(&peer_id);
                 }
                 let waiting = self.dials.get(&peer_id).is_some_and(|d| d.attempts == 0);
                 if waiting && !self.swarm.is_connected(&peer_id) {
@@ -926,6 +932,35 @@ impl EventLoop {
             tracing::info!(%peer, "no member any more (its certificate ran out); cutting it off");
             admission.refused(&peer, PeerRefusal::NotMember);
             self.expel(peer);
+        }
+    }
+
+    /// Dials members whose hole punch failed through a relay again once their pause is
+    /// over, which starts a new punch (see [`crate::punch::Repunch`]); not past the
+    /// connections allowed per peer.
+    fn punch_again(&mut self) {
+        if !self.swarm.behaviour().gate.inner.dcutr.is_enabled() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut due = Vec::new();
+        for (peer, conns) in &self.connections {
+            let relayed_only = conns.iter().all(|c| c.endpoint.is_relayed());
+            if conns.len() >= self.max_per_peer as usize && relayed_only {
+                continue;
+            }
+            if let Some(addrs) = self.repunch.due(*peer, relayed_only, now) {
+                due.push((*peer, addrs));
+            }
+        }
+        for (peer, addrs) in due {
+            tracing::debug!(%peer, ?addrs, "dialing through a relay again, to punch a hole anew");
+            let opts =
+                DialOpts::peer_id(peer).condition(PeerCondition::Always).addresses(addrs).build();
+            let id = opts.connection_id();
+            if self.swarm.dial(opts).is_ok() {
+                self.repunch.probing(peer, id);
+            }
         }
     }
 
@@ -1247,6 +1282,15 @@ impl EventLoop {
             }
             Err(e) => {
                 tracing::info!(%peer, error = %e, "hole punching failed; the relay carries the peer's streams");
+                let probe = self.repunch.failed(peer, std::time::Instant::now());
+                // The connection made for this punch goes, unless it is all that is left.
+                let others = self
+                    .connections
+                    .get(&peer)
+                    .is_some_and(|conns| conns.iter().any(|c| Some(c.id) != probe));
+                if let Some(probe) = probe.filter(|_| others) {
+                    self.swarm.close_connection(probe);
+                }
             }
         }
         if let Some(observer) = &self.observer {

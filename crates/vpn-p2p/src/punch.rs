@@ -7,7 +7,17 @@
 //! packets ride datagrams, [`UdpFirst`] hands DCUtR our QUIC candidates and holds the TCP
 //! ones back; if no QUIC candidate has come [`TCP_AFTER`] after the first TCP one (UDP
 //! blocked on our side), the TCP ones are handed over, and a TCP punch is better than none.
+//!
+//! A punch that failed is tried again ([`Repunch`]): DCUtR punches once per relayed
+//! connection, and a failure is not always for good. A router that answers a stray packet
+//! (an ICMP "port unreachable") books the peer's early packet as a flow to itself, so our
+//! own packets to the peer leave from another port than the one the peer aims at, for as
+//! long as the peer keeps sending; once both sides have been quiet for a while the same
+//! punch works. So a peer reached through relays only is dialed through a relay again
+//! after [`REPUNCH_FIRST`], the pause doubling up to [`REPUNCH_MAX`]: the new relayed
+//! connection starts a new punch, and is closed again when that one fails.
 
+use std::collections::HashMap;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,7 +30,8 @@ use libp2p::swarm::{
     THandlerOutEvent, ToSwarm,
 };
 
-use crate::datagram::is_direct_quic;
+use crate::datagram::{Schedule, is_direct_quic, keep_addrs};
+use crate::reach::is_circuit;
 
 /// How long TCP candidates wait for a QUIC one before they are handed over anyway.
 pub(crate) const TCP_AFTER: Duration = Duration::from_secs(20);
@@ -69,6 +80,78 @@ impl Candidates {
             }
             _ => Vec::new(),
         }
+    }
+}
+
+/// The pause before a failed hole punch is tried again: longer than a NAT keeps the state
+/// of a flow that got no answer (30 s on Linux), so both sides' mappings start afresh.
+pub(crate) const REPUNCH_FIRST: Duration = Duration::from_secs(40);
+/// The longest pause between punches to one peer.
+pub(crate) const REPUNCH_MAX: Duration = Duration::from_secs(600);
+/// Most relayed addresses kept per peer.
+const RELAYED_ADDRS: usize = 8;
+
+/// Which peers to punch a hole to again, and through which relays. Plain state.
+#[derive(Debug, Default)]
+pub(crate) struct Repunch {
+    /// The relayed addresses peers announce.
+    relayed: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Peers whose punch failed, and when to try again.
+    schedule: HashMap<PeerId, Schedule>,
+    /// The relayed connection made for a new punch, by peer.
+    probes: HashMap<PeerId, ConnectionId>,
+}
+
+impl Repunch {
+    /// `peer` announces `addrs` (all its listen addresses; the relayed ones are kept).
+    pub(crate) fn learned(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        keep_addrs(&mut self.relayed, peer, addrs, is_circuit, RELAYED_ADDRS);
+    }
+
+    /// A punch to `peer` failed: one is tried again after the pause (if none is due
+    /// already). Returns the connection made for that punch, to be closed.
+    pub(crate) fn failed(&mut self, peer: PeerId, now: Instant) -> Option<ConnectionId> {
+        self.schedule.entry(peer).or_insert_with(|| {
+            let mut schedule = Schedule::at(now);
+            schedule.try_now(now, REPUNCH_FIRST, REPUNCH_MAX);
+            schedule
+        });
+        self.probes.remove(&peer)
+    }
+
+    /// The relayed addresses to dial `peer` at now for a new punch, if its punch failed,
+    /// it is still reached through relays only (`relayed_only`) and its pause is over.
+    pub(crate) fn due(
+        &mut self,
+        peer: PeerId,
+        relayed_only: bool,
+        now: Instant,
+    ) -> Option<Vec<Multiaddr>> {
+        if !relayed_only {
+            self.schedule.remove(&peer);
+            self.probes.remove(&peer);
+            return None;
+        }
+        let addrs = self.relayed.get(&peer)?;
+        let schedule = self.schedule.get_mut(&peer)?;
+        schedule.try_now(now, REPUNCH_FIRST, REPUNCH_MAX).then(|| addrs.clone())
+    }
+
+    /// The dial for `peer`'s new punch made connection `id` (or will).
+    pub(crate) fn probing(&mut self, peer: PeerId, id: ConnectionId) {
+        self.probes.insert(peer, id);
+    }
+
+    /// Whether `id` is the connection made for a new punch to `peer`.
+    pub(crate) fn is_probe(&self, peer: &PeerId, id: ConnectionId) -> bool {
+        self.probes.get(peer) == Some(&id)
+    }
+
+    /// `peer` is gone: nothing of it is kept.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.relayed.remove(peer);
+        self.schedule.remove(peer);
+        self.probes.remove(peer);
     }
 }
 
@@ -138,5 +221,36 @@ mod tests {
         assert!(c.due(start + TCP_AFTER / 2).is_empty());
         assert_eq!(c.due(start + TCP_AFTER), vec![tcp.clone()]);
         assert!(c.due(start + TCP_AFTER * 3).is_empty());
+    }
+
+    #[test]
+    fn a_failed_punch_is_tried_again_through_a_relay_after_a_doubling_pause() {
+        let peer = PeerId::random();
+        let relay = PeerId::random();
+        let circuit: Multiaddr =
+            format!("/ip4/198.18.0.1/tcp/4001/p2p/{relay}/p2p-circuit").parse().unwrap();
+        let direct: Multiaddr = "/ip4/198.18.0.11/udp/4001/quic-v1".parse().unwrap();
+        let start = Instant::now();
+        let mut r = Repunch::default();
+        r.learned(peer, &[direct, circuit.clone()]);
+        assert_eq!(r.due(peer, true, start), None, "no punch failed: nothing to do");
+        assert_eq!(r.failed(peer, start), None);
+        assert_eq!(r.due(peer, true, start + REPUNCH_FIRST / 2), None);
+        assert_eq!(r.due(peer, true, start + REPUNCH_FIRST), Some(vec![circuit.clone()]));
+        let probe = ConnectionId::new_unchecked(7);
+        r.probing(peer, probe);
+        assert!(r.is_probe(&peer, probe));
+        // That punch fails too: its connection is handed back to close, the pause doubles.
+        let again = start + REPUNCH_FIRST;
+        assert_eq!(r.failed(peer, again), Some(probe));
+        assert!(!r.is_probe(&peer, probe));
+        assert_eq!(r.due(peer, true, again + REPUNCH_FIRST), None);
+        assert_eq!(r.due(peer, true, again + REPUNCH_FIRST * 2), Some(vec![circuit.clone()]));
+        // A direct connection ends it; so does the peer leaving.
+        assert_eq!(r.due(peer, false, again + REPUNCH_MAX * 2), None);
+        assert_eq!(r.due(peer, true, again + REPUNCH_MAX * 4), None);
+        r.failed(peer, start);
+        r.forget(&peer);
+        assert_eq!(r.due(peer, true, start + REPUNCH_MAX * 2), None);
     }
 }
