@@ -25,6 +25,7 @@ mod config;
 mod error;
 mod links;
 mod muxer;
+mod tls;
 mod transport;
 
 pub use addr::{multiaddr_of, socket_addr_of};

@@ -277,11 +277,13 @@ impl Links {
         }
     }
 
-    /// The link packets to `peer` take now: open, up, the one heard from last.
+    /// The link packets to `peer` take now: the oldest that is open and up. Packets stay
+    /// on one connection while it works: two peers often hold two QUIC connections (each
+    /// dialed the other), and packets spread over both would reach the peer out of order
+    /// (each connection is read on its own), which the tunnelled TCP takes for loss.
     pub fn best(&self, peer: &PeerId) -> Option<DatagramLink> {
         let table = self.lock();
-        let links = table.links.get(peer)?;
-        links.iter().filter(|l| l.is_up()).min_by_key(|l| l.since_pong()).cloned()
+        table.links.get(peer)?.iter().find(|l| l.is_up()).cloned()
     }
 
     /// Every link to `peer`.

@@ -77,17 +77,32 @@ struct Coalescer {
     bufs: Vec<BytesMut>,
 }
 
+/// Room in each coalescing buffer: the largest packet merging can make, and the headers'
+/// room tun-rs asks for (it merges into a buffer only if that fits without growing it).
+const COALESCED_ROOM: usize = 2 * vnet::LEN + u16::MAX as usize;
+/// Buffers a coalescer keeps between batches (more are made for a larger batch, then
+/// dropped).
+const BUFS_KEPT: usize = 64;
+
 impl Coalescer {
     fn new() -> Self {
         Self { table: tun_rs::GROTable::new(), bufs: Vec::new() }
     }
 
-    /// Copies `packet` in behind the header's room.
-    fn push(&mut self, packet: &[u8]) {
-        let mut buf = BytesMut::with_capacity(vnet::LEN + packet.len());
-        buf.resize(vnet::LEN, 0);
-        buf.extend_from_slice(packet);
-        self.bufs.push(buf);
+    /// Copies `packets` in, each behind the header's room in a buffer of its own with room
+    /// to merge the packets that follow it into it.
+    fn load(&mut self, packets: &[TunPacket]) {
+        for (i, packet) in packets.iter().enumerate() {
+            if let Some(buf) = self.bufs.get_mut(i) {
+                buf.clear();
+            } else {
+                self.bufs.push(BytesMut::with_capacity(COALESCED_ROOM));
+            }
+            if let Some(buf) = self.bufs.get_mut(i) {
+                buf.resize(vnet::LEN, 0);
+                buf.extend_from_slice(&packet.data);
+            }
+        }
     }
 }
 
@@ -321,13 +336,11 @@ impl Tun {
             c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
         };
         let mut coalescer = lock(&self.coalescers).unwrap_or_else(Coalescer::new);
-        coalescer.bufs.clear();
-        for packet in packets {
-            coalescer.push(&packet.data);
-        }
+        coalescer.load(packets);
         let Coalescer { table, bufs } = &mut coalescer;
-        let sent = self.device.send_multiple(table, bufs, vnet::LEN).await;
-        coalescer.bufs.clear();
+        let loaded = bufs.get_mut(..packets.len()).unwrap_or_default();
+        let sent = self.device.send_multiple(table, loaded, vnet::LEN).await;
+        coalescer.bufs.truncate(BUFS_KEPT);
         {
             let mut kept =
                 self.coalescers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

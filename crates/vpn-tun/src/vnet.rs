@@ -80,14 +80,7 @@ fn finish_checksum(packet: &mut [u8], start: u16, offset: u16) -> bool {
     if at + 2 > packet.len() {
         return false;
     }
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([*w.first().unwrap_or(&0), *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let value = !(sum as u16);
+    let value = vpn_utils::checksum_finish(vpn_utils::checksum_add(0, data));
     packet.get_mut(at..at + 2).map(|f| f.copy_from_slice(&value.to_be_bytes())).is_some()
 }
 

@@ -19,12 +19,14 @@
 //! assert!(extract_ip_and_ports(&packet[..25]).is_err());
 //! ```
 
+mod checksum;
 mod gso;
 mod ipv4;
 mod ipv6;
 mod segment;
 mod transport;
 
+pub use checksum::{checksum_add, checksum_finish};
 pub use gso::{MAX_SEGMENTS, MIN_GSO_SIZE, super_packet_gso};
 pub use segment::segment;
 

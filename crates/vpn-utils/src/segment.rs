@@ -1,13 +1,10 @@
 //! Cutting an offload super-packet into the segments the kernel would have sent.
 
 use bytes::{Bytes, BytesMut};
-use pnet_packet::ipv4::{self, Ipv4Packet};
-use pnet_packet::tcp::{self, TcpPacket};
-use pnet_packet::udp::{self, UdpPacket};
 use vpn_types::PacketError;
 use vpn_types::{GsoInfo, GsoType};
 
-use crate::{PROTO_TCP, PROTO_UDP};
+use crate::{PROTO_TCP, PROTO_UDP, checksum_add, checksum_finish};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
@@ -122,27 +119,21 @@ fn fix_segment(
 fn checksums(seg: &mut BytesMut, v4: bool, l4: usize, protocol: u8) -> Result<(), PacketError> {
     let csum_at = l4 + if protocol == PROTO_TCP { 16 } else { 6 };
     put_u16(seg, csum_at, 0)?;
-    let sum = if v4 {
+    // The addresses, for the pseudo-header.
+    let addrs = if v4 {
         put_u16(seg, 10, 0)?;
-        let ip = Ipv4Packet::new(seg).ok_or(bad(protocol))?;
-        let header = ipv4::checksum(&ip);
-        let (src, dst) = (ip.get_source(), ip.get_destination());
+        let ihl = usize::from(seg.first().ok_or(bad(protocol))? & 0x0f) * 4;
+        let header = checksum_finish(checksum_add(0, seg.get(..ihl).ok_or(bad(protocol))?));
         put_u16(seg, 10, header)?;
-        let l4_bytes = seg.get(l4..).ok_or(bad(protocol))?;
-        if protocol == PROTO_TCP {
-            tcp::ipv4_checksum(&TcpPacket::new(l4_bytes).ok_or(bad(protocol))?, &src, &dst)
-        } else {
-            udp::ipv4_checksum(&UdpPacket::new(l4_bytes).ok_or(bad(protocol))?, &src, &dst)
-        }
+        12..20
     } else {
-        let ip = pnet_packet::ipv6::Ipv6Packet::new(seg).ok_or(bad(protocol))?;
-        let (src, dst) = (ip.get_source(), ip.get_destination());
-        let l4_bytes = seg.get(l4..).ok_or(bad(protocol))?;
-        if protocol == PROTO_TCP {
-            tcp::ipv6_checksum(&TcpPacket::new(l4_bytes).ok_or(bad(protocol))?, &src, &dst)
-        } else {
-            udp::ipv6_checksum(&UdpPacket::new(l4_bytes).ok_or(bad(protocol))?, &src, &dst)
-        }
+        8..40
     };
+    let l4_len = seg.len().checked_sub(l4).ok_or(bad(protocol))?;
+    let pseudo =
+        checksum_add(0, seg.get(addrs).ok_or(bad(protocol))?) + u64::from(protocol) + l4_len as u64;
+    let sum = checksum_finish(checksum_add(pseudo, seg.get(l4..).ok_or(bad(protocol))?));
+    // A UDP checksum that comes out as zero is sent as all ones (zero means "none").
+    let sum = if protocol == PROTO_UDP && sum == 0 { 0xffff } else { sum };
     put_u16(seg, csum_at, sum)
 }
