@@ -19,6 +19,10 @@ pub trait DatagramPath: Send + Sync {
     /// Errors: a network error of kind `StreamClosed` when the path closed part way (the
     /// packets before it were sent).
     async fn send(&self, packets: &[Bytes]) -> Result<usize, VpnError>;
+
+    /// Hands `packet`, an ICMP error about a packet too big for this path, to this node's
+    /// own network stack, as a router on the path would send it to the packet's sender.
+    async fn send_back(&self, packet: Bytes);
 }
 
 /// Which peers have a datagram path that carries packets now.

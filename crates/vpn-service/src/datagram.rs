@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use vpn_api::{DatagramPath, DatagramPaths, PeerId};
+use vpn_api::{DatagramPath, DatagramPaths, PeerId, TunDevice, TunPacket};
 use vpn_errors::{NetworkError, NetworkErrorKind, VpnError};
 use vpn_quic::{DatagramLink, Incoming, Links, SendError};
 use vpn_stream::InboundSink;
@@ -26,21 +26,29 @@ const READ_BATCH: usize = 64;
 /// The workers' view of the links: a peer's best link while it is up.
 pub(crate) struct LinkPaths {
     pub(crate) links: Links,
+    /// Where ICMP errors about packets too big for a path go.
+    pub(crate) tun: Arc<dyn TunDevice>,
 }
 
 impl DatagramPaths for LinkPaths {
     fn path(&self, peer: &PeerId) -> Option<Arc<dyn DatagramPath>> {
         let link = self.links.best(peer)?;
-        Some(Arc::new(LinkPath(link)))
+        Some(Arc::new(LinkPath(link, self.tun.clone())))
     }
 }
 
-struct LinkPath(DatagramLink);
+struct LinkPath(DatagramLink, Arc<dyn TunDevice>);
 
 #[async_trait]
 impl DatagramPath for LinkPath {
     fn max_packet(&self) -> usize {
         self.0.max_datagram().unwrap_or(0)
+    }
+
+    async fn send_back(&self, packet: Bytes) {
+        if let Err(e) = self.1.send_batch(&[TunPacket::new(packet)]).await {
+            tracing::debug!(error = %e, "the TUN did not take an ICMP error");
+        }
     }
 
     async fn send(&self, packets: &[Bytes]) -> Result<usize, VpnError> {

@@ -507,16 +507,17 @@ impl VpnNode {
         if let Some(pool) = &parts.pool {
             let _ = moves.set(pool.clone());
         }
-        let paths = parts.links.clone().map(|links| {
-            Arc::new(crate::datagram::LinkPaths { links }) as Arc<dyn vpn_api::DatagramPaths>
-        });
-        let dispatcher = self.start_dispatcher(&mut given, discovery.clone(), pool, paths);
-        parts.dispatcher = Some(dispatcher.clone());
         let tun = match given.tun.take() {
             Some(tun) => tun,
             None => self.create_tun().await?,
         };
         parts.tun = Some(tun.clone());
+        let paths = parts.links.clone().map(|links| {
+            let paths = crate::datagram::LinkPaths { links, tun: tun.clone() };
+            Arc::new(paths) as Arc<dyn vpn_api::DatagramPaths>
+        });
+        let dispatcher = self.start_dispatcher(&mut given, discovery.clone(), pool, paths);
+        parts.dispatcher = Some(dispatcher.clone());
         let (inbound, members) = match given.inbound.take() {
             Some(inbound) => (inbound, None),
             None => {

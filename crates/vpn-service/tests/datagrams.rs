@@ -1,7 +1,8 @@
 //! The datagram data path on real swarms over 127.0.0.1 with in-memory TUN devices: two
 //! members reached over TCP open a QUIC connection beside it and their packets cross as
 //! datagrams; a stranger's QUIC connection, though its handshake proves a peer ID, gets no
-//! datagram read; a member a reload removes is cut off on the datagram path too.
+//! datagram read; a member a reload removes is cut off on the datagram path too; a packet
+//! too big for the path gets an ICMP error back, or takes a stream where none may be sent.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
@@ -34,6 +35,17 @@ async fn quic_addr(member: &Member) -> Multiaddr {
     addrs.into_iter().find(|a| a.to_string().contains("/quic-v1")).unwrap()
 }
 
+/// Two members, 100.64.0.1 and 100.64.0.2; B dials A over TCP.
+async fn two_members() -> (Member, Member) {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let text = config("100.64.0.1", None, &[&kb]);
+    let a = start(&ka, vpn_config::load_str(&text, []).unwrap()).await;
+    let boot = tcp_bootstrap(&a).await;
+    let text = config("100.64.0.2", Some(&boot), &[&ka]);
+    let b = start(&kb, vpn_config::load_str(&text, []).unwrap()).await;
+    (a, b)
+}
+
 /// Injects pings from `from` until one comes out of `to` having crossed as a datagram (a
 /// ping may be lost, as on any network, or cross on a stream while the datagram path comes
 /// up; what comes out is only ever a ping that went in).
@@ -58,12 +70,7 @@ async fn crosses_as_datagram(from: &Member, to: &mut Member, src: &str, dst: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_send_datagrams_and_a_strangers_are_never_read() {
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let text = config("100.64.0.1", None, &[&kb]);
-    let mut a = start(&ka, vpn_config::load_str(&text, []).unwrap()).await;
-    let boot = tcp_bootstrap(&a).await;
-    let text = config("100.64.0.2", Some(&boot), &[&ka]);
-    let mut b = start(&kb, vpn_config::load_str(&text, []).unwrap()).await;
+    let (mut a, mut b) = two_members().await;
 
     // B dialed A over TCP; A's identify told it A's QUIC address, and the datagram path
     // comes up beside the TCP connection, both ways.
@@ -114,4 +121,44 @@ async fn members_send_datagrams_and_a_strangers_are_never_read() {
         panic!("B is not cut off: A {:?}\nB {:?}", a.node.metrics(), b.node.metrics());
     }
     assert_eq!(a.node.metrics().packets_received, before, "nothing of B's got in after the reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_too_big_for_the_path_is_answered_or_takes_a_stream() {
+    use vpn_testutil::PacketBuilder;
+    let (mut a, mut b) = two_members().await;
+    crosses_as_datagram(&a, &mut b, "100.64.0.1", "100.64.0.2").await;
+
+    // 1500 bytes do not fit a datagram (at most 1452 on any path): with "don't fragment",
+    // A's own stack gets "fragmentation needed" from B's address, carrying the path's MTU.
+    let (src, dst) = ("100.64.0.1".parse().unwrap(), "100.64.0.2".parse().unwrap());
+    let payload = vec![7u8; 1500 - 28];
+    let big = PacketBuilder::udp(src, dst, 4000, 4001).payload(&payload).dont_fragment().build();
+    let too_large = a.node.metrics().dropped(DropReason::TooLarge);
+    a.os.inject(bytes::Bytes::from(big.clone())).await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), a.os.next_written())
+        .await
+        .expect("an ICMP error came back")
+        .unwrap()
+        .data;
+    assert_eq!(&reply[12..16], &[100, 64, 0, 2], "from the destination");
+    assert_eq!(&reply[16..20], &[100, 64, 0, 1], "to the sender");
+    assert_eq!(&reply[20..22], &[3, 4], "fragmentation needed");
+    let mtu = usize::from(u16::from_be_bytes([reply[26], reply[27]]));
+    assert!((1280..1500).contains(&mtu), "the path's MTU: {mtu}");
+    assert_eq!(&reply[28..48], &big[..20], "quoting the packet");
+    assert_eq!(a.node.metrics().dropped(DropReason::TooLarge), too_large + 1);
+    assert!(b.os.try_written().is_none(), "nothing of it reached B");
+
+    // Without "don't fragment" no error may be sent: it crosses on a stream, whole.
+    let may_fragment = PacketBuilder::udp(src, dst, 4000, 4001).payload(&payload).build();
+    a.os.inject(bytes::Bytes::from(may_fragment.clone())).await;
+    let out = tokio::time::timeout(Duration::from_secs(5), b.os.next_written())
+        .await
+        .expect("the packet crossed")
+        .unwrap()
+        .data;
+    assert_eq!(out.as_ref(), may_fragment.as_slice());
+    // And the path stays: the next ping crosses as a datagram again.
+    crosses_as_datagram(&a, &mut b, "100.64.0.1", "100.64.0.2").await;
 }

@@ -24,6 +24,7 @@ pub struct PacketBuilder {
     ttl: u8,
     ident: u32,
     fragment: Option<(u16, bool)>,
+    dont_fragment: bool,
     hop_by_hop: bool,
     /// 32-bit words of IPv4 options (NOPs).
     ip_option_words: u8,
@@ -42,6 +43,7 @@ impl PacketBuilder {
             ttl: 64,
             ident: 1,
             fragment: None,
+            dont_fragment: false,
             hop_by_hop: false,
             ip_option_words: 0,
             tcp_option_words: 0,
@@ -96,6 +98,12 @@ impl PacketBuilder {
     /// transport header. IPv6 gets a fragment extension header.
     pub fn fragment(mut self, offset: u16, more: bool) -> Self {
         self.fragment = Some((offset, more));
+        self
+    }
+
+    /// Sets the IPv4 "don't fragment" flag (IPv4 only).
+    pub fn dont_fragment(mut self) -> Self {
+        self.dont_fragment = true;
         self
     }
 
@@ -221,6 +229,8 @@ impl PacketBuilder {
         if let Some((offset, more)) = self.fragment {
             ip.set_fragment_offset(offset);
             ip.set_flags(if more { ipv4::Ipv4Flags::MoreFragments } else { 0 });
+        } else if self.dont_fragment {
+            ip.set_flags(ipv4::Ipv4Flags::DontFragment);
         }
         ip.set_ttl(self.ttl);
         ip.set_next_level_protocol(pnet_packet::ip::IpNextHeaderProtocol(self.protocol()));

@@ -24,11 +24,13 @@ mod gso;
 mod ipv4;
 mod ipv6;
 mod segment;
+mod too_big;
 mod transport;
 
 pub use checksum::{checksum_add, checksum_finish};
 pub use gso::{MAX_SEGMENTS, MIN_GSO_SIZE, super_packet_gso};
 pub use segment::segment;
+pub use too_big::too_big_reply;
 
 use vpn_types::PacketError;
 use vpn_types::PacketInfo;

@@ -498,3 +498,82 @@ mod segmenting {
         }
     }
 }
+
+mod too_big {
+    use vpn_testutil::PacketBuilder;
+
+    use super::v4;
+    use crate::{checksum_add, checksum_finish, too_big_reply};
+
+    fn payload(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 253) as u8).collect()
+    }
+
+    #[test]
+    fn a_dont_fragment_ipv4_packet_gets_fragmentation_needed_from_its_destination() {
+        let (src, dst) = (v4("100.64.0.1"), v4("100.64.0.2"));
+        let packet = PacketBuilder::tcp(src, dst, 40000, 5201)
+            .payload(&payload(1460))
+            .dont_fragment()
+            .build();
+        let reply = too_big_reply(&packet, 1408).unwrap();
+        assert_eq!(reply.len(), 576, "an ICMPv4 error fits 576 bytes");
+        assert_eq!(&reply[..2], &[0x45, 0]);
+        assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 576);
+        assert_eq!(reply[9], 1, "ICMP");
+        assert_eq!(&reply[12..16], &[100, 64, 0, 2], "from the packet's destination");
+        assert_eq!(&reply[16..20], &[100, 64, 0, 1], "to its source");
+        assert_eq!(checksum_finish(checksum_add(0, &reply[..20])), 0, "header checksum");
+        assert_eq!(&reply[20..22], &[3, 4], "destination unreachable, fragmentation needed");
+        assert_eq!(u16::from_be_bytes([reply[26], reply[27]]), 1408, "the next hop's MTU");
+        assert_eq!(checksum_finish(checksum_add(0, &reply[20..])), 0, "ICMP checksum");
+        assert_eq!(&reply[28..], &packet[..548], "the packet's start is quoted");
+        assert!(crate::validate_ip_packet(&reply).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_packet_gets_packet_too_big() {
+        let (src, dst) = (v4("fd00::1"), v4("fd00::2"));
+        let packet = PacketBuilder::udp(src, dst, 5000, 53).payload(&payload(1452)).build();
+        let reply = too_big_reply(&packet, 1408).unwrap();
+        assert_eq!(reply.len(), 1280, "an ICMPv6 error fits IPv6's minimum MTU");
+        assert_eq!(reply[6], 58, "ICMPv6");
+        assert_eq!(&reply[8..24], &packet[24..40], "from the packet's destination");
+        assert_eq!(&reply[24..40], &packet[8..24], "to its source");
+        assert_eq!(&reply[40..42], &[2, 0], "packet too big");
+        assert_eq!(u32::from_be_bytes(reply[44..48].try_into().unwrap()), 1408);
+        let length = u64::from(u16::from_be_bytes([reply[4], reply[5]]));
+        let pseudo = checksum_add(0, &reply[8..40]) + length + 58;
+        assert_eq!(checksum_finish(checksum_add(pseudo, &reply[40..])), 0, "ICMPv6 checksum");
+        assert_eq!(&reply[48..], &packet[..1232]);
+        assert!(crate::validate_ip_packet(&reply).is_ok());
+        // Never an MTU below IPv6's minimum.
+        let reply = too_big_reply(&packet, 1200).unwrap();
+        assert_eq!(u32::from_be_bytes(reply[44..48].try_into().unwrap()), 1280);
+    }
+
+    #[test]
+    fn no_error_where_none_may_be_sent() {
+        let (a, b) = (v4("100.64.0.1"), v4("100.64.0.2"));
+        let big = payload(1460);
+        let may_fragment = PacketBuilder::tcp(a, b, 1, 2).payload(&big).build();
+        assert_eq!(too_big_reply(&may_fragment, 1408), None, "no DF: the path's to carry");
+        let later_fragment = PacketBuilder::udp(a, b, 1, 2).payload(&big).fragment(185, false);
+        assert_eq!(too_big_reply(&later_fragment.build(), 1408), None);
+        let echo = PacketBuilder::icmp_echo(a, b, 7, 1).payload(&big).dont_fragment().build();
+        assert!(too_big_reply(&echo, 1408).is_some(), "a ping is answered");
+        let error = too_big_reply(
+            &PacketBuilder::tcp(b, a, 2, 1).payload(&big).dont_fragment().build(),
+            1408,
+        )
+        .unwrap();
+        assert_eq!(too_big_reply(&error, 1000), None, "an ICMP error gets no error");
+        let (x, y) = (v4("fd00::1"), v4("fd00::2"));
+        let error6 = too_big_reply(&PacketBuilder::udp(x, y, 1, 2).payload(&big).build(), 1408);
+        assert_eq!(too_big_reply(&error6.unwrap(), 1280), None, "nor an ICMPv6 one");
+        let unspecified = PacketBuilder::udp(v4("0.0.0.0"), b, 1, 2).payload(&big).dont_fragment();
+        assert_eq!(too_big_reply(&unspecified.build(), 1408), None);
+        assert_eq!(too_big_reply(&[], 1408), None);
+        assert_eq!(too_big_reply(&may_fragment[..10], 1408), None);
+    }
+}

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::QueuedPacket;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -216,10 +216,18 @@ impl Worker {
     async fn send(&mut self, batch: &mut [QueuedPacket]) -> Result<(u64, u64), DropReason> {
         let peer =
             self.ctx.discovery.peer_for_ip(self.key.dst_ip).await.map_err(|e| reason_of(&e))?;
-        if let Some(path) = self.ctx.datagrams.as_ref().and_then(|paths| paths.path(&peer))
-            && batch.iter().all(|p| datagram_size(p) <= path.max_packet())
-        {
-            return self.send_datagrams(path.as_ref(), batch).await;
+        if let Some(path) = self.ctx.datagrams.as_ref().and_then(|paths| paths.path(&peer)) {
+            let max = path.max_packet();
+            let mtu = u16::try_from(max).unwrap_or(u16::MAX);
+            // A packet too big for the path is answered with an ICMP error where one may be
+            // sent (its sender then sends smaller ones); otherwise the batch takes a stream,
+            // which has no MTU.
+            let fits = |p: &QueuedPacket| {
+                datagram_size(p) <= max || vpn_utils::too_big_reply(&p.data, mtu).is_some()
+            };
+            if batch.iter().all(fits) {
+                return self.send_datagrams(path.as_ref(), batch).await;
+            }
         }
         if let Some(lease) = &self.lease
             && lease.peer == peer
@@ -285,7 +293,16 @@ impl Worker {
         let datagrams = &mut self.datagrams;
         datagrams.clear();
         let metrics = &self.ctx.metrics;
+        let max = path.max_packet();
+        let mtu = u16::try_from(max).unwrap_or(u16::MAX);
         for packet in batch.iter() {
+            if datagram_size(packet) > max {
+                if let Some(reply) = vpn_utils::too_big_reply(&packet.data, mtu) {
+                    path.send_back(Bytes::from(reply)).await;
+                }
+                metrics.record_drop(DropReason::TooLarge);
+                continue;
+            }
             match &packet.gso {
                 Some(gso) => {
                     if vpn_utils::segment(&packet.data, gso, datagrams).is_err() {
