@@ -314,6 +314,12 @@ fn vpn_node(lab: &mut Lab, setup: &Setup) -> Result<Tunnel> {
     // The relay's work counts too.
     tunnel.pids = nodes.iter().filter_map(|n| lab.pid(n)).collect();
     lab.ping_until("a", &tunnel.target, Duration::from_secs(30))?;
+    // Measured once the tunnel is settled: packets on the path they will keep (the datagram
+    // path comes up beside the first connection a moment later).
+    if !setup.relayed && !setup.streams_only {
+        lab.wait_data_path("a", "b", "datagram", Duration::from_secs(30))?;
+        lab.wait_data_path("b", "a", "datagram", Duration::from_secs(30))?;
+    }
     if setup.relayed {
         let path = lab.path_kind("a", "b")?;
         if path.as_deref() != Some("relayed") {
