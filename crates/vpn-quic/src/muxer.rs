@@ -30,15 +30,6 @@ impl QuicMuxer {
     }
 }
 
-impl Drop for QuicMuxer {
-    /// The swarm is done with the connection: it closes, also when the swarm dropped it
-    /// without closing it first. The tasks that read and probe its datagrams hold handles on
-    /// it, which would otherwise keep it open (QUIC keep-alives and all) for good.
-    fn drop(&mut self) {
-        self.conn.close(0u32.into(), &[]);
-    }
-}
-
 /// Polls the stream-opening future in `slot`, starting it with `start` when empty.
 fn poll_opening(
     slot: &mut Option<Opening>,

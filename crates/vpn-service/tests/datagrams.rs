@@ -88,7 +88,7 @@ async fn members_send_datagrams_and_a_strangers_are_never_read() {
     let opts = DialOpts { role: Endpoint::Dialer, port_use: PortUse::New };
     // A dial with no listener leaves from a client endpoint of its own: nothing to drive.
     let dial = transport.dial(quic_addr(&a).await, opts).unwrap();
-    let (peer, muxer) = dial.await.unwrap();
+    let (peer, _muxer) = dial.await.unwrap();
     assert_eq!(peer, a.node.local_peer_id());
     let link = links.of(&peer).pop().unwrap();
     let received = a.node.metrics().packets_received;
@@ -99,11 +99,6 @@ async fn members_send_datagrams_and_a_strangers_are_never_read() {
     crosses_as_datagram(&b, &mut a, "100.64.0.2", "100.64.0.1").await;
     assert_eq!(a.node.metrics().packets_received, received + 1);
     assert!(a.os.try_written().is_none());
-    // Dropping the muxer (as the swarm does with a connection it is done with) closes the
-    // connection: what reads or probes its link sees it end.
-    drop(muxer);
-    let ended = tokio::time::timeout(Duration::from_secs(5), link.recv()).await;
-    assert!(matches!(ended, Ok(Err(_))), "the link ended with its muxer");
 
     // A reload removes B: what B still sends as datagrams is dropped as not_member, and B is
     // cut off.

@@ -205,6 +205,22 @@ async fn lab() -> (Shared, Member, mpsc::UnboundedReceiver<TunPacket>) {
             tokio::spawn(async move { while link.recv().await.is_ok() {} });
         }
     });
+    // The attacker is a proven member of the victim's network before any attack: connected,
+    // with the victim in its routing table (where its DHT offers go).
+    let ready = async {
+        loop {
+            let handle = attacker.handle();
+            let connected = handle.connected_peers().await.unwrap_or_default();
+            let table = handle.routing_table().await.unwrap_or_default();
+            if connected.contains(&victim_id) && table.contains(&victim_id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), ready).await.is_err() {
+        panic!("the attacker never got the victim into its routing table");
+    }
     let shared = Shared { victim, member, attacker, attacker_key, victim_id, attacker_links };
     let mut member = Member { os: member_os, arrived: from_member, sent: 0 };
     member.delivers(3).await;
@@ -529,7 +545,12 @@ async fn ten_thousand_stream_opens_get_the_peers_budget_of_streams() {
         .under_attack(async {
             let mut held = Vec::new();
             let mut opened = 0u64;
+            // Bounded: opens that hang (no connection to open them on) end the attack.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             for _ in 0..10_000 {
+                if tokio::time::Instant::now() > deadline {
+                    break;
+                }
                 // Opens beyond what the connection allows fail at once: count what opened.
                 if let Ok(Ok(stream)) = tokio::time::timeout(
                     Duration::from_secs(5),
