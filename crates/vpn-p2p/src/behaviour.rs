@@ -48,6 +48,8 @@ pub(crate) struct Members {
     pub(crate) autonat: Toggle<autonat::v2::client::Behaviour>,
     /// Testing others' addresses for them.
     pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Connections kept while their peer's packets go as datagrams.
+    pub(crate) in_use: crate::in_use::DatagramsInUse,
 }
 
 /// The relay's limits: members' tunnels run for days and carry gigabytes, so the circuit
@@ -137,6 +139,10 @@ impl Behaviour {
                 crate::punch::UdpFirst::new(dcutr::Behaviour::new(peer), config.datagrams)
             })),
             autonat: Toggle::from(reach.autonat.then(autonat::v2::client::Behaviour::default)),
+            in_use: crate::in_use::DatagramsInUse::new(
+                config.links.clone(),
+                config.idle_connection_timeout,
+            ),
             autonat_server: Toggle::from(
                 reach.autonat.then(autonat::v2::server::Behaviour::default),
             ),

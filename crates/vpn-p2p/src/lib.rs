@@ -21,6 +21,7 @@ mod datagram;
 mod error;
 mod exchange;
 mod gate;
+mod in_use;
 mod node;
 mod prefer;
 mod punch;

@@ -51,8 +51,26 @@ struct Probe {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last PONG, plus one (0: none yet).
     last_pong: AtomicU64,
+    /// Milliseconds since `epoch` when the link last carried packets (probes aside),
+    /// plus one (0: never).
+    last_packet: AtomicU64,
     nonce: AtomicU64,
     open: AtomicBool,
+}
+
+impl Probe {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn stamp(&self, at: &AtomicU64) {
+        at.store(self.now() + 1, Ordering::Release);
+    }
+
+    fn since(&self, at: &AtomicU64) -> Option<Duration> {
+        let last = at.load(Ordering::Acquire).checked_sub(1)?;
+        Some(Duration::from_millis(self.now().saturating_sub(last)))
+    }
 }
 
 /// One QUIC connection's datagrams, to a peer proven by its TLS certificate. Cheap to clone.
@@ -78,6 +96,7 @@ impl DatagramLink {
         let probe = Probe {
             epoch: Instant::now(),
             last_pong: AtomicU64::new(0),
+            last_packet: AtomicU64::new(0),
             nonce: AtomicU64::new(fastrand::u64(..)),
             open: AtomicBool::new(false),
         };
@@ -106,9 +125,17 @@ impl DatagramLink {
 
     /// How long since the peer last answered a probe (`None`: never).
     pub fn since_pong(&self) -> Option<Duration> {
-        let last = self.probe.last_pong.load(Ordering::Acquire).checked_sub(1)?;
-        let now = self.probe.epoch.elapsed().as_millis() as u64;
-        Some(Duration::from_millis(now.saturating_sub(last)))
+        self.probe.since(&self.probe.last_pong)
+    }
+
+    /// How long since the link last carried packets either way (`None`: never).
+    pub fn since_packet(&self) -> Option<Duration> {
+        self.probe.since(&self.probe.last_packet)
+    }
+
+    /// Notes that packets went over the link now (the sender calls it once per batch).
+    pub fn note_packets(&self) {
+        self.probe.stamp(&self.probe.last_packet);
     }
 
     /// Whether packets go over this link now: open, and the peer answered a probe lately.
@@ -143,6 +170,8 @@ impl DatagramLink {
         loop {
             let datagram = self.conn.read_datagram().await.map_err(|_| SendError::Closed)?;
             if let Some(incoming) = self.take(datagram) {
+                // Once per wake-up: the batch read after it with `try_recv` is as recent.
+                self.note_packets();
                 return Ok(incoming);
             }
         }
@@ -171,8 +200,7 @@ impl DatagramLink {
                 None
             }
             Ok(Datagram::Pong(_)) => {
-                let now = self.probe.epoch.elapsed().as_millis() as u64;
-                self.probe.last_pong.store(now + 1, Ordering::Release);
+                self.probe.stamp(&self.probe.last_pong);
                 None
             }
             Err(e) => Some(Incoming::Malformed(e)),
@@ -286,6 +314,14 @@ impl Links {
         table.links.get(peer)?.iter().find(|l| l.is_up()).cloned()
     }
 
+    /// Whether a link to `peer` carried packets within `within`: the connections to a
+    /// peer whose traffic goes as datagrams are in use though no stream is open on them.
+    pub fn carried_within(&self, peer: &PeerId, within: Duration) -> bool {
+        let table = self.lock();
+        let links = table.links.get(peer).into_iter().flatten();
+        links.filter_map(DatagramLink::since_packet).any(|since| since < within)
+    }
+
     /// Every link to `peer`.
     pub fn of(&self, peer: &PeerId) -> Vec<DatagramLink> {
         self.lock().links.get(peer).cloned().unwrap_or_default()
@@ -303,7 +339,9 @@ impl Links {
     }
 }
 
-/// A connection's place in [`Links`], given up when the swarm drops the connection.
+/// A connection's place in [`Links`], given up when the swarm drops the connection. The
+/// connection is closed then too: the link's reader and prober hold handles on it, and
+/// would otherwise keep a connection the swarm gave up open (and answering) for good.
 pub(crate) struct Registration {
     links: Links,
     peer: PeerId,
@@ -314,6 +352,9 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut table = self.links.lock();
         if let Some(links) = table.links.get_mut(&self.peer) {
+            for link in links.iter().filter(|l| l.conn.stable_id() == self.id) {
+                link.conn.close(0u32.into(), b"");
+            }
             links.retain(|l| l.conn.stable_id() != self.id);
             if links.is_empty() {
                 table.links.remove(&self.peer);

@@ -52,6 +52,7 @@ impl DatagramPath for LinkPath {
     }
 
     async fn send(&self, packets: &[Bytes]) -> Result<usize, VpnError> {
+        self.0.note_packets();
         for (sent, packet) in packets.iter().enumerate() {
             match self.0.send(packet.clone()).await {
                 Ok(()) => {}

@@ -254,9 +254,14 @@ impl VpnNode {
         &self,
         peer: &PeerId,
     ) -> Option<(std::net::SocketAddr, std::time::Duration)> {
-        let parts = self.parts.lock().await;
-        let link = parts.as_ref()?.links.as_ref()?.best(peer)?;
+        let link = self.datagram_link(peer).await?;
         Some((link.remote_address(), link.rtt()))
+    }
+
+    /// The datagram link packets to `peer` take now, if one is up.
+    pub async fn datagram_link(&self, peer: &PeerId) -> Option<vpn_quic::DatagramLink> {
+        let parts = self.parts.lock().await;
+        parts.as_ref()?.links.as_ref()?.best(peer)
     }
 
     /// What this node asked of the DHT (zero when not started).

@@ -37,11 +37,19 @@ async fn quic_addr(member: &Member) -> Multiaddr {
 
 /// Two members, 100.64.0.1 and 100.64.0.2; B dials A over TCP.
 async fn two_members() -> (Member, Member) {
+    two_members_with("", "").await
+}
+
+/// [`two_members`], with `network` added to both configurations' `[network]` table and
+/// `tables` after it.
+async fn two_members_with(network: &str, tables: &str) -> (Member, Member) {
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let text = config("100.64.0.1", None, &[&kb]);
+    let with =
+        |text: String| text.replace("[network]\n", &format!("[network]\n{network}\n")) + tables;
+    let text = with(config("100.64.0.1", None, &[&kb]));
     let a = start(&ka, vpn_config::load_str(&text, []).unwrap()).await;
     let boot = tcp_bootstrap(&a).await;
-    let text = config("100.64.0.2", Some(&boot), &[&ka]);
+    let text = with(config("100.64.0.2", Some(&boot), &[&ka]));
     let b = start(&kb, vpn_config::load_str(&text, []).unwrap()).await;
     (a, b)
 }
@@ -161,4 +169,36 @@ async fn a_packet_too_big_for_the_path_is_answered_or_takes_a_stream() {
     assert_eq!(out.as_ref(), may_fragment.as_slice());
     // And the path stays: the next ping crosses as a datagram again.
     crosses_as_datagram(&a, &mut b, "100.64.0.1", "100.64.0.2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_carrying_datagrams_outlives_the_idle_timeout() {
+    // Connections with no open stream close after 1 s of it here, and a stream that carried
+    // no packet for 1 s is closed; datagrams open no stream.
+    let (a, mut b) = two_members_with(
+        "idle_connection_timeout = \"1s\"",
+        "[stream_pool]\nstream_idle_timeout = \"1s\"\n[relay]\nreservations = 0\n",
+    )
+    .await;
+    crosses_as_datagram(&a, &mut b, "100.64.0.1", "100.64.0.2").await;
+    let link = a.node.datagram_link(&b.node.local_peer_id()).await.unwrap();
+
+    // A ping every 100 ms for fifteen idle timeouts: the connection carrying them stays
+    // open, and they all cross as datagrams.
+    let before = b.node.metrics();
+    const PINGS: u16 = 150;
+    let mut crossed = 0u64;
+    for seq in 0..PINGS {
+        a.os.inject(ping("100.64.0.1", "100.64.0.2", 1000 + seq)).await;
+        let out = tokio::time::timeout(Duration::from_secs(1), b.os.next_written()).await;
+        crossed += u64::from(out.is_ok());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = b.node.metrics();
+    let datagrams = after.datagrams_received - before.datagrams_received;
+    let streamed = (after.packets_received - before.packets_received) - datagrams;
+    assert_eq!(streamed, 0, "no ping took a stream");
+    assert_eq!(datagrams, crossed);
+    assert!(crossed >= u64::from(PINGS) * 9 / 10, "{crossed} of {PINGS} pings crossed");
+    assert!(link.is_open(), "the connection that carried the first ping carried them all");
 }

@@ -659,10 +659,14 @@ fn record_of(key: &Keypair, nets: &[&str]) -> Vec<u8> {
 /// Offers `value` under `key` to the DHT from the attacker (the victim is the only other
 /// node it knows, so the victim is asked to store it).
 async fn offer(lab: &Shared, key: Vec<u8>, value: Vec<u8>) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(20),
-        lab.attacker.handle().put_record(key, value, Duration::from_secs(600)),
-    )
+    // A PUT that fails outright (its connection was just closed: each side may close one of
+    // two connections to the other) is sent again.
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        let ttl = Duration::from_secs(600);
+        while lab.attacker.handle().put_record(key.clone(), value.clone(), ttl).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
     .await;
 }
 
