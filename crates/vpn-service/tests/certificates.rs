@@ -1,7 +1,7 @@
 //! Membership by certificate on real swarms over 127.0.0.1 with in-memory TUN devices:
 //! members that list no peer ID, only the CA and one bootstrap address, reach each other
-//! through the DHT; a stranger, an expired member and a revoked one are refused; a member
-//! holds only what its certificate says.
+//! through the DHT; a stranger, an expired member and a revoked one are refused (a revoked
+//! one on the datagram path too); a member holds only what its certificate says.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Member, ping, reaches, start, until};
+use common::{Member, crosses_as_datagram, ping, reaches, start, until};
 use vpn_api::{IpNet, VpnService};
 use vpn_discovery::unix_now;
 use vpn_p2p::{Keypair, Multiaddr};
@@ -59,9 +59,19 @@ fn config(
     bootstrap: Option<&Multiaddr>,
     extra: &str,
 ) -> vpn_config::VpnConfig {
-    let mut text = format!(
-        "[node]\naddress = \"{address}/10\"\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n"
-    );
+    config_on("\"/ip4/127.0.0.1/tcp/0\"", address, ca, cert, bootstrap, extra)
+}
+
+/// [`config`], listening on `listen` (a TOML list's items).
+fn config_on(
+    listen: &str,
+    address: &str,
+    ca: &Keypair,
+    cert: &str,
+    bootstrap: Option<&Multiaddr>,
+    extra: &str,
+) -> vpn_config::VpnConfig {
+    let mut text = format!("[node]\naddress = \"{address}/10\"\n[network]\nlisten = [{listen}]\n");
     if let Some(addr) = bootstrap {
         text.push_str(&format!("bootstrap = [\"{addr}\"]\n"));
     }
@@ -187,6 +197,57 @@ async fn members_by_certificate_find_each_other_and_outsiders_are_refused() {
     // The members go on.
     reaches(&b, &mut c, ping("100.64.0.2", "100.64.0.3", 6)).await;
     for member in [a, b, c, x, stranger, r] {
+        member.node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_member_is_cut_off_on_the_datagram_path_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Keypair::generate_ed25519();
+    let now = unix_now();
+    let (ka, kr) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let cert = |key, address| certify(dir.path(), &ca, key, &[address], now - 10, 3600);
+    let listen = "\"/ip4/127.0.0.1/tcp/0\", \"/ip4/127.0.0.1/udp/0/quic-v1\"";
+    let a_cert = cert(&ka, "100.64.0.1");
+    let mut a = start(&ka, config_on(listen, "100.64.0.1", &ca, &a_cert, None, "")).await;
+    let addrs = a.node.listen_addrs().await;
+    let boot = addrs.into_iter().find(|a| a.to_string().contains("/tcp/")).unwrap();
+    let r_cert = cert(&kr, "100.64.0.8");
+    let r = start(&kr, config_on(listen, "100.64.0.8", &ca, &r_cert, Some(&boot), "")).await;
+    crosses_as_datagram(&r, &mut a, "100.64.0.8", "100.64.0.1").await;
+
+    // A reload gives A a revocation list naming R: from then on nothing of R's gets in, its
+    // datagram link carries nothing, and its connections (the QUIC one too) are closed.
+    let r_peer = kr.public().to_peer_id();
+    let list = RevocationList {
+        issued_unix: now,
+        revoked: vec![Revoked { peer_id: r_peer, before_unix: now + 1 }],
+    };
+    let list_path = dir.path().join("revoked.crl");
+    std::fs::write(&list_path, list.sign(&ca).unwrap()).unwrap();
+    let revocations = format!("revocations = \"{}\"\n", list_path.display());
+    let with_list = config_on(listen, "100.64.0.1", &ca, &a_cert, None, &revocations);
+    let applied = a.node.reload(with_list).await.unwrap();
+    assert!(applied.iter().any(|s| s.starts_with("membership.revocations")), "{applied:?}");
+    let received = a.node.metrics().packets_received;
+    while a.os.try_written().is_some() {}
+    let cut = async {
+        for seq in 100.. {
+            r.os.inject(ping("100.64.0.8", "100.64.0.1", seq)).await;
+            let link = a.node.datagram_link(&r_peer).await;
+            if link.is_none() && !a.node.connected_peers().await.contains(&r_peer) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), cut).await.expect("A cut R off");
+    r.os.inject(ping("100.64.0.8", "100.64.0.1", 1)).await;
+    let got = tokio::time::timeout(Duration::from_secs(2), a.os.next_written()).await;
+    assert!(got.is_err(), "a revoked member's packet reached A: {got:?}");
+    assert_eq!(a.node.metrics().packets_received, received, "nothing of R's got in");
+    for member in [a, r] {
         member.node.stop().await.unwrap();
     }
 }

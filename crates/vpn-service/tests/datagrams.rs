@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Member, ping, start};
+use common::{Member, crosses_as_datagram, ping, start};
 use libp2p::Transport;
 use libp2p::core::Endpoint;
 use libp2p::core::transport::{DialOpts, PortUse};
@@ -52,28 +52,6 @@ async fn two_members_with(network: &str, tables: &str) -> (Member, Member) {
     let text = with(config("100.64.0.2", Some(&boot), &[&ka]));
     let b = start(&kb, vpn_config::load_str(&text, []).unwrap()).await;
     (a, b)
-}
-
-/// Injects pings from `from` until one comes out of `to` having crossed as a datagram (a
-/// ping may be lost, as on any network, or cross on a stream while the datagram path comes
-/// up; what comes out is only ever a ping that went in).
-async fn crosses_as_datagram(from: &Member, to: &mut Member, src: &str, dst: &str) {
-    for seq in 0..100 {
-        let before = to.node.metrics().datagrams_received;
-        let packet = ping(src, dst, seq);
-        from.os.inject(packet.clone()).await;
-        let wait = tokio::time::timeout(Duration::from_secs(2), to.os.next_written()).await;
-        if let Ok(out) = wait {
-            let out = out.unwrap().data;
-            let sent: Vec<_> = (0..=seq).map(|s| ping(src, dst, s)).collect();
-            assert!(sent.contains(&out), "only pings that were sent come out");
-            if out == packet && to.node.metrics().datagrams_received > before {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no packet crossed as a datagram");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

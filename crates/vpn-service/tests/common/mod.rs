@@ -83,3 +83,25 @@ pub async fn until(what: &str, done: impl Fn() -> bool) {
         .await
         .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
+
+/// Injects pings from `from` until one comes out of `to` having crossed as a datagram (a
+/// ping may be lost, as on any network, or cross on a stream while the datagram path comes
+/// up; what comes out is only ever a ping that went in).
+pub async fn crosses_as_datagram(from: &Member, to: &mut Member, src: &str, dst: &str) {
+    for seq in 0..100 {
+        let before = to.node.metrics().datagrams_received;
+        let packet = ping(src, dst, seq);
+        from.os.inject(packet.clone()).await;
+        let wait = tokio::time::timeout(Duration::from_secs(2), to.os.next_written()).await;
+        if let Ok(out) = wait {
+            let out = out.unwrap().data;
+            let sent: Vec<_> = (0..=seq).map(|s| ping(src, dst, s)).collect();
+            assert!(sent.contains(&out), "only pings that were sent come out");
+            if out == packet && to.node.metrics().datagrams_received > before {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no packet crossed as a datagram");
+}
