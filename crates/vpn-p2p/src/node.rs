@@ -16,6 +16,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use vpn_types::PeerText;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, MembersEvent};
 use crate::exchange::Verdict;
@@ -830,6 +831,8 @@ impl EventLoop {
                         Verdict::Accepted
                     }
                     Err(why) => {
+                        // Our own words; what they quote of the peer's certificate was
+                        // escaped and cut where it was read (vpn-wire).
                         if let Some(held_back) = self.warnings.admit(peer) {
                             tracing::warn!(%peer, held_back, "refused a peer that is no member: {why}");
                         }
@@ -849,6 +852,8 @@ impl EventLoop {
                         }
                     }
                     Verdict::Refused(why) => {
+                        // The peer's own words: escaped and cut before anything shows them.
+                        let why = PeerText(&why);
                         let error = P2pError::Dial(format!("{peer} does not take us: {why}"));
                         self.answer_dials(peer, Err(error));
                         if let Some(held_back) = self.warnings.admit(peer) {
@@ -1370,6 +1375,7 @@ impl EventLoop {
                 if let Err(why) = stored
                     && let Some(held_back) = self.warnings.admit(source)
                 {
+                    let why = PeerText(&why);
                     tracing::warn!(peer = %source, held_back, "refused a DHT record: {why}");
                 }
             }

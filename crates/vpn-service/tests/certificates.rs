@@ -8,48 +8,17 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Member, crosses_as_datagram, ping, reaches, start, until};
-use vpn_api::{IpNet, VpnService};
+use common::{Member, certify, crosses_as_datagram, hex, ping, reaches, start, until};
+use vpn_api::VpnService;
 use vpn_discovery::unix_now;
 use vpn_p2p::{Keypair, Multiaddr};
 use vpn_service::VpnNode;
 use vpn_testutil::MemoryTun;
 use vpn_types::{DropReason, PeerRefusal};
-use vpn_wire::{Certificate, RevocationList, Revoked};
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes a certificate for `key` holding `addresses`, valid from `from` for `secs`.
-fn certify(
-    dir: &Path,
-    ca: &Keypair,
-    key: &Keypair,
-    addresses: &[&str],
-    from: u64,
-    secs: u64,
-) -> String {
-    let peer_id = key.public().to_peer_id();
-    let cert = Certificate {
-        peer_id,
-        addresses: addresses
-            .iter()
-            .map(|a| IpNet::from(a.parse::<std::net::IpAddr>().unwrap()))
-            .collect(),
-        routes: Vec::new(),
-        name: String::new(),
-        not_before_unix: from,
-        not_after_unix: from + secs,
-    };
-    let path = dir.join(format!("{peer_id}.crt"));
-    std::fs::write(&path, cert.sign(ca).unwrap()).unwrap();
-    path.display().to_string()
-}
+use vpn_wire::{RevocationList, Revoked};
 
 /// A member's configuration: the CA, its certificate, one bootstrap address and nothing else.
 fn config(

@@ -34,7 +34,7 @@ pub use drop::{Budget, DropReason, PeerRefusal};
 pub use offload::{GsoInfo, GsoType};
 pub use packet::{FlowKey, PacketInfo};
 pub use packet_error::PacketError;
-pub use warn::WarnGate;
+pub use warn::{PeerText, WarnGate};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -65,7 +65,7 @@ pub enum CertError {
     #[error("certificate peer_id is not a valid peer ID")]
     BadPeerId,
     /// An address or route is not canonical text of an address or prefix.
-    #[error("certificate names a bad address or prefix {0:?}")]
+    #[error("certificate names a bad address or prefix \"{0}\"")]
     BadAddress(String),
     /// Too many addresses or routes, or too long a name.
     #[error("certificate is too large: {0}")]
@@ -138,6 +138,25 @@ pub(crate) fn unseal(
     Ok((payload.to_vec(), signer.clone()))
 }
 
+/// The envelope's part naming its signer; the rest is skipped.
+#[derive(Clone, PartialEq, Message)]
+struct NamedSigner {
+    #[prost(bytes = "vec", tag = "1")]
+    public_key: Vec<u8>,
+}
+
+/// Refuses `bytes` at once when the envelope names a signer outside `trusted`, before any
+/// signature is checked: a stranger's made-up certificates cost a decode each, not a
+/// signature check. Envelopes that do not decode go on to [`unseal`], which says why.
+pub(crate) fn untrusted_signer(bytes: &[u8], trusted: &[PublicKey]) -> Result<(), CertError> {
+    let named = NamedSigner::decode(bytes).ok();
+    let key = named.and_then(|n| PublicKey::try_decode_protobuf(&n.public_key).ok());
+    match key {
+        Some(key) if !trusted.contains(&key) => Err(CertError::UntrustedIssuer),
+        _ => Ok(()),
+    }
+}
+
 /// What a network CA certifies about one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {
@@ -204,7 +223,10 @@ impl Certificate {
         let nets = |texts: &[String]| -> Result<Vec<IpNet>, CertError> {
             texts
                 .iter()
-                .map(|t| net_from_text(t).map_err(|_| CertError::BadAddress(t.clone())))
+                .map(|t| {
+                    net_from_text(t)
+                        .map_err(|_| CertError::BadAddress(vpn_types::PeerText(t).to_string()))
+                })
                 .collect()
         };
         let cert = Self {
@@ -238,6 +260,9 @@ impl Certificate {
         trusted: &[PublicKey],
         now_unix: u64,
     ) -> Result<(Self, PublicKey), CertError> {
+        if bytes.len() <= MAX_CERT_BYTES {
+            untrusted_signer(bytes, trusted)?;
+        }
         let (cert, issuer) = Self::open(bytes)?;
         if !trusted.contains(&issuer) {
             return Err(CertError::UntrustedIssuer);
@@ -303,7 +328,11 @@ mod tests {
         let verify = |bytes: &[u8], peer: &PeerId, now| {
             Certificate::verify(bytes, peer, &[other_ca.public(), ca.public()], now)
         };
-        let forged = cert(peer).sign(&Keypair::generate_ed25519()).unwrap();
+        let mut forged = cert(peer).sign(&Keypair::generate_ed25519()).unwrap();
+        assert_eq!(verify(&forged, &peer, NOW), Err(CertError::UntrustedIssuer));
+        // The issuer is asked first: a broken signature by a stranger is not even checked.
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
         assert_eq!(verify(&forged, &peer, NOW), Err(CertError::UntrustedIssuer));
         let stranger = PeerId::random();
         let presented = verify(&bytes, &stranger, NOW);
@@ -330,6 +359,25 @@ mod tests {
         let mut named = cert(peer);
         named.name = "x".repeat(65);
         assert!(matches!(named.sign(&ca), Err(CertError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_bad_address_is_told_escaped_and_cut() {
+        let (ca, peer) = (Keypair::generate_ed25519(), PeerId::random());
+        let proto = CertificateProto {
+            version: CERT_VERSION,
+            peer_id: peer.to_bytes(),
+            addresses: vec![format!("1.2.3.4\nWARN forged{}", "x".repeat(1500))],
+            routes: Vec::new(),
+            name: String::new(),
+            not_before_unix: NOW - DAY,
+            not_after_unix: NOW + DAY,
+        };
+        let envelope = seal(&ca, CERT_DOMAIN, CERT_PAYLOAD_TYPE, proto.encode_to_vec()).unwrap();
+        let error = Certificate::verify(&envelope, &peer, &[ca.public()], NOW).unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, CertError::BadAddress(_)), "{text}");
+        assert!(!text.contains('\n') && text.len() < 300, "{text}");
     }
 
     #[test]

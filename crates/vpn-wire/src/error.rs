@@ -87,8 +87,9 @@ pub enum RecordError {
         /// The peer the record names.
         claimed: PeerId,
     },
-    /// An address in the record cannot be parsed or is not canonical.
-    #[error("record address {0:?} is not an address or prefix in canonical form")]
+    /// An address in the record cannot be parsed or is not canonical (its text as a log
+    /// may show it: escaped and cut, see `vpn_types::PeerText`).
+    #[error("record address \"{0}\" is not an address or prefix in canonical form")]
     BadAddress(String),
     /// The record has expired.
     #[error("record expired at {expires_unix} (now {now_unix})")]

@@ -65,7 +65,7 @@ pub(crate) fn net_to_text(net: &IpNet) -> String {
 
 /// Parses canonical text; anything that would print differently is refused.
 pub(crate) fn net_from_text(text: &str) -> Result<IpNet, RecordError> {
-    let bad = || RecordError::BadAddress(text.to_owned());
+    let bad = || RecordError::BadAddress(vpn_types::PeerText(text).to_string());
     let net = if text.contains('/') {
         let net: IpNet = text.parse().map_err(|_| bad())?;
         if net.trunc() != net {

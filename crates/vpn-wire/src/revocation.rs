@@ -120,6 +120,7 @@ impl RevocationList {
 
     /// Opens `bytes` and requires the issuer to be one of `trusted`.
     pub fn verify(bytes: &[u8], trusted: &[PublicKey]) -> Result<(Self, PublicKey), CertError> {
+        crate::cert::untrusted_signer(bytes, trusted)?;
         let (list, issuer) = Self::open(bytes)?;
         if !trusted.contains(&issuer) {
             return Err(CertError::UntrustedIssuer);

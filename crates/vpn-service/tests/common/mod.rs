@@ -105,3 +105,33 @@ pub async fn crosses_as_datagram(from: &Member, to: &mut Member, src: &str, dst:
     }
     panic!("no packet crossed as a datagram");
 }
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a certificate for `key` holding `addresses`, valid from `from` for `secs`.
+pub fn certify(
+    dir: &std::path::Path,
+    ca: &Keypair,
+    key: &Keypair,
+    addresses: &[&str],
+    from: u64,
+    secs: u64,
+) -> String {
+    let peer_id = key.public().to_peer_id();
+    let cert = vpn_wire::Certificate {
+        peer_id,
+        addresses: addresses
+            .iter()
+            .map(|a| vpn_api::IpNet::from(a.parse::<std::net::IpAddr>().unwrap()))
+            .collect(),
+        routes: Vec::new(),
+        name: String::new(),
+        not_before_unix: from,
+        not_after_unix: from + secs,
+    };
+    let path = dir.join(format!("{peer_id}.crt"));
+    std::fs::write(&path, cert.sign(ca).unwrap()).unwrap();
+    path.display().to_string()
+}
