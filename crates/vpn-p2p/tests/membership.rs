@@ -280,8 +280,16 @@ async fn a_peer_over_its_connection_limit_is_held_to_it_and_keeps_its_first_conn
     let to = addr_of(&a).await;
     let mut peer = silent_swarm();
     let mut ids = Vec::new();
-    for _ in 0..3 {
+    let me = *peer.local_peer_id();
+    for n in 1..=3 {
         ids.push(connection_to(&mut peer, to.clone()).await.expect("connected"));
+        // A has taken it before the next is dialed: its order of the three is the peer's
+        // (the dialer's side is up a moment before the listener's).
+        let counted = async || {
+            let paths = a.handle().paths().await.unwrap();
+            paths.iter().any(|p| p.peer == me && p.connections >= n)
+        };
+        until("A took the connection", counted).await;
     }
     // The third is let in (it could be the peer's new first connection, come to replace
     // dead ones), then closed: the limit holds, and the older ones stay.
