@@ -297,10 +297,11 @@ impl Worker {
         let mtu = u16::try_from(max).unwrap_or(u16::MAX);
         for packet in batch.iter() {
             if datagram_size(packet) > max {
+                // Counted before the answer goes out: whoever reads the answer sees the drop.
+                metrics.record_drop(DropReason::TooLarge);
                 if let Some(reply) = vpn_utils::too_big_reply(&packet.data, mtu) {
                     path.send_back(Bytes::from(reply)).await;
                 }
-                metrics.record_drop(DropReason::TooLarge);
                 continue;
             }
             match &packet.gso {
