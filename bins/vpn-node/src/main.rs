@@ -627,7 +627,12 @@ async fn reload(config: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Serves the Prometheus text exposition to every connection on `addr`.
+/// Metrics connections served at once; one past them is closed at once.
+const METRICS_CONNECTIONS: usize = 8;
+/// A metrics connection sends its request and takes the answer within this, or is closed.
+const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the Prometheus text exposition on `addr`.
 async fn serve_metrics(addr: std::net::SocketAddr, metrics: Arc<AtomicMetrics>) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
@@ -637,31 +642,65 @@ async fn serve_metrics(addr: std::net::SocketAddr, metrics: Arc<AtomicMetrics>) 
         }
     };
     tracing::info!(%addr, "serving metrics");
-    while let Ok((mut conn, _)) = listener.accept().await {
+    if addr.ip().is_unspecified() {
+        tracing::warn!(
+            %addr,
+            "metrics are served on every address, the overlay's included: any member can \
+             read them; [metrics] listen on 127.0.0.1 (or one address) chooses who may"
+        );
+    }
+    serve_metrics_on(listener, metrics, METRICS_CONNECTIONS, METRICS_TIMEOUT).await;
+}
+
+/// Answers every connection on `listener` with the metrics: at most `most` at once (the
+/// rest are closed as they come), each within `within`, so silent or slow clients hold
+/// neither tasks nor sockets for long.
+async fn serve_metrics_on(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<AtomicMetrics>,
+    most: usize,
+    within: std::time::Duration,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(most));
+    loop {
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of descriptors, say: a moment later there may be some again.
+                tracing::debug!(error = %e, "accepting a metrics connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let mut body = metrics.render_prometheus();
         let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
         body.push_str(&format!(
             "# HELP vpn_runtime_tasks Tasks alive in the node's runtime.\n# TYPE vpn_runtime_tasks gauge\nvpn_runtime_tasks {tasks}\n"
         ));
         tokio::spawn(async move {
-            // Read the request first: closing with it unread would reset the connection
-            // and could lose the answer.
-            let mut request = [0u8; 4096];
-            let _ = conn.read(&mut request).await;
-            let head = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-            let _ = conn.shutdown().await;
+            let _slot = slot;
+            let answer = async {
+                // Read the request first: closing with it unread would reset the
+                // connection and could lose the answer.
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            };
+            let _ = tokio::time::timeout(within, answer).await;
         });
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Cli, hint, ping_text, report};
+    use super::{Cli, hint, ping_text, report, serve_metrics_on};
     use clap::CommandFactory;
     use std::io;
     use vpn_errors::{ServiceError, ServiceErrorKind, VpnError};
@@ -725,5 +764,43 @@ mod tests {
              seq 3: 1.500 ms\n\
              3 sent, 2 answered; rtt min/avg/max 0.500/1.000/1.500 ms\n"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_metrics_clients_hold_a_few_slots_for_a_moment_and_scrapes_go_on() {
+        use std::sync::Arc;
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(vpn_metrics::AtomicMetrics::new());
+        let within = Duration::from_millis(300);
+        tokio::spawn(serve_metrics_on(listener, metrics, 4, within));
+
+        // A hundred clients that never send a request: four take the slots, the rest are
+        // closed at once, and the four are closed when their time is up.
+        let mut silent = Vec::new();
+        for _ in 0..100 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let closed_by_server = |mut conn: TcpStream| async move {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await;
+            matches!(read, Ok(Ok(0) | Err(_)))
+        };
+        for conn in silent {
+            assert!(closed_by_server(conn).await, "a silent client was closed");
+        }
+
+        // Then a scrape gets its answer.
+        let mut scrape = TcpStream::connect(addr).await.unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), scrape.read_to_string(&mut answer));
+        read.await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200 OK") && answer.contains("vpn_runtime_tasks"));
     }
 }
