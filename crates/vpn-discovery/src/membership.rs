@@ -119,8 +119,8 @@ impl Membership {
 
     /// Takes a revocation list (`bytes`) from a trusted CA if it is newer than the one held;
     /// certificates it revokes stop counting at once. Returns the peers it cut off.
-    pub fn revoke(&self, bytes: &[u8]) -> Result<Vec<PeerId>, CertError> {
-        let (list, issuer) = RevocationList::verify(bytes, &self.trusted)?;
+    pub fn revoke(&self, bytes: &[u8], now_unix: u64) -> Result<Vec<PeerId>, CertError> {
+        let (list, issuer) = self.verify_list(bytes, now_unix)?;
         let key = issuer.encode_protobuf();
         let mut state = self.write();
         if state.revocations.get(&key).is_some_and(|(held, _)| held.issued_unix >= list.issued_unix)
@@ -155,13 +155,27 @@ impl Membership {
 
     /// Whether `bytes` is a revocation list from the trusted CA `ca` at least as new as
     /// the one held for it (a DHT store takes nothing else under that CA's key).
-    pub fn is_current_list(&self, ca: &PublicKey, bytes: &[u8]) -> bool {
-        let Ok((list, issuer)) = RevocationList::verify(bytes, &self.trusted) else {
+    pub fn is_current_list(&self, ca: &PublicKey, bytes: &[u8], now_unix: u64) -> bool {
+        let Ok((list, issuer)) = self.verify_list(bytes, now_unix) else {
             return false;
         };
         let state = self.read();
         let held = state.revocations.get(&ca.encode_protobuf());
         issuer == *ca && held.is_none_or(|(held, _)| list.issued_unix >= held.issued_unix)
+    }
+
+    /// A revocation list from a trusted CA, signed no later than `now_unix` (with the clock
+    /// skew allowed): a list dated ahead would outrank every list the CA signs until then.
+    fn verify_list(
+        &self,
+        bytes: &[u8],
+        now_unix: u64,
+    ) -> Result<(RevocationList, PublicKey), CertError> {
+        let (list, issuer) = RevocationList::verify(bytes, &self.trusted)?;
+        if list.issued_unix > now_unix.saturating_add(vpn_wire::MAX_CLOCK_SKEW_SECS) {
+            return Err(CertError::IssuedLater { issued_unix: list.issued_unix, now_unix });
+        }
+        Ok((list, issuer))
     }
 
     /// Peers with a certificate remembered now (valid or not).
@@ -233,16 +247,23 @@ mod tests {
             issued_unix: NOW + 10,
             revoked: vec![Revoked { peer_id: peer, before_unix: NOW + 10 }],
         };
-        assert_eq!(members.revoke(&list.sign(&ca).unwrap()).unwrap(), vec![peer]);
+        assert_eq!(members.revoke(&list.sign(&ca).unwrap(), NOW + 20).unwrap(), vec![peer]);
         assert!(!members.is_member(&peer, NOW + 20) && members.is_member(&other, NOW + 20));
         assert_eq!(members.admit(&peer, &old, NOW + 20), Err(CertError::Revoked));
         // An older list changes nothing.
         let older = RevocationList { issued_unix: NOW, revoked: Vec::new() };
-        assert!(members.revoke(&older.sign(&ca).unwrap()).unwrap().is_empty());
+        assert!(members.revoke(&older.sign(&ca).unwrap(), NOW + 20).unwrap().is_empty());
         assert_eq!(members.admit(&peer, &old, NOW + 20), Err(CertError::Revoked));
         // A list from a CA not trusted is refused.
         let stranger = Keypair::generate_ed25519();
-        assert_eq!(members.revoke(&list.sign(&stranger).unwrap()), Err(CertError::UntrustedIssuer));
+        let untrusted = members.revoke(&list.sign(&stranger).unwrap(), NOW + 20);
+        assert_eq!(untrusted, Err(CertError::UntrustedIssuer));
+        // A list dated ahead of the clock is refused: held, it would outrank the CA's next.
+        let ahead = RevocationList { issued_unix: NOW + 3600, revoked: Vec::new() };
+        let refused = members.revoke(&ahead.sign(&ca).unwrap(), NOW + 20);
+        assert!(matches!(refused, Err(CertError::IssuedLater { .. })), "{refused:?}");
+        assert!(!members.is_current_list(&ca.public(), &ahead.sign(&ca).unwrap(), NOW + 20));
+        assert!(members.revoke(&ahead.sign(&ca).unwrap(), NOW + 3600).is_ok(), "in its time");
         // Re-issued after the revocation, it counts again.
         members.admit(&peer, &signed(&ca, peer, "100.64.0.5/32", NOW + 30), NOW + 40).unwrap();
         assert!(members.is_member(&peer, NOW + 40));

@@ -29,15 +29,21 @@ pub fn create_identity(path: &Path) -> Result<Keypair, VpnError> {
     Ok(keypair)
 }
 
+/// Why the secret in `path` may not be used: others can read or write the file, so it is
+/// no secret, or they could swap it (`None` when only its owner can).
+pub(crate) fn shared_secret_file(path: &Path) -> Result<Option<String>, io::Error> {
+    let mode = fs::metadata(path)?.permissions().mode();
+    Ok((mode & 0o077 != 0).then(|| {
+        format!("can be read or written by others (mode {:o}); run `chmod 600` on it", mode & 0o777)
+    }))
+}
+
 /// Reads the identity at `path`. A key file others can read is refused.
 pub fn load_identity(path: &Path) -> Result<Keypair, VpnError> {
-    let meta = fs::metadata(path).map_err(|e| io_error("read identity file", path, e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(VpnError::Other {
-            context: "read identity file",
-            source: format!("{} is readable by others; run `chmod 600` on it", path.display())
-                .into(),
-        });
+    let shared = shared_secret_file(path).map_err(|e| io_error("read identity file", path, e))?;
+    if let Some(why) = shared {
+        let source = format!("{} {why}", path.display()).into();
+        return Err(VpnError::Other { context: "read identity file", source });
     }
     let bytes = fs::read(path).map_err(|e| io_error("read identity file", path, e))?;
     Keypair::from_protobuf_encoding(&bytes).map_err(|e| VpnError::Other {
@@ -68,6 +74,19 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(load_identity(&path).unwrap_err().to_string().contains("not an identity key"));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(load_identity(&path).unwrap_err().to_string().contains("readable by others"));
+        let shared = load_identity(&path).unwrap_err().to_string();
+        assert!(shared.contains("read or written by others (mode 644)"), "{shared}");
+    }
+
+    #[test]
+    fn a_pre_shared_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("swarm.key");
+        fs::write(&path, format!("{}\n", vpn_p2p::PreSharedKey::new([7; 32]))).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(crate::membership::load_psk(&path).is_ok());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let shared = crate::membership::load_psk(&path).unwrap_err().to_string();
+        assert!(shared.contains("network.psk_file") && shared.contains("mode 640"), "{shared}");
     }
 }

@@ -62,7 +62,7 @@ pub(crate) fn load(
     let membership = Membership::new(trusted, own);
     if let Some(path) = &settings.revocations {
         let bytes = read("membership.revocations", path)?;
-        membership.revoke(&bytes).map_err(|e| {
+        membership.revoke(&bytes, unix_now()).map_err(|e| {
             config_error(
                 "membership.revocations",
                 path.display(),
@@ -75,6 +75,13 @@ pub(crate) fn load(
 
 /// The pre-shared key in `path` (the libp2p `swarm.key` format).
 pub(crate) fn load_psk(path: &Path) -> Result<vpn_p2p::PreSharedKey, VpnError> {
+    // As for the identity: a key others can read is no secret.
+    let shared = crate::identity::shared_secret_file(path).map_err(|e| {
+        config_error("network.psk_file", path.display(), format!("cannot be read: {e}"))
+    })?;
+    if let Some(why) = shared {
+        return Err(config_error("network.psk_file", path.display(), why));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         config_error("network.psk_file", path.display(), format!("cannot be read: {e}"))
     })?;

@@ -411,7 +411,7 @@ impl VpnNode {
         if let Some(bytes) = revocations
             && let Some(membership) = parts.registry.as_ref().and_then(|r| r.membership())
         {
-            match membership.revoke(&bytes) {
+            match membership.revoke(&bytes, vpn_discovery::unix_now()) {
                 Ok(cut) => {
                     if !cut.is_empty() {
                         tracing::info!(peers = ?cut, "revoked members cut off");

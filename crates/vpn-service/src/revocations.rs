@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vpn_api::DhtRecords;
-use vpn_discovery::Membership;
+use vpn_discovery::{Membership, unix_now};
 use vpn_p2p::P2pHandle;
 use vpn_wire::{REVOCATION_KEY_PREFIX, RevocationList, revocation_key};
 
@@ -27,7 +27,7 @@ pub(crate) fn store_allows(
         stored.and_then(|old| RevocationList::open(old).ok()).is_some_and(|(old, _)| {
             RevocationList::open(value).is_ok_and(|(new, _)| new.issued_unix < old.issued_unix)
         });
-    membership.is_current_list(ca, value) && !older_than_stored
+    membership.is_current_list(ca, value, unix_now()) && !older_than_stored
 }
 
 /// Whether `key` is a revocation list's.
@@ -50,7 +50,7 @@ pub(crate) async fn share(
             let key = revocation_key(&ca);
             let found = tokio::time::timeout(every, DhtRecords::get_records(&p2p, key)).await;
             for value in found.ok().and_then(Result::ok).unwrap_or_default() {
-                match membership.revoke(&value) {
+                match membership.revoke(&value, unix_now()) {
                     Ok(cut) if !cut.is_empty() => {
                         tracing::info!(peers = ?cut, "a revocation list from the DHT cut members off");
                         for peer in cut {

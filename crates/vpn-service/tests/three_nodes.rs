@@ -216,9 +216,9 @@ async fn a_peer_added_by_reload_is_reached_and_established_flows_go_on() {
     })
     .await;
     assert!(cut.is_ok(), "A refused D once it was removed");
-    assert_eq!(a.node.metrics().dropped(DropReason::NotMember), 0, "no packet of D's got in");
-    // A copy of ping 4 that `reaches` sent again while D was a member may come late; what
-    // D sent once removed must not.
+    // A packet D sent on its stream before A closed it may still be read: it is dropped as
+    // `not_member` (counted), never delivered. A copy of ping 4 that `reaches` sent again
+    // while D was a member may come late; what D sent once removed must not.
     let after_removal: Vec<Bytes> = (7..seq).map(|s| ping("100.64.0.4", "100.64.0.1", s)).collect();
     while let Some(out) = a.os.try_written() {
         assert!(

@@ -92,6 +92,15 @@ pub enum CertError {
         /// The time of the check.
         now_unix: u64,
     },
+    /// A revocation list signed later than now (beyond the clock skew allowed): held, it
+    /// could never be replaced by the CA's next list.
+    #[error("revocation list issued at {issued_unix}, after now ({now_unix})")]
+    IssuedLater {
+        /// When the list says it was signed.
+        issued_unix: u64,
+        /// The time of the check.
+        now_unix: u64,
+    },
     /// Expired.
     #[error("certificate expired at {not_after_unix}, now is {now_unix}")]
     Expired {
