@@ -223,6 +223,11 @@ async fn unproven_connections_are_bounded_and_members_still_get_in() {
     for _ in 0..4 {
         let mut silent = silent_swarm();
         assert!(connect(&mut silent, to.clone()).await);
+        // A has taken it before the next comes (the dialer's side is up a moment before the
+        // listener's: a late stranger could otherwise take a held one's slot).
+        let me = *silent.local_peer_id();
+        let taken = async || a.handle().paths().await.unwrap().iter().any(|p| p.peer == me);
+        until("A took the stranger's connection", taken).await;
         held.push(silent);
     }
     for _ in 0..3 {
