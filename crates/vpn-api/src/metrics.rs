@@ -1,5 +1,5 @@
 use crate::MetricsSnapshot;
-use vpn_types::{Budget, DropReason, PeerRefusal};
+use vpn_types::{Budget, DialRefusal, DropReason, PeerRefusal};
 
 /// The node's counters. Every method is cheap, lock-free and never waits: they are called
 /// on the packet path.
@@ -37,6 +37,9 @@ pub trait MetricsService: Send + Sync {
 
     /// A peer's connection was closed before it proved itself a member.
     fn record_peer_refused(&self, why: PeerRefusal);
+
+    /// An address (a peer's, as a rule) was not dialed.
+    fn record_dial_refused(&self, why: DialRefusal);
 
     /// Counts one DHT record a peer asked us to store that we refused (invalid, under a key
     /// its owner does not publish it under, a second owner's, or over its owner's quota).

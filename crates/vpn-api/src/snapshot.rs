@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use libp2p_identity::PeerId;
 
-use vpn_types::{Budget, DropReason, PeerRefusal};
+use vpn_types::{Budget, DialRefusal, DropReason, PeerRefusal};
 
 /// The state of one circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +41,8 @@ pub struct MetricsSnapshot {
     /// Peers refused before they proved themselves members, indexed by
     /// [`PeerRefusal::index`].
     pub peers_refused: [u64; PeerRefusal::COUNT],
+    /// Addresses not dialed, indexed by [`DialRefusal::index`].
+    pub dials_refused: [u64; DialRefusal::COUNT],
     /// DHT records peers asked us to store that we refused.
     pub records_refused: u64,
     /// Workers alive now.
@@ -66,6 +68,11 @@ impl MetricsSnapshot {
     /// Peers refused for `why`.
     pub fn refused(&self, why: PeerRefusal) -> u64 {
         self.peers_refused.get(why.index()).copied().unwrap_or(0)
+    }
+
+    /// Addresses not dialed for `why`.
+    pub fn dial_refused(&self, why: DialRefusal) -> u64 {
+        self.dials_refused.get(why.index()).copied().unwrap_or(0)
     }
 
     /// Times `budget` bit.

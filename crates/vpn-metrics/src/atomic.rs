@@ -8,21 +8,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use vpn_api::MetricsService;
 use vpn_api::MetricsSnapshot;
-use vpn_types::{Budget, DropReason, PeerRefusal};
+use vpn_types::{Budget, DialRefusal, DropReason, PeerRefusal};
 
+/// The label of a counter kept per reason (drops, refusals).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DropLabels {
+struct ReasonLabels {
     reason: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BudgetLabels {
     budget: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RefusalLabels {
-    reason: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +33,18 @@ struct PunchLabels {
 
 /// Lock-free counters, registered for Prometheus exposition.
 ///
+/// One counter per reason in `reasons`, registered as `name` with a `reason` label.
+fn by_reason<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    reasons: [&str; N],
+) -> [Counter; N] {
+    let family = Family::<ReasonLabels, Counter>::default();
+    registry.register(name, help, family.clone());
+    reasons.map(|r| family.get_or_create(&ReasonLabels { reason: r.to_owned() }).clone())
+}
+
 /// Every counter is an atomic shared with the registry; the per-reason drop counters are
 /// created once up front, so recording never touches the registry's locks.
 pub struct AtomicMetrics {
@@ -52,6 +60,7 @@ pub struct AtomicMetrics {
     drops: [Counter; DropReason::COUNT],
     budgets: [Counter; Budget::COUNT],
     refusals: [Counter; PeerRefusal::COUNT],
+    dials_refused: [Counter; DialRefusal::COUNT],
     active_workers: Gauge,
     active_streams: Gauge,
     /// Peers connected directly, and through a relay only.
@@ -115,10 +124,12 @@ impl AtomicMetrics {
             "records_refused",
             "DHT records peers asked us to store that were refused",
         );
-        let family = Family::<DropLabels, Counter>::default();
-        registry.register("packets_dropped", "Packets dropped, by reason", family.clone());
-        let drops = DropReason::ALL
-            .map(|r| family.get_or_create(&DropLabels { reason: r.as_str().to_owned() }).clone());
+        let drops = by_reason(
+            &mut registry,
+            "packets_dropped",
+            "Packets dropped, by reason",
+            DropReason::ALL.map(DropReason::as_str),
+        );
         let family = Family::<BudgetLabels, Counter>::default();
         registry.register(
             "budget_exceeded",
@@ -127,15 +138,18 @@ impl AtomicMetrics {
         );
         let budgets = Budget::ALL
             .map(|b| family.get_or_create(&BudgetLabels { budget: b.as_str().to_owned() }).clone());
-        let family = Family::<RefusalLabels, Counter>::default();
-        registry.register(
+        let refusals = by_reason(
+            &mut registry,
             "peers_refused",
             "Connections closed before their peer proved itself a member, by reason",
-            family.clone(),
+            PeerRefusal::ALL.map(PeerRefusal::as_str),
         );
-        let refusals = PeerRefusal::ALL.map(|r| {
-            family.get_or_create(&RefusalLabels { reason: r.as_str().to_owned() }).clone()
-        });
+        let dials_refused = by_reason(
+            &mut registry,
+            "dials_refused",
+            "Addresses not dialed (most given by peers), by reason",
+            DialRefusal::ALL.map(DialRefusal::as_str),
+        );
         let active_workers = gauge(&mut registry, "active_workers", "Flow workers alive");
         let active_streams = gauge(&mut registry, "active_streams", "Streams open to peers");
         let family = Family::<PathLabels, Gauge>::default();
@@ -166,6 +180,7 @@ impl AtomicMetrics {
             drops,
             budgets,
             refusals,
+            dials_refused,
             active_workers,
             active_streams,
             paths,
@@ -225,6 +240,12 @@ impl MetricsService for AtomicMetrics {
         }
     }
 
+    fn record_dial_refused(&self, why: DialRefusal) {
+        if let Some(counter) = self.dials_refused.get(why.index()) {
+            counter.inc();
+        }
+    }
+
     fn record_refused_record(&self) {
         self.records_refused.inc();
     }
@@ -268,6 +289,7 @@ impl MetricsService for AtomicMetrics {
             drops,
             budgets: self.budgets.each_ref().map(Counter::get),
             peers_refused: self.refusals.each_ref().map(Counter::get),
+            dials_refused: self.dials_refused.each_ref().map(Counter::get),
             records_refused: self.records_refused.get(),
             active_workers: gauge_value(&self.active_workers),
             active_streams: gauge_value(&self.active_streams),
@@ -323,7 +345,9 @@ mod tests {
         m.record_sent(5, 500);
         m.record_drop(DropReason::NoPeer);
         m.record_budget_exceeded(Budget::InboundStreams);
+        m.record_dial_refused(DialRefusal::Loopback);
         let text = m.render_prometheus();
+        assert_eq!(m.snapshot().dial_refused(DialRefusal::Loopback), 1);
         for line in [
             "vpn_packets_sent_total 5",
             "vpn_bytes_sent_total 500",
@@ -334,6 +358,8 @@ mod tests {
             "vpn_packets_dropped_total{reason=\"queue_full\"} 0",
             "vpn_budget_exceeded_total{budget=\"inbound_streams\"} 1",
             "vpn_budget_exceeded_total{budget=\"store_quota\"} 0",
+            "vpn_dials_refused_total{reason=\"loopback\"} 1",
+            "vpn_dials_refused_total{reason=\"overlay\"} 0",
             "vpn_active_workers 0",
             "vpn_active_streams 0",
         ] {

@@ -157,7 +157,7 @@ impl Behaviour {
         let mut limits = connection_limits::Behaviour::new(limits);
         // Configured members always find room.
         let configured = config.known_peers.iter().map(|(peer, _)| *peer);
-        let bootstrap = config.bootstrap.iter().filter_map(crate::node::peer_of);
+        let bootstrap = config.bootstrap.iter().filter_map(crate::dial_policy::peer_of);
         for peer in configured.chain(bootstrap) {
             limits.bypass_peer_id(&peer);
         }

@@ -28,6 +28,8 @@ pub trait PathObserver: Send + Sync {
     /// `peer`, reached through a relay so far, now has a direct connection too: new
     /// streams go over it, and flows on streams through the relay should move.
     fn went_direct(&self, peer: &PeerId);
+    /// An address was not dialed (see [`crate::DialPolicy`]).
+    fn dial_refused(&self, why: vpn_types::DialRefusal);
 }
 
 /// Reaching peers behind NAT: relays, hole punching, reachability checks.

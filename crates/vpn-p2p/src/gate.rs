@@ -32,7 +32,7 @@ use libp2p::swarm::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::node::ip_of;
+use crate::dial_policy::ip_of;
 use crate::{Admission, PeerRefusal};
 
 /// How many unproven connections the gate lets in.

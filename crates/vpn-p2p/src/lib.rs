@@ -18,6 +18,7 @@
 mod behaviour;
 mod config;
 mod datagram;
+mod dial_policy;
 mod error;
 mod exchange;
 mod gate;
@@ -31,13 +32,14 @@ mod transport;
 mod wrap;
 
 pub use config::{Admission, P2pConfig, PathObserver, ReachConfig, RecordFilter};
+pub use dial_policy::{DialGuard, DialPolicy, MAX_DIALS, MAX_DIALS_PER_PEER};
 pub use error::P2pError;
 pub use exchange::MEMBERSHIP_PROTOCOL;
 pub use node::{DhtCounts, P2pHandle, P2pNode};
 pub use reach::{PeerPath, Reachability};
 pub use stream::{Libp2pStream, Libp2pStreamService, PACKET_PROTOCOL, PeerFilter, accept_streams};
 pub use transport::{HEAD_START, HeadStart, kind_of};
-pub use vpn_types::PeerRefusal;
+pub use vpn_types::{DialRefusal, PeerRefusal};
 
 pub use libp2p::identity::Keypair;
 pub use libp2p::pnet::PreSharedKey;

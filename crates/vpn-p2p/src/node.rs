@@ -19,10 +19,14 @@ use tokio::task::JoinHandle;
 use vpn_types::PeerText;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, MembersEvent};
+use crate::dial_policy::{DialPolicy, ip_of, peer_of};
 use crate::exchange::Verdict;
 use crate::reach::{PeerPath, Reach, Reachability, is_circuit};
 use crate::{Admission, P2pConfig, P2pError, PathObserver, PeerRefusal, RecordFilter};
 
+/// Addresses kept of the ones a peer announces (identify): a few reach it; hundreds would
+/// only be dialed in its name.
+const ADDRESSES_KEPT: usize = 8;
 /// How long a stop waits for connections to close gracefully.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 /// How long start-up waits for every listener to report its address.
@@ -153,10 +157,16 @@ impl P2pNode {
     pub async fn start(config: P2pConfig) -> Result<Self, P2pError> {
         let startup =
             |what: &str, e: &dyn std::fmt::Display| P2pError::Startup(format!("{what}: {e}"));
+        let policy = Arc::new(DialPolicy::new(
+            &config.listen,
+            config.overlay.clone(),
+            config.observer.clone(),
+        ));
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
             .with_other_transport(|key| {
-                crate::transport::build(key, config.transport, config.psk, config.links.clone())
+                let (links, policy) = (config.links.clone(), policy.clone());
+                crate::transport::build(key, config.transport, config.psk, links, policy)
             })
             .map_err(|e| startup("transport", &e))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
@@ -176,9 +186,10 @@ impl P2pNode {
                 .map_err(|e| startup(&format!("listen on {addr}"), &e))?;
             listeners.insert(id, addr.clone());
         }
-        wait_for_listeners(&mut swarm, listeners).await?;
+        wait_for_listeners(&mut swarm, listeners, &policy).await?;
         for (peer, addrs) in &config.known_peers {
             for addr in addrs {
+                policy.trust(addr);
                 swarm.behaviour_mut().gate.inner.kad.add_address(peer, addr.clone());
             }
             // Say hello: a peer that knew us at an old address (we restarted on another
@@ -191,6 +202,7 @@ impl P2pNode {
             }
         }
         for addr in &config.bootstrap {
+            policy.trust(addr);
             if let Some(peer) = peer_of(addr) {
                 swarm.behaviour_mut().gate.inner.kad.add_address(&peer, addr.clone());
             }
@@ -218,6 +230,7 @@ impl P2pNode {
                 dials: HashMap::new(),
                 connections: HashMap::new(),
                 overlay: config.overlay,
+                policy,
                 max_per_peer: config.max_connections_per_peer,
                 filter: config.record_filter,
                 warnings: vpn_types::WarnGate::per_peer(),
@@ -262,14 +275,6 @@ impl P2pNode {
     }
 }
 
-/// The peer ID at the end of a multiaddr, if any.
-pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(peer) => Some(peer),
-        _ => None,
-    })
-}
-
 /// Waits until every listener reports an address and, when one listens on every address
 /// (`0.0.0.0`, `::`), until one of them is more than loopback; fails with the address of a
 /// listener that fails. After [`LISTEN_WAIT`] it goes on regardless, with one line that
@@ -278,6 +283,7 @@ pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 async fn wait_for_listeners(
     swarm: &mut Swarm<Behaviour>,
     mut waiting: HashMap<ListenerId, Multiaddr>,
+    policy: &DialPolicy,
 ) -> Result<(), P2pError> {
     let wildcard = waiting.values().any(|a| ip_of(a).is_some_and(|ip| ip.is_unspecified()));
     let all: Vec<String> = waiting.values().map(ToString::to_string).collect();
@@ -287,6 +293,7 @@ async fn wait_for_listeners(
             match swarm.select_next_some().await {
                 SwarmEvent::NewListenAddr { listener_id, address } => {
                     tracing::info!(%address, "listening");
+                    policy.own(&address, true);
                     reachable |= ip_of(&address).is_some_and(|ip| !ip.is_loopback());
                     waiting.remove(&listener_id);
                 }
@@ -324,6 +331,8 @@ struct EventLoop {
     dials: HashMap<PeerId, Dials>,
     connections: HashMap<PeerId, Vec<Connection>>,
     overlay: Vec<vpn_api::IpNet>,
+    /// What may be dialed; told our own addresses and the operator's.
+    policy: Arc<DialPolicy>,
     max_per_peer: u32,
     filter: Option<RecordFilter>,
     /// Warnings about records a peer sent, at most one per peer every few seconds.
@@ -405,15 +414,6 @@ fn is_direct_quic_connection(endpoint: &ConnectedPoint) -> bool {
     !endpoint.is_relayed() && crate::datagram::is_direct_quic(endpoint.get_remote_address())
 }
 
-/// The IP address at the start of a multiaddr, if any.
-pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })
-}
-
 impl EventLoop {
     /// Refreshes the routing table from the peers in it, if there are any.
     fn refresh_routing_table(&mut self) {
@@ -464,6 +464,7 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Dial { peer, addrs, reply } => {
+                addrs.iter().for_each(|a| self.policy.trust(a));
                 if self.swarm.behaviour().gate.is_open(&peer) {
                     let _ = reply.send(Ok(()));
                     return;
@@ -580,33 +581,24 @@ impl EventLoop {
                 } else {
                     self.reach.not_a_relay(&peer_id);
                 }
-                // A peer's loopback addresses reach it only from its own host.
-                let local = self.connections.get(&peer_id).is_some_and(|conns| {
-                    conns.iter().any(|c| {
-                        ip_of(c.endpoint.get_remote_address()).is_some_and(|ip| ip.is_loopback())
-                    })
-                });
+                // Only what the dial policy lets us dial is kept, a few per peer.
                 let usable: Vec<Multiaddr> = info
                     .listen_addrs
-                    .iter()
-                    .filter(|a| !self.in_overlay(a))
-                    .filter(|a| local || !ip_of(a).is_some_and(|ip| ip.is_loopback()))
-                    .cloned()
+                    .into_iter()
+                    .filter(|a| self.policy.usable(a))
+                    .take(ADDRESSES_KEPT)
                     .collect();
                 if let Some(dials) = self.quic_dials.as_mut() {
                     dials.learned(peer_id, &usable);
                 }
                 self.repunch.learned(peer_id, &usable);
-                for addr in info.listen_addrs {
-                    let loopback = ip_of(&addr).is_some_and(|ip| ip.is_loopback());
-                    if (local || !loopback) && !self.in_overlay(&addr) {
-                        self.swarm.behaviour_mut().gate.inner.kad.add_address(&peer_id, addr);
-                    }
+                for addr in usable {
+                    self.swarm.behaviour_mut().gate.inner.kad.add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let found: Vec<_> =
-                    found.into_iter().filter(|(_, a)| !self.in_overlay(a)).collect();
+                    found.into_iter().filter(|(_, a)| self.policy.usable(a)).collect();
                 // Whoever answers on the local link is dialed; the routing table takes it
                 // once it proves itself a member.
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
@@ -753,13 +745,17 @@ impl EventLoop {
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
+                self.policy.own(&address, true);
                 if is_circuit(&address) {
                     tracing::info!(%address, "reachable through a relay");
                 } else {
                     tracing::info!(%address, "listening");
                 }
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => self.on_address_gone(&address),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.policy.own(&address, false);
+                self.on_address_gone(&address)
+            }
             _ => {}
         }
     }
@@ -1196,9 +1192,7 @@ impl EventLoop {
     /// Whether a relay's address `addr` (from identify) can carry a reservation: one of
     /// the underlay, neither loopback nor relayed itself.
     fn usable_for_relay(&self, addr: &Multiaddr) -> bool {
-        !is_circuit(addr)
-            && !self.in_overlay(addr)
-            && ip_of(addr).is_some_and(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        !is_circuit(addr) && ip_of(addr).is_some() && self.policy.allows(addr).is_ok()
     }
 
     /// The address to reach `relay` at, for our reservation on it: the one we dialed it on,

@@ -7,6 +7,7 @@
 //! costs only the head start.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ use libp2p::{Multiaddr, PeerId, Transport, noise, tcp, yamux};
 use vpn_config::Transport as Kind;
 use vpn_quic::{Links, QuicConfig, QuicTransport};
 
+use crate::dial_policy::DialPolicy;
+
 /// How much later a dial over the transport that is not preferred starts.
 pub const HEAD_START: Duration = Duration::from_millis(500);
 
@@ -38,7 +41,7 @@ pub fn kind_of(addr: &Multiaddr) -> Option<Kind> {
 /// Whether this host has a route to the IP address `addr` starts with (asked of the kernel
 /// by connecting a UDP socket, which sends nothing). Anything else counts as routable.
 fn routable(addr: &Multiaddr) -> bool {
-    let Some(ip) = crate::node::ip_of(addr) else { return true };
+    let Some(ip) = crate::dial_policy::ip_of(addr) else { return true };
     let any: std::net::IpAddr = match ip {
         std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
         std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
@@ -60,6 +63,7 @@ pub fn build(
     preferred: Kind,
     psk: Option<PreSharedKey>,
     links: Links,
+    policy: Arc<DialPolicy>,
 ) -> Result<HeadStart<Boxed<(PeerId, StreamMuxerBox)>>, BuildError> {
     let socket = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     if let Some(psk) = psk {
@@ -72,7 +76,7 @@ pub fn build(
             .multiplex(yamux::Config::default())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed();
-        return Ok(HeadStart { inner: private, preferred: Kind::Tcp });
+        return Ok(HeadStart::new(private, Kind::Tcp, policy));
     }
     let tcp = socket
         .upgrade(Version::V1Lazy)
@@ -82,20 +86,22 @@ pub fn build(
     let quic = QuicTransport::new(key, &QuicConfig::default(), links)?
         .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)));
     let both = tcp.or_transport(quic).map(|either, _| either.into_inner()).boxed();
-    Ok(HeadStart { inner: both, preferred })
+    Ok(HeadStart::new(both, preferred, policy))
 }
 
 /// A transport whose dials over the kind that is not `preferred` wait [`HEAD_START`]
-/// before they begin (both TCP and QUIC connect only once their dial is polled).
+/// before they begin (both TCP and QUIC connect only once their dial is polled), and
+/// that dials only what its [`DialPolicy`] lets it.
 pub struct HeadStart<T> {
     inner: T,
     preferred: Kind,
+    policy: Arc<DialPolicy>,
 }
 
 impl<T> HeadStart<T> {
-    /// Wraps `inner`, preferring `preferred`.
-    pub fn new(inner: T, preferred: Kind) -> Self {
-        Self { inner, preferred }
+    /// Wraps `inner`, preferring `preferred`, dialing what `policy` lets it.
+    pub fn new(inner: T, preferred: Kind, policy: Arc<DialPolicy>) -> Self {
+        Self { inner, preferred, policy }
     }
 }
 
@@ -131,9 +137,13 @@ where
             // holding back the dials that could reach the peer (through a relay, say).
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
+        let Ok(place) = self.policy.begin(&addr) else {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
         let later = kind_of(&addr).is_some_and(|kind| kind != self.preferred);
         let dial = self.inner.dial(addr, opts)?;
         Ok(async move {
+            let _place = place;
             if later {
                 tokio::time::sleep(HEAD_START).await;
             }
@@ -212,7 +222,9 @@ mod tests {
     async fn the_other_transport_dials_after_the_head_start() {
         for preferred in [Kind::Tcp, Kind::Quic] {
             let began = Arc::new(Mutex::new(Vec::new()));
-            let mut transport = HeadStart::new(Recorder { began: began.clone() }, preferred);
+            let policy = Arc::new(DialPolicy::new(&[], Vec::new(), None));
+            let mut transport =
+                HeadStart::new(Recorder { began: began.clone() }, preferred, policy);
             let tcp: Multiaddr = "/ip4/198.18.0.2/tcp/4001".parse().unwrap();
             let quic: Multiaddr = "/ip4/198.18.0.2/udp/4001/quic-v1".parse().unwrap();
             let start = Instant::now();
@@ -228,6 +240,20 @@ mod tests {
             assert_eq!(at(preferred), Some(Duration::ZERO), "{preferred:?} dials at once");
             assert_eq!(at(other), Some(HEAD_START), "{other:?} waits its turn");
         }
+    }
+
+    #[test]
+    fn what_the_policy_refuses_is_never_dialed() {
+        let began = Arc::new(Mutex::new(Vec::new()));
+        let overlay = vec!["100.64.0.0/10".parse().unwrap()];
+        let policy = Arc::new(DialPolicy::new(&[], overlay, None));
+        let mut transport = HeadStart::new(Recorder { began: began.clone() }, Kind::Tcp, policy);
+        for refused in ["/ip4/127.0.0.1/tcp/22", "/ip4/10.0.0.1/tcp/80", "/ip4/100.64.0.2/tcp/4001"]
+        {
+            let dial = transport.dial(refused.parse().unwrap(), opts());
+            assert!(matches!(dial, Err(TransportError::MultiaddrNotSupported(_))), "{refused}");
+        }
+        assert!(transport.dial("/ip4/198.18.0.2/tcp/4001".parse().unwrap(), opts()).is_ok());
     }
 
     #[test]

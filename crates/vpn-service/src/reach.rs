@@ -23,6 +23,10 @@ impl PathObserver for PathMetrics {
         self.metrics.record_hole_punch(succeeded);
     }
 
+    fn dial_refused(&self, why: vpn_types::DialRefusal) {
+        self.metrics.record_dial_refused(why);
+    }
+
     fn went_direct(&self, peer: &PeerId) {
         if let Some(pool) = self.pool.get() {
             pool.move_peer(*peer);

@@ -25,7 +25,7 @@ use vpn_api::{
 };
 use vpn_api::{BreakerState, HealthSnapshot, IpNet, MetricsSnapshot, PeerId};
 use vpn_errors::VpnError;
-use vpn_types::{Budget, DropReason, FlowKey, PeerRefusal};
+use vpn_types::{Budget, DialRefusal, DropReason, FlowKey, PeerRefusal};
 
 mock! {
     /// Mock of [`VpnService`].
@@ -142,6 +142,7 @@ mock! {
         fn record_drops(&self, reason: DropReason, packets: u64);
         fn record_budget_exceeded(&self, budget: Budget);
         fn record_peer_refused(&self, why: PeerRefusal);
+        fn record_dial_refused(&self, why: DialRefusal);
         fn record_refused_record(&self);
         fn set_active_workers(&self, workers: u64);
         fn set_active_streams(&self, streams: u64);

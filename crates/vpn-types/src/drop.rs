@@ -205,6 +205,62 @@ impl fmt::Display for PeerRefusal {
     }
 }
 
+/// Why the node would not dial an address (one a peer gave it, as a rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DialRefusal {
+    /// An address that names no host: unspecified, multicast, broadcast or reserved.
+    NoHost,
+    /// A link-local address (it means a different host on every link).
+    LinkLocal,
+    /// A loopback address, on a node that does not listen on one itself.
+    Loopback,
+    /// An address inside the overlay (the connection would ride its own tunnel).
+    Overlay,
+    /// A private address in a network the node has no address in.
+    Private,
+    /// Too many dials under way to that peer, or in all.
+    Budget,
+}
+
+impl DialRefusal {
+    /// Every reason, in a fixed order (the index of a reason is its position here).
+    pub const ALL: [DialRefusal; 6] = [
+        DialRefusal::NoHost,
+        DialRefusal::LinkLocal,
+        DialRefusal::Loopback,
+        DialRefusal::Overlay,
+        DialRefusal::Private,
+        DialRefusal::Budget,
+    ];
+
+    /// The number of reasons.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// A stable index in `0..COUNT`, for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label used in logs and metrics (`no_host`, `loopback`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialRefusal::NoHost => "no_host",
+            DialRefusal::LinkLocal => "link_local",
+            DialRefusal::Loopback => "loopback",
+            DialRefusal::Overlay => "overlay",
+            DialRefusal::Private => "private",
+            DialRefusal::Budget => "budget",
+        }
+    }
+}
+
+impl fmt::Display for DialRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +281,9 @@ mod tests {
         for (i, refusal) in PeerRefusal::ALL.iter().enumerate() {
             assert_eq!(refusal.index(), i, "{refusal}");
         }
+        for (i, refusal) in DialRefusal::ALL.iter().enumerate() {
+            assert_eq!(refusal.index(), i, "{refusal}");
+        }
     }
 
     fn snake_case_and_unique(labels: &[&str]) {
@@ -240,5 +299,6 @@ mod tests {
         snake_case_and_unique(&DropReason::ALL.map(DropReason::as_str));
         snake_case_and_unique(&Budget::ALL.map(Budget::as_str));
         snake_case_and_unique(&PeerRefusal::ALL.map(PeerRefusal::as_str));
+        snake_case_and_unique(&DialRefusal::ALL.map(DialRefusal::as_str));
     }
 }

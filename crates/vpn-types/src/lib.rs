@@ -30,7 +30,7 @@ mod settings;
 mod warn;
 
 pub use budget::{BudgetPermit, ByteBudget};
-pub use drop::{Budget, DropReason, PeerRefusal};
+pub use drop::{Budget, DialRefusal, DropReason, PeerRefusal};
 pub use offload::{GsoInfo, GsoType};
 pub use packet::{FlowKey, PacketInfo};
 pub use packet_error::PacketError;
