@@ -27,6 +27,7 @@ mod membership;
 mod mesh;
 mod nat;
 mod tools;
+mod unit_file;
 
 use std::env;
 use std::path::PathBuf;
@@ -110,12 +111,19 @@ fn test() -> Result<()> {
     fuzz::run(&root(), &[])
 }
 
+/// Builds every test target of the workspace, the node's binary and the examples among
+/// them, as `cargo test` does: after the tests ran this builds nothing (a plain `cargo
+/// build -p vpn-node` would build the dependencies again, with other features).
+fn build_test_targets() -> Result<PathBuf> {
+    cargo(&["test", "--workspace", "--all-targets", "--locked", "--no-run"], &[])?;
+    Ok(env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("debug"))
+}
+
 /// Builds the node and returns its path.
 fn node_binary() -> Result<PathBuf> {
-    cargo(&["build", "--locked", "-p", "vpn-node"], &[])?;
-    let target =
-        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    Ok(target.join("debug").join("vpn-node"))
+    Ok(build_test_targets()?.join("vpn-node"))
 }
 
 fn needs_root(what: &str) -> Result<()> {
@@ -127,6 +135,7 @@ fn needs_root(what: &str) -> Result<()> {
 
 fn e2e() -> Result<()> {
     needs_root("the end-to-end test")?;
+    unit_file::check(&root())?;
     let binary = node_binary()?;
     let me = env::current_exe().context("the xtask binary's path")?;
     e2e::run(&binary, &me)?;
@@ -148,10 +157,7 @@ fn nat(soak: bool) -> Result<()> {
 
 /// Builds the strangers tool (an example of vpn-p2p) and returns its path.
 fn strangers_binary() -> Result<PathBuf> {
-    cargo(&["build", "--locked", "-p", "vpn-p2p", "--example", "strangers"], &[])?;
-    let target =
-        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    Ok(target.join("debug").join("examples").join("strangers"))
+    Ok(build_test_targets()?.join("examples").join("strangers"))
 }
 
 fn faults(soak: bool, only: &[String]) -> Result<()> {

@@ -5,8 +5,13 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 /// Program -> the Debian package that has it.
-const TOOLS: [(&str, &str); 4] =
-    [("ip", "iproute2"), ("ping", "iputils-ping"), ("iperf3", "iperf3"), ("nft", "nftables")];
+const TOOLS: [(&str, &str); 5] = [
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("iperf3", "iperf3"),
+    ("nft", "nftables"),
+    ("systemd-analyze", "systemd"),
+];
 
 /// Whether `program` is on the PATH.
 pub fn have(program: &str) -> bool {

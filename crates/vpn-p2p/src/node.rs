@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,6 +237,7 @@ impl P2pNode {
                 admission: config.admission,
                 membership_timeout: config.membership_timeout,
                 refused: HashMap::new(),
+                presented: HashSet::new(),
                 bootstrap: Redial::new(config.bootstrap.clone()),
                 reach,
                 observer: config.observer,
@@ -344,6 +345,8 @@ struct EventLoop {
     /// Peers refused and when: their connections close [`REFUSAL_GRACE`] later, time for
     /// our answer to reach them (at most the unproven connections' number).
     refused: HashMap<PeerId, std::time::Instant>,
+    /// Peers we sent our certificate since they connected.
+    presented: HashSet<PeerId>,
     /// The bootstrap addresses, dialed again while no member is connected.
     bootstrap: Redial,
     /// Reachability, relays and our slots on them.
@@ -684,20 +687,16 @@ impl EventLoop {
                     tracing::info!(%relay, ?reason, "our slot on a relay is gone");
                 }
             }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                num_established,
-                ..
-            } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 tracing::debug!(peer = %peer_id, ?endpoint, "connected");
                 if self.repunch.is_probe(&peer_id, connection_id) {
                     tracing::debug!(peer = %peer_id, "connected through a relay again, to punch a hole anew");
                 } else if endpoint.is_relayed() {
                     tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected through a relay");
                 }
-                if num_established.get() == 1 {
+                // The dialer presents its certificate first; the dialed side presents its
+                // own once it took the dialer's (a stranger learns nothing of it).
+                if endpoint.is_dialer() && !self.presented.contains(&peer_id) {
                     self.present_to(peer_id);
                 }
                 self.on_connected(peer_id, connection_id, endpoint);
@@ -732,6 +731,7 @@ impl EventLoop {
                 self.tell_paths();
                 if !self.swarm.is_connected(&peer_id) {
                     // The gate asks a peer that comes back to prove itself again.
+                    self.presented.remove(&peer_id);
                     self.links.forget(&peer_id);
                     if let Some(dials) = self.quic_dials.as_mut() {
                         dials.forget(&peer_id);
@@ -798,6 +798,7 @@ impl EventLoop {
 
     /// Sends `peer` our certificate (the membership exchange's request).
     fn present_to(&mut self, peer: PeerId) {
+        self.presented.insert(peer);
         let certificate = self.admission.as_ref().map(|a| a.certificate()).unwrap_or_default();
         self.swarm.behaviour_mut().membership.send_request(&peer, certificate);
     }
@@ -813,7 +814,7 @@ impl EventLoop {
             } => {
                 // The peer opened the exchange: this connection is its first to us, so any
                 // older one is dead on its side (it restarted, or moved).
-                self.replace_older(peer, connection_id);
+                let replaced = self.replace_older(peer, connection_id);
                 let verdict = match &self.admission {
                     Some(admission) => admission.admit(&peer, &request),
                     None => Ok(()),
@@ -838,7 +839,13 @@ impl EventLoop {
                         Verdict::Refused(why)
                     }
                 };
+                let accepted = answer == Verdict::Accepted;
                 let _ = self.swarm.behaviour_mut().membership.send_response(channel, answer);
+                // Our certificate only now, to a peer we take (again, on a new connection
+                // that replaced the one it went out on).
+                if accepted && (replaced || !self.presented.contains(&peer)) {
+                    self.present_to(peer);
+                }
             }
             Event::Message { peer, message: Message::Response { response, .. }, .. } => {
                 match response {
@@ -1123,8 +1130,8 @@ impl EventLoop {
     /// since stays). A younger one with the peer at another IP address is no twin and goes
     /// too. A second connection the peer makes while it keeps the first (a punched
     /// hole, a reachability check dialing back) starts no exchange and replaces nothing.
-    fn replace_older(&mut self, peer: PeerId, newest: ConnectionId) {
-        let Some(conns) = self.connections.get_mut(&peer) else { return };
+    fn replace_older(&mut self, peer: PeerId, newest: ConnectionId) -> bool {
+        let Some(conns) = self.connections.get_mut(&peer) else { return false };
         // A connection closed since (trimmed, say) is judged as if it came now.
         let (since, from) = conns.iter().find(|c| c.id == newest).map_or_else(
             || (std::time::Instant::now(), None),
@@ -1141,15 +1148,13 @@ impl EventLoop {
         };
         let (old, keep): (Vec<_>, Vec<_>) = conns.drain(..).partition(replaced);
         *conns = keep;
-        if old.is_empty() {
-            return;
-        }
-        for old in old {
+        for old in &old {
             tracing::info!(%peer, "the peer connected anew; closing the older connection");
             self.swarm.close_connection(old.id);
         }
-        // Our half of the exchange went out on an older connection, if at all: again.
-        self.present_to(peer);
+        // Our half of the exchange went out on an older connection, if at all: it goes
+        // again once the peer is taken.
+        !old.is_empty()
     }
 
     /// The paths of every connected peer.

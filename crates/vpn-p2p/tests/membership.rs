@@ -15,18 +15,22 @@ use vpn_p2p::{
     StreamProtocol,
 };
 
-/// Takes the peers it lists; remembers every refusal.
+/// Takes the peers it lists; remembers every refusal and every certificate it is shown.
 #[derive(Default)]
 struct Listed {
     members: Mutex<HashSet<PeerId>>,
     refused: Mutex<Vec<(PeerId, Refusal)>>,
+    /// What this node presents (empty: nothing).
+    certificate: Vec<u8>,
+    shown: Mutex<Vec<(PeerId, Vec<u8>)>>,
 }
 
 impl Admission for Listed {
     fn certificate(&self) -> Vec<u8> {
-        Vec::new()
+        self.certificate.clone()
     }
-    fn admit(&self, peer: &PeerId, _certificate: &[u8]) -> Result<(), String> {
+    fn admit(&self, peer: &PeerId, certificate: &[u8]) -> Result<(), String> {
+        self.shown.lock().unwrap().push((*peer, certificate.to_vec()));
         match self.members.lock().unwrap().contains(peer) {
             true => Ok(()),
             false => Err("not listed".to_owned()),
@@ -41,6 +45,12 @@ impl Listed {
     /// Takes `member` alone.
     fn of(member: PeerId) -> Arc<Self> {
         Arc::new(Self { members: Mutex::new(HashSet::from([member])), ..Self::default() })
+    }
+
+    /// The certificates `peer` was judged by (empty: none, as for a peer known by its ID).
+    fn shown_by(&self, peer: &PeerId) -> Vec<Vec<u8>> {
+        let all = self.shown.lock().unwrap();
+        all.iter().filter(|(p, _)| p == peer).map(|(_, c)| c.clone()).collect()
     }
 
     fn refusals_of(&self, peer: &PeerId) -> Vec<Refusal> {
@@ -188,6 +198,47 @@ async fn closed_within(
         }
     };
     tokio::time::timeout(limit, wait).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_learns_no_certificate_and_a_member_gets_it_once_taken() {
+    const A_CERT: &[u8] = b"the certificate of A";
+    let (a_key, b_key, s_key) =
+        (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (a_id, b_id, s_id) =
+        (a_key.public().to_peer_id(), b_key.public().to_peer_id(), s_key.public().to_peer_id());
+    let a_takes = Arc::new(Listed {
+        members: Mutex::new(HashSet::from([b_id])),
+        certificate: A_CERT.to_vec(),
+        ..Listed::default()
+    });
+    let a = node(a_key, Some(a_takes.clone()), |_| {}).await;
+    // The stranger would take A; it is the one that is not taken.
+    let s_takes = Listed::of(a_id);
+    let s = node(s_key, Some(s_takes.clone()), |_| {}).await;
+    assert!(s.handle().dial(a_id, vec![addr_of(&a).await]).await.is_err());
+    until("A refused the stranger", async || !a_takes.refusals_of(&s_id).is_empty()).await;
+    until("the stranger is disconnected", async || {
+        !s.handle().connected_peers().await.unwrap().contains(&a_id)
+    })
+    .await;
+    let shown = a_takes.shown_by(&s_id);
+    assert!(!shown.is_empty() && shown.iter().all(Vec::is_empty), "the stranger showed nothing");
+    // (A peer known by its ID is asked about with no certificate: empty ones are that.)
+    let from_a = s_takes.shown_by(&a_id);
+    assert!(from_a.iter().all(Vec::is_empty), "A showed a stranger its certificate");
+
+    // A member dials: A shows it the certificate once it has taken the member's.
+    let b_takes = Listed::of(a_id);
+    let b = node(b_key, Some(b_takes.clone()), |_| {}).await;
+    b.handle().dial(a_id, vec![addr_of(&a).await]).await.unwrap();
+    until("A showed B its certificate", async || {
+        b_takes.shown_by(&a_id).contains(&A_CERT.to_vec())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
