@@ -7,6 +7,9 @@ use libp2p::{
     request_response,
 };
 
+use std::sync::Arc;
+
+use crate::dial_policy::DialPolicy;
 use crate::exchange::{HelloCodec, MEMBERSHIP_PROTOCOL};
 use crate::gate::{Gate, GateLimits};
 use crate::prefer::PreferDirect;
@@ -77,6 +80,7 @@ impl Behaviour {
         key: &Keypair,
         config: &P2pConfig,
         relay_client: relay::client::Behaviour,
+        policy: Arc<DialPolicy>,
     ) -> std::io::Result<Self> {
         let peer = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -150,9 +154,13 @@ impl Behaviour {
         let exchange = request_response::Config::default()
             .with_request_timeout(config.membership_timeout)
             .with_max_concurrent_streams(4);
+        let pending = config.max_pending_incoming as usize;
         let limits_unproven = GateLimits {
             unproven: config.max_unproven,
             unproven_per_ip: config.max_unproven_per_ip,
+            pending_per_source: config.max_pending_per_source,
+            // A quarter of the handshakes are kept for members' addresses.
+            pending_strangers: pending - pending / 4,
         };
         let mut limits = connection_limits::Behaviour::new(limits);
         // Configured members always find room.
@@ -169,7 +177,7 @@ impl Behaviour {
                 [(MEMBERSHIP_PROTOCOL, request_response::ProtocolSupport::Full)],
                 exchange,
             ),
-            gate: Gate::new(members, limits_unproven, config.admission.clone()),
+            gate: Gate::new(members, limits_unproven, config.admission.clone(), policy),
         })
     }
 }

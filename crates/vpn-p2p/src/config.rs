@@ -119,8 +119,12 @@ pub struct P2pConfig {
     pub max_unproven: usize,
     /// Most unproven connections from one IP address.
     pub max_unproven_per_ip: usize,
-    /// Most incoming connections still in their handshake.
+    /// Most incoming connections still in their handshake (a quarter of them are kept for
+    /// addresses members are known at).
     pub max_pending_incoming: u32,
+    /// Most incoming connections in their handshake from one source (an IPv4 address, an
+    /// IPv6 /64).
+    pub max_pending_per_source: usize,
     /// A pre-shared key: TCP only, and silent to anyone without the key.
     pub psk: Option<libp2p::pnet::PreSharedKey>,
     /// Relays, hole punching and reachability.
@@ -160,6 +164,7 @@ impl P2pConfig {
             max_unproven: 128,
             max_unproven_per_ip: 8,
             max_pending_incoming: 64,
+            max_pending_per_source: 8,
             psk: None,
             reach: ReachConfig::default(),
             external: Vec::new(),

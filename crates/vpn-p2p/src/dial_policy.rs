@@ -43,6 +43,31 @@ pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     })
 }
 
+/// Where a connection comes from, as limits count it: an IPv4 address, or an IPv6 /64
+/// (one host or household gets a whole /64, and can pick any address in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    V4(Ipv4Addr),
+    V6([u16; 4]),
+}
+
+/// The [`Source`] of `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address).
+pub(crate) fn source_of(ip: IpAddr) -> Source {
+    match ip {
+        IpAddr::V4(ip) => Source::V4(ip),
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => Source::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = ip.segments();
+                Source::V6([a, b, c, d])
+            }
+        },
+    }
+}
+
+/// Members' addresses remembered, to let their handshakes in first.
+const MEMBERS_KEPT: usize = 1024;
+
 /// The peer ID in a multiaddr (the first one: a relayed address names its relay first, and
 /// reaches the transport only as the relay's own address), if any.
 pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
@@ -119,6 +144,8 @@ struct State {
     own: HashSet<IpAddr>,
     /// Addresses the operator gave.
     trusted: HashSet<IpAddr>,
+    /// Sources members came from.
+    members: HashSet<Source>,
     /// Dials under way, per peer (those with no peer under `None`).
     dialing: HashMap<Option<PeerId>, usize>,
     dialing_all: usize,
@@ -164,6 +191,24 @@ impl DialPolicy {
         } else {
             state.own.remove(&ip);
         }
+    }
+
+    /// A proven member is connected from `addr`: connections from there are let in first.
+    pub fn seen_member(&self, addr: &Multiaddr) {
+        let Some(ip) = ip_of(addr) else { return };
+        let mut state = self.state();
+        if state.members.len() >= MEMBERS_KEPT {
+            // Forget them all rather than track their age: they come back as they connect.
+            state.members.clear();
+        }
+        state.members.insert(source_of(ip));
+    }
+
+    /// Whether connections from `ip` come from where a member is known to be (an address
+    /// the operator gave, or one a member connected from).
+    pub fn is_known(&self, ip: IpAddr) -> bool {
+        let state = self.state();
+        state.trusted.contains(&ip) || state.members.contains(&source_of(ip))
     }
 
     /// Whether the address rules let `addr` be dialed (the budgets aside); why not if not.

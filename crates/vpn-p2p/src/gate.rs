@@ -2,8 +2,9 @@
 //! connection only once its peer is proven a member. Until then the peer's streams to them
 //! are refused at negotiation and ours are not opened; only what lies outside the gate (the
 //! membership exchange) runs. The gate also keeps unproven connections few: at most
-//! [`GateLimits::unproven`] in all and [`GateLimits::unproven_per_ip`] from one address,
-//! so strangers can never take the slots members need.
+//! [`GateLimits::unproven`] in all and [`GateLimits::unproven_per_ip`] from one address (an
+//! IPv6 /64), so strangers can never take the slots members need; and it shares the
+//! incoming handshakes fairly among their sources ([`crate::handshakes`]).
 //!
 //! Each direction opens on its own: inbound once we have checked the peer (before we answer
 //! its request, so its first stream finds us open), outbound once the peer has accepted us
@@ -32,7 +33,8 @@ use libp2p::swarm::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::dial_policy::ip_of;
+use crate::dial_policy::{DialPolicy, ip_of, source_of};
+use crate::handshakes::Handshakes;
 use crate::{Admission, PeerRefusal};
 
 /// How many unproven connections the gate lets in.
@@ -42,6 +44,10 @@ pub(crate) struct GateLimits {
     pub(crate) unproven: usize,
     /// Unproven connections from one IP address.
     pub(crate) unproven_per_ip: usize,
+    /// Incoming handshakes at once from one source.
+    pub(crate) pending_per_source: usize,
+    /// Incoming handshakes at once from sources not known as members'.
+    pub(crate) pending_strangers: usize,
 }
 
 /// Why the gate refused a connection.
@@ -79,12 +85,23 @@ pub(crate) struct Gate<B> {
     /// Who is a member: a peer it knows by its ID alone (configured, or certified before)
     /// is proven the moment it connects and takes no unproven slot.
     admission: Option<Arc<dyn Admission>>,
+    /// Incoming handshakes under way, by source.
+    handshakes: Handshakes,
+    /// Which sources are members' (their handshakes are let in first).
+    policy: Arc<DialPolicy>,
 }
 
 impl<B> Gate<B> {
-    pub(crate) fn new(inner: B, limits: GateLimits, admission: Option<Arc<dyn Admission>>) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        limits: GateLimits,
+        admission: Option<Arc<dyn Admission>>,
+        policy: Arc<DialPolicy>,
+    ) -> Self {
         Self {
             inner,
+            handshakes: Handshakes::new(limits.pending_per_source, limits.pending_strangers),
+            policy,
             limits,
             checked: HashSet::new(),
             accepted: HashSet::new(),
@@ -129,8 +146,9 @@ impl<B> Gate<B> {
     /// Unproven connections now, and from `ip`.
     fn unproven(&self, ip: Option<IpAddr>) -> (usize, usize) {
         let unproven = self.connections.values().filter(|c| !self.checked.contains(&c.peer));
+        let source = ip.map(source_of);
         unproven.fold((0, 0), |(all, same), c| {
-            (all + 1, same + usize::from(ip.is_some() && c.ip == ip))
+            (all + 1, same + usize::from(source.is_some() && c.ip.map(source_of) == source))
         })
     }
 
@@ -212,7 +230,14 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
         local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        self.inner.handle_pending_inbound_connection(id, local, remote)
+        let ip = ip_of(remote);
+        let known = ip.is_some_and(|ip| self.policy.is_known(ip));
+        self.handshakes.begin(id, ip, known).map_err(ConnectionDenied::new)?;
+        let taken = self.inner.handle_pending_inbound_connection(id, local, remote);
+        if taken.is_err() {
+            self.handshakes.end(id);
+        }
+        taken
     }
 
     fn handle_established_inbound_connection(
@@ -257,7 +282,11 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
         // A connection a behaviour asked after the gate refused ends as a failure.
         match &event {
             FromSwarm::ListenFailure(failure) => {
+                self.handshakes.end(failure.connection_id);
                 self.connections.remove(&failure.connection_id);
+            }
+            FromSwarm::ConnectionEstablished(established) => {
+                self.handshakes.end(established.connection_id);
             }
             FromSwarm::DialFailure(failure) => {
                 self.connections.remove(&failure.connection_id);

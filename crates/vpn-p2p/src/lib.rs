@@ -22,6 +22,7 @@ mod dial_policy;
 mod error;
 mod exchange;
 mod gate;
+mod handshakes;
 mod in_use;
 mod node;
 mod prefer;

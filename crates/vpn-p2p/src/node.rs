@@ -172,7 +172,7 @@ impl P2pNode {
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| startup("relay transport", &e))?
             .with_behaviour(|key, relay_client| {
-                Behaviour::new(key, &config, relay_client)
+                Behaviour::new(key, &config, relay_client, policy.clone())
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| startup("behaviour (mDNS)", &e))?
@@ -890,6 +890,12 @@ impl EventLoop {
     /// `peer` is proven a member both ways: everything runs. It enters the routing table
     /// and whoever waits for it is answered.
     fn opened(&mut self, peer: PeerId) {
+        // Where it connects from is a member's address now: let in first from there.
+        for conn in self.connections.get(&peer).into_iter().flatten() {
+            if !conn.endpoint.is_relayed() {
+                self.policy.seen_member(conn.endpoint.get_remote_address());
+            }
+        }
         self.links.admit(peer);
         self.add_to_routing_table(peer);
         self.answer_dials(peer, Ok(()));

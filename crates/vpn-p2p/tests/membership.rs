@@ -303,6 +303,82 @@ async fn unproven_connections_are_bounded_and_members_still_get_in() {
     b.stop().await;
 }
 
+/// Silent TCP connections to `to` from `from`, `each` of them at once, each opened again
+/// as soon as the node closes it; counts every connection made in `made`. Runs until
+/// aborted.
+fn hold_silent_connections(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    each: usize,
+    made: Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::io::AsyncReadExt;
+    (0..each)
+        .map(|_| {
+            let made = made.clone();
+            tokio::spawn(async move {
+                loop {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind((from, 0).into()).unwrap();
+                    let Ok(mut stream) = socket.connect(to).await else { continue };
+                    made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Says nothing; waits until the node closes it.
+                    let mut buf = [0u8; 256];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_holding_every_handshake_keep_no_member_out() {
+    let b_key = Keypair::generate_ed25519();
+    let b_id = b_key.public().to_peer_id();
+    // B is configured at A (its address is loopback, where B will connect from).
+    let configured = vec!["/ip4/127.0.0.1/tcp/9".parse().unwrap()];
+    let a = node(Keypair::generate_ed25519(), Some(Listed::of(b_id)), |c| {
+        c.max_pending_incoming = 16;
+        c.max_pending_per_source = 4;
+        c.known_peers = vec![(b_id, configured)];
+    })
+    .await;
+    let to = addr_of(&a).await;
+    let port = to
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // One stranger with 200 silent connections from one address, another with 4 from each
+    // of 32 addresses: together far more than the node's 16 handshakes.
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut attack = hold_silent_connections([127, 0, 0, 2].into(), target, 200, made.clone());
+    for host in 1..=32u8 {
+        let from = [127, 0, 1, host].into();
+        attack.extend(hold_silent_connections(from, target, 4, made.clone()));
+    }
+    until("the strangers are at it", async || {
+        made.load(std::sync::atomic::Ordering::Relaxed) >= 400
+    })
+    .await;
+    // A member that starts now gets in, at its first dial.
+    let b = node(b_key, None, |_| {}).await;
+    let dialed = tokio::time::timeout(
+        Duration::from_secs(5),
+        b.handle().dial(a.handle().local_peer_id(), vec![to]),
+    )
+    .await;
+    for task in &attack {
+        task.abort();
+    }
+    assert!(matches!(dialed, Ok(Ok(()))), "the member was kept out: {dialed:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_stops_being_one_is_cut_off() {
     let b_key = Keypair::generate_ed25519();
