@@ -52,8 +52,9 @@ fn main() -> ExitCode {
                 .position(|a| a == "--nodes")
                 .and_then(|i| rest.get(i + 1))
                 .map_or(Ok(24), |n| n.parse::<usize>());
+            let allowed = rest.iter().any(|a| a == "--allowed-peers");
             match nodes {
-                Ok(nodes) => mesh(nodes),
+                Ok(nodes) => mesh(nodes, allowed),
                 Err(e) => Err(anyhow::anyhow!("--nodes: {e}")),
             }
         }
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::run(&root(), args.get(1..).unwrap_or_default()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|e2e|nat [--soak]|mesh [--nodes N]|faults [--soak]|fuzz [--seconds N]|ci|demo|bench>"
+                "usage: cargo xtask <test|e2e|nat [--soak]|mesh [--nodes N] [--allowed-peers]|faults [--soak]|fuzz [--seconds N]|ci|demo|bench>"
             );
             return ExitCode::from(2);
         }
@@ -111,14 +112,19 @@ fn test() -> Result<()> {
     fuzz::run(&root(), &[])
 }
 
-/// Builds every test target of the workspace, the node's binary and the examples among
-/// them, as `cargo test` does: after the tests ran this builds nothing (a plain `cargo
-/// build -p vpn-node` would build the dependencies again, with other features).
+/// The directory debug builds go to.
+fn debug_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("debug")
+}
+
+/// Builds every test target of the workspace, the node's binary among them, as `cargo test`
+/// does: after the tests ran this builds nothing (a plain `cargo build -p vpn-node` would
+/// build the dependencies again, with other features).
 fn build_test_targets() -> Result<PathBuf> {
     cargo(&["test", "--workspace", "--all-targets", "--locked", "--no-run"], &[])?;
-    Ok(env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("debug"))
+    Ok(debug_dir())
 }
 
 /// Builds the node and returns its path.
@@ -143,10 +149,11 @@ fn e2e() -> Result<()> {
     nat::run(&binary, false)
 }
 
-/// A mesh of `nodes` nodes finding each other through the DHT.
-fn mesh(nodes: usize) -> Result<()> {
+/// A mesh of `nodes` nodes finding each other through the DHT (members by certificate, or
+/// with `allowed` by a list of every peer ID).
+fn mesh(nodes: usize, allowed: bool) -> Result<()> {
     needs_root("the mesh")?;
-    mesh::run(&node_binary()?, nodes)
+    mesh::run(&node_binary()?, nodes, allowed)
 }
 
 /// The NAT scenario alone (also the last part of `e2e`).
@@ -157,7 +164,10 @@ fn nat(soak: bool) -> Result<()> {
 
 /// Builds the strangers tool (an example of vpn-p2p) and returns its path.
 fn strangers_binary() -> Result<PathBuf> {
-    Ok(build_test_targets()?.join("examples").join("strangers"))
+    // The tests build examples as test harnesses; this builds them as programs, with the
+    // dependencies the tests built (the same features).
+    cargo(&["build", "--workspace", "--examples", "--locked"], &[])?;
+    Ok(debug_dir().join("examples").join("strangers"))
 }
 
 fn faults(soak: bool, only: &[String]) -> Result<()> {

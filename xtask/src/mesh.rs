@@ -1,7 +1,13 @@
 //! `cargo xtask mesh --nodes N`: N nodes on one bridge, each given one bootstrap address
 //! and the network's CA (a certificate each, no peer listed anywhere), find every other
-//! through the DHT. Reports the time until every pair has exchanged a ping, each node's
-//! idle memory and CPU over a minute, and what each asked of the DHT.
+//! through the DHT. With `--allowed-peers` there is no CA: each node is given node 1's
+//! address and peer ID and the list of every member's peer ID (`network.allowed_peers`).
+//! Reports the time until every pair has exchanged a ping, each node's idle memory and CPU
+//! over a minute, and what each asked of the DHT.
+//!
+//! Past a few dozen nodes the kernel's neighbour tables (one for all namespaces, 1 024
+//! entries by default) overflow and sends fail with ENOBUFS: the run raises them and puts
+//! them back when it ends.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,12 +28,50 @@ fn name(i: usize) -> String {
     format!("{i}")
 }
 
-pub fn run(binary: &Path, nodes: usize) -> Result<()> {
-    if !(2..=64).contains(&nodes) {
-        bail!("--nodes must be between 2 and 64, not {nodes}");
+/// Most nodes: interface names are built from the node's name and must fit in 15 bytes.
+const MOST_NODES: usize = 99;
+
+/// The neighbour-table limits raised for the run, each with its value before.
+struct NeighbourTables(Vec<(String, String)>);
+
+impl NeighbourTables {
+    /// Raises `gc_thresh1..3` for IPv4 and IPv6 to fit `nodes` nodes' neighbours many times.
+    fn raise(nodes: usize) -> Result<Self> {
+        let mut saved = Vec::new();
+        for family in ["ipv4", "ipv6"] {
+            for (n, per_node) in [(1, 32), (2, 64), (3, 128)] {
+                let path = format!("/proc/sys/net/{family}/neigh/default/gc_thresh{n}");
+                let before = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {path}"))?
+                    .trim()
+                    .to_owned();
+                let want = (nodes * per_node).max(before.parse().unwrap_or(0));
+                std::fs::write(&path, want.to_string())
+                    .with_context(|| format!("writing {path}"))?;
+                saved.push((path, before));
+            }
+        }
+        Ok(Self(saved))
     }
+}
+
+impl Drop for NeighbourTables {
+    fn drop(&mut self) {
+        for (path, before) in &self.0 {
+            if let Err(e) = std::fs::write(path, before) {
+                eprintln!("mesh: could not put {path} back to {before}: {e}");
+            }
+        }
+    }
+}
+
+pub fn run(binary: &Path, nodes: usize, allowed: bool) -> Result<()> {
+    if !(2..=MOST_NODES).contains(&nodes) {
+        bail!("--nodes must be between 2 and {MOST_NODES}, not {nodes}");
+    }
+    let _tables = NeighbourTables::raise(nodes)?;
     let mut lab = Lab::bare(binary.to_owned())?;
-    let result = scenario(&mut lab, nodes);
+    let result = scenario(&mut lab, nodes, allowed);
     if result.is_err() {
         let names: Vec<String> = (1..=nodes.min(4)).map(name).collect();
         lab.print_log_tails(&names.iter().map(String::as_str).collect::<Vec<_>>());
@@ -73,16 +117,8 @@ fn ping_round(lab: &Lab, missing: &BTreeSet<(usize, usize)>) -> Result<BTreeSet<
     Ok(missing.difference(&answered).copied().collect())
 }
 
-/// The PID of the `vpn-node` process running in node `name`'s namespace (the lab starts
-/// it through `ip netns exec` and `setpriv`, which exec into it).
-fn node_pid(lab: &Lab, name: &str) -> Result<u32> {
-    lab.pid(name).with_context(|| format!("node {name} is not running"))
-}
-
-fn scenario(lab: &mut Lab, nodes: usize) -> Result<()> {
-    for i in 1..=nodes {
-        lab.add_node(&name(i), i)?;
-    }
+/// Members by certificate: a CA, and a certificate for each node.
+fn certificates(lab: &Lab, nodes: usize) -> Result<()> {
     let ca = lab.root().join("ca");
     let ca = ca.to_str().context("ca path")?.to_owned();
     let ca_pub = lab.vpn_node(&["ca", "init", "--dir", &ca])?.trim().to_owned();
@@ -92,9 +128,48 @@ fn scenario(lab: &mut Lab, nodes: usize) -> Result<()> {
         sign(lab, &ca, &name(i), &[&v4, &v6], "30d")?;
         write_config(lab, &name(i), "1", Some(&ca_pub), "")?;
     }
-    println!(
-        "mesh: {nodes} nodes on one bridge; each knows the CA and node 1's address, no peer ID"
-    );
+    Ok(())
+}
+
+/// Members by list: every node's configuration names every member's peer ID.
+fn allowed_peers(lab: &Lab, nodes: usize) -> Result<()> {
+    let ids: Vec<String> = (1..=nodes)
+        .map(|i| lab.node(&name(i)).map(|n| format!("\"{}\"", n.peer_id)))
+        .collect::<Result<_>>()?;
+    let line = format!("[network]\nallowed_peers = [{}]\n", ids.join(", "));
+    for i in 1..=nodes {
+        write_config(lab, &name(i), "1", None, "")?;
+        let path = lab.node(&name(i))?.dir.join("vpn-node.toml");
+        let text = std::fs::read_to_string(&path)?;
+        if !text.contains("[network]\n") {
+            bail!("no [network] table in {}", path.display());
+        }
+        std::fs::write(&path, text.replacen("[network]\n", &line, 1))?;
+    }
+    Ok(())
+}
+
+/// The PID of the `vpn-node` process running in node `name`'s namespace (the lab starts
+/// it through `ip netns exec` and `setpriv`, which exec into it).
+fn node_pid(lab: &Lab, name: &str) -> Result<u32> {
+    lab.pid(name).with_context(|| format!("node {name} is not running"))
+}
+
+fn scenario(lab: &mut Lab, nodes: usize, allowed: bool) -> Result<()> {
+    for i in 1..=nodes {
+        lab.add_node(&name(i), i)?;
+    }
+    if allowed {
+        allowed_peers(lab, nodes)?;
+        println!(
+            "mesh: {nodes} nodes on one bridge; each knows node 1's address and peer ID and every member's peer ID, no CA"
+        );
+    } else {
+        certificates(lab, nodes)?;
+        println!(
+            "mesh: {nodes} nodes on one bridge; each knows the CA and node 1's address, no peer ID"
+        );
+    }
     let start = Instant::now();
     for i in 1..=nodes {
         lab.start(&name(i))?;
