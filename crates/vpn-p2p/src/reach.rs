@@ -136,12 +136,22 @@ impl Reach {
         candidates
     }
 
-    /// The slots to give up: all of them once we are publicly reachable.
+    /// The slots to give up once we are publicly reachable: every one its relay accepted.
+    /// One still being asked for is given up once accepted, not before: libp2p's relay
+    /// client panics (taking the swarm down) when the answer comes for a reservation whose
+    /// listener was closed meanwhile (seen in a 48-node mesh, where nodes find themselves
+    /// reachable moments after asking).
     pub(crate) fn release_if_public(&mut self) -> Vec<ListenerId> {
         if !self.is_public() {
             return Vec::new();
         }
-        self.slots.drain().map(|(_, slot)| slot.listener).collect()
+        let accepted: Vec<PeerId> =
+            self.slots.iter().filter(|(_, slot)| slot.accepted).map(|(relay, _)| *relay).collect();
+        accepted
+            .into_iter()
+            .filter_map(|relay| self.slots.remove(&relay))
+            .map(|s| s.listener)
+            .collect()
     }
 
     /// A reservation on `relay` was asked for with `listener`.
@@ -238,8 +248,13 @@ mod tests {
         assert_ne!(next[0], first[0]);
         assert!(reach.relays_to_ask(|r| *r == first[0]).is_empty(), "the lost one waits");
 
-        // Publicly reachable: no relay needed.
+        // Publicly reachable: no relay needed. A slot still being asked for is given up
+        // only once its relay answered.
+        reach.reserving(next[0], ListenerId::next(), circuit.clone());
         reach.confirmed(addr("/ip4/198.18.0.9/tcp/4001"));
+        assert_eq!(reach.release_if_public().len(), 1, "the accepted one");
+        assert!(reach.release_if_public().is_empty(), "the other is still being asked for");
+        assert!(reach.accepted(next[0]));
         assert_eq!(reach.release_if_public().len(), 1);
         assert!(reach.relays_to_ask(|_| true).is_empty());
     }
