@@ -1,6 +1,8 @@
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,7 +16,7 @@ use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, dcutr, identify, mdns, noise, ping, relay, request_response, yamux,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use vpn_types::PeerText;
 
@@ -102,6 +104,9 @@ enum Command {
     },
     /// Close every connection, telling the peers, and end the task.
     Shutdown,
+    /// Panic inside the task, as a bug in the swarm would.
+    #[cfg(test)]
+    Panic,
 }
 
 /// What this node asked of the DHT since it started.
@@ -147,6 +152,25 @@ pub struct P2pHandle {
 pub struct P2pNode {
     handle: P2pHandle,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Why the task ended, once it did.
+    ended: watch::Receiver<Option<&'static str>>,
+    /// Set by [`P2pNode::stop`]: the task's end is no fault then.
+    stopping: Arc<AtomicBool>,
+}
+
+/// Lives as long as the swarm's task and tells [`P2pNode::ended`] when the task ends,
+/// however it ends (a panic unwinds through it).
+struct EndReport(watch::Sender<Option<&'static str>>);
+
+impl Drop for EndReport {
+    fn drop(&mut self) {
+        let why = if std::thread::panicking() {
+            "the swarm's task panicked"
+        } else {
+            "the swarm's task ended"
+        };
+        self.0.send_replace(Some(why));
+    }
 }
 
 impl P2pNode {
@@ -222,38 +246,62 @@ impl P2pNode {
         }
         let control = swarm.behaviour().gate.inner.stream.inner.new_control();
         let (commands, rx) = mpsc::channel(64);
-        let task = tokio::spawn(
-            EventLoop {
-                swarm,
-                commands: rx,
-                pending: HashMap::new(),
-                dials: HashMap::new(),
-                connections: HashMap::new(),
-                overlay: config.overlay,
-                policy,
-                max_per_peer: config.max_connections_per_peer,
-                filter: config.record_filter,
-                warnings: vpn_types::WarnGate::per_peer(),
-                admission: config.admission,
-                membership_timeout: config.membership_timeout,
-                refused: HashMap::new(),
-                presented: HashSet::new(),
-                bootstrap: Redial::new(config.bootstrap.clone()),
-                reach,
-                observer: config.observer,
-                links: config.links,
-                quic_dials: config.datagrams.then(Default::default),
-                repunch: Default::default(),
-                paths_told: (0, 0),
-                looked_up: HashMap::new(),
-                dht: DhtCounts::default(),
-            }
-            .run(),
-        );
+        let (report, ended) = watch::channel(None);
+        let report = EndReport(report);
+        let event_loop = EventLoop {
+            swarm,
+            commands: rx,
+            pending: HashMap::new(),
+            dials: HashMap::new(),
+            connections: HashMap::new(),
+            overlay: config.overlay,
+            policy,
+            max_per_peer: config.max_connections_per_peer,
+            filter: config.record_filter,
+            warnings: vpn_types::WarnGate::per_peer(),
+            admission: config.admission,
+            membership_timeout: config.membership_timeout,
+            refused: HashMap::new(),
+            presented: HashSet::new(),
+            bootstrap: Redial::new(config.bootstrap.clone()),
+            reach,
+            observer: config.observer,
+            links: config.links,
+            quic_dials: config.datagrams.then(Default::default),
+            repunch: Default::default(),
+            paths_told: (0, 0),
+            looked_up: HashMap::new(),
+            dht: DhtCounts::default(),
+        };
+        let task = tokio::spawn(async move {
+            let _report = report;
+            event_loop.run().await;
+        });
         Ok(Self {
             handle: P2pHandle { commands, control, local },
             task: std::sync::Mutex::new(Some(task)),
+            ended,
+            stopping: Arc::default(),
         })
+    }
+
+    /// Resolves when the swarm's task ends without [`P2pNode::stop`] having been called (a
+    /// panic in it, say), with what happened. The node cannot reach any peer after that;
+    /// the future does not hold the node.
+    pub fn ended(&self) -> impl Future<Output = &'static str> + Send + 'static {
+        let mut ended = self.ended.clone();
+        let stopping = self.stopping.clone();
+        async move {
+            let why = match ended.wait_for(Option::is_some).await {
+                Ok(why) => why.unwrap_or_default(),
+                // The report always sends before the sender goes.
+                Err(_) => "the swarm's task ended",
+            };
+            if stopping.load(Ordering::Acquire) {
+                return std::future::pending().await;
+            }
+            why
+        }
     }
 
     /// The handle to the swarm.
@@ -263,6 +311,7 @@ impl P2pNode {
 
     /// Stops the swarm's task; connections close. Harmless twice.
     pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut task) = task {
             // Closed connections are told to the peers (a QUIC peer would otherwise keep a
@@ -466,6 +515,8 @@ impl EventLoop {
 
     fn on_command(&mut self, command: Command) {
         match command {
+            #[cfg(test)]
+            Command::Panic => panic!("asked to panic"),
             Command::Dial { peer, addrs, reply } => {
                 addrs.iter().for_each(|a| self.policy.trust(a));
                 if self.swarm.behaviour().gate.is_open(&peer) {
@@ -1565,5 +1616,34 @@ fn on_relay_server(event: relay::Event) {
             tracing::info!(from = %src_peer_id, to = %dst_peer_id, ?error, "relayed circuit closed")
         }
         other => tracing::debug!(?other, "relay"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    async fn start() -> P2pNode {
+        let listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        let config = P2pConfig::new(libp2p::identity::Keypair::generate_ed25519(), listen);
+        P2pNode::start(config).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_swarm_task_that_dies_is_reported_and_a_stopped_one_is_not() {
+        let node = start().await;
+        let ended = node.ended();
+        node.handle.commands.send(Command::Panic).await.unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(10), ended).await;
+        assert_eq!(why.expect("the end is reported"), "the swarm's task panicked");
+        node.stop().await;
+
+        let node = start().await;
+        let ended = node.ended();
+        node.stop().await;
+        assert!(node.task.lock().unwrap().is_none(), "the task is gone");
+        assert_eq!(ended.now_or_never(), None, "a stop is no fault");
     }
 }

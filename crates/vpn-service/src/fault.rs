@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use vpn_api::TunDevice;
 
-/// The first fault a running node cannot carry traffic after (its TUN device is gone),
-/// shared by the parts that can meet one.
+/// The first fault a running node cannot carry traffic after (its TUN device is gone, its
+/// swarm's task died), shared by the parts that can meet one.
 #[derive(Clone, Default)]
 pub(crate) struct Fault(Arc<watch::Sender<Option<String>>>);
 

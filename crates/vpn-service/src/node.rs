@@ -187,8 +187,9 @@ impl VpnNode {
     }
 
     /// Waits until the running node meets a fault it cannot carry traffic after (its TUN
-    /// device was deleted) and says what it was. The node stays as it is: the caller stops
-    /// it and, for a program, exits with an error, rather than run on black-holed.
+    /// device was deleted, its swarm's task died) and says what it was. The node stays as
+    /// it is: the caller stops it and, for a program, exits with an error, rather than run
+    /// on black-holed.
     pub async fn fatal_fault(&self) -> String {
         self.fault.wait().await
     }
@@ -489,7 +490,12 @@ impl VpnNode {
             let config = self.config();
             let datagrams = config.network.datagrams && config.network.psk_file.is_none();
             let links = vpn_quic::Links::new();
-            parts.p2p = Some(self.start_swarm(&registry, moves.clone(), links.clone()).await?);
+            let p2p = self.start_swarm(&registry, moves.clone(), links.clone()).await?;
+            // A swarm whose task died reaches no peer: the node says so and stops rather
+            // than look alive.
+            let (ended, fault) = (p2p.ended(), self.fault.clone());
+            parts.tasks.spawn(async move { fault.raise(ended.await.to_owned()) });
+            parts.p2p = Some(p2p);
             parts.links = datagrams.then_some(links);
         }
         let handle = parts.p2p.as_ref().map(|p| p.handle().clone());
