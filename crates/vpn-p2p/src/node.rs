@@ -51,6 +51,10 @@ const MEMBERSHIP_TICK: Duration = Duration::from_millis(500);
 const FIND_PEER_EVERY: Duration = Duration::from_secs(5);
 /// Most lookups of where peers are at once.
 const FIND_PEER_AT_ONCE: usize = 16;
+/// Members a published record is sent to straight away, beside its DHT walk: a member
+/// answering the walk with made-up peers that never answer cannot keep it from everyone.
+/// Kademlia's own replication factor.
+const PUSH_TO: usize = 20;
 /// How often the routing table is refreshed from the peers in it.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
 
@@ -133,8 +137,14 @@ enum Pending {
         found: Vec<Vec<u8>>,
         reply: Reply<Vec<Vec<u8>>>,
     },
+    /// A record published two ways at once: the DHT walk and straight to the members
+    /// nearest its key (answered once each of them has, or the time limit passed). The
+    /// first to succeed answers; an error only when both failed.
     Put {
-        reply: Reply<()>,
+        /// Held by one of the two at a time.
+        reply: Option<Reply<()>>,
+        /// The other query, while it runs and nothing was answered yet.
+        twin: Option<QueryId>,
     },
     /// Looking for where `PeerId` is, to dial it once found.
     FindPeer(PeerId),
@@ -325,6 +335,20 @@ impl P2pNode {
     }
 }
 
+/// Whether a publication stored the record anywhere: the walk is done once one peer has
+/// it; the push to the nearest members waits for every one of them (or the query's time
+/// limit) and counts where it got.
+fn stored(outcome: kad::PutRecordResult) -> Result<(), P2pError> {
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(
+            kad::PutRecordError::QuorumFailed { success, .. }
+            | kad::PutRecordError::Timeout { success, .. },
+        ) if !success.is_empty() => Ok(()),
+        Err(e) => Err(P2pError::Dht(e.to_string())),
+    }
+}
+
 /// Waits until every listener reports an address and, when one listens on every address
 /// (`0.0.0.0`, `::`), until one of them is more than loopback; fails with the address of a
 /// listener that fails. After [`LISTEN_WAIT`] it goes on regardless, with one line that
@@ -467,6 +491,52 @@ fn is_direct_quic_connection(endpoint: &ConnectedPoint) -> bool {
 }
 
 impl EventLoop {
+    /// The proven members connected now whose IDs are nearest `key`, at most `most`: where
+    /// a record goes straight away, whatever its DHT walk meets.
+    fn members_nearest(&self, key: &RecordKey, most: usize) -> Vec<PeerId> {
+        let target = kad::KBucketKey::new(key.clone());
+        let gate = &self.swarm.behaviour().gate;
+        let mut members: Vec<PeerId> =
+            self.swarm.connected_peers().filter(|p| gate.is_open(p)).copied().collect();
+        members.sort_by_key(|p| kad::KBucketKey::from(*p).distance(&target));
+        members.truncate(most);
+        members
+    }
+
+    /// One of a record's two publications ended with `outcome`: the caller is answered by
+    /// the first success, or by the second failure.
+    fn put_done(
+        &mut self,
+        reply: Option<Reply<()>>,
+        twin: Option<QueryId>,
+        outcome: Result<(), P2pError>,
+    ) {
+        let other = twin.and_then(|id| match self.pending.get_mut(&id) {
+            Some(Pending::Put { reply, twin }) => Some((reply, twin)),
+            _ => None,
+        });
+        match (outcome, other) {
+            (Ok(()), Some((other_reply, other_twin))) => {
+                *other_twin = None;
+                if let Some(reply) = reply.or_else(|| other_reply.take()) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            // The other one answers, whichever way it ends.
+            (Err(_), Some((other_reply, other_twin))) => {
+                *other_twin = None;
+                if reply.is_some() {
+                    *other_reply = reply;
+                }
+            }
+            (outcome, None) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+
     /// Refreshes the routing table from the peers in it, if there are any.
     fn refresh_routing_table(&mut self) {
         let kad = &mut self.swarm.behaviour_mut().gate.inner.kad;
@@ -571,9 +641,18 @@ impl EventLoop {
                 let mut record = Record::new(RecordKey::new(&key), value);
                 record.publisher = Some(*self.swarm.local_peer_id());
                 record.expires = Some(std::time::Instant::now() + ttl);
-                match self.swarm.behaviour_mut().gate.inner.kad.put_record(record, Quorum::One) {
-                    Ok(id) => {
-                        self.pending.insert(id, Pending::Put { reply });
+                let nearest = self.members_nearest(&record.key, PUSH_TO);
+                let kad = &mut self.swarm.behaviour_mut().gate.inner.kad;
+                match kad.put_record(record.clone(), Quorum::One) {
+                    Ok(walk) => {
+                        let twin = (!nearest.is_empty()).then(|| {
+                            let direct =
+                                kad.put_record_to(record, nearest.into_iter(), Quorum::All);
+                            self.pending
+                                .insert(direct, Pending::Put { reply: None, twin: Some(walk) });
+                            direct
+                        });
+                        self.pending.insert(walk, Pending::Put { reply: Some(reply), twin });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(P2pError::Dht(e.to_string())));
@@ -1480,9 +1559,8 @@ impl EventLoop {
                 }
             }
             QueryResult::PutRecord(outcome) => {
-                if let Some(Pending::Put { reply }) = self.pending.remove(&id) {
-                    let _ =
-                        reply.send(outcome.map(|_| ()).map_err(|e| P2pError::Dht(e.to_string())));
+                if let Some(Pending::Put { reply, twin }) = self.pending.remove(&id) {
+                    self.put_done(reply, twin, stored(outcome));
                 }
             }
             _ => {

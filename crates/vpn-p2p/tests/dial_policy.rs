@@ -6,9 +6,12 @@
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::until;
 use vpn_p2p::{DialRefusal, Keypair, Multiaddr, P2pConfig, P2pNode, PathObserver, PeerId};
 
 /// Counts what the node would not dial.
@@ -28,18 +31,6 @@ impl Refusals {
     fn count(&self, why: DialRefusal) -> usize {
         self.0.lock().unwrap().iter().filter(|r| **r == why).count()
     }
-}
-
-/// Waits (at most 15 s) until `done` holds.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let wait = async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 /// A node listening on 127.0.0.1 that takes everyone, announcing `external` as its own.
@@ -72,13 +63,16 @@ async fn addresses_a_member_hands_out_for_hosts_it_should_not_reach_are_not_dial
     let all =
         [DialRefusal::Loopback, DialRefusal::Private, DialRefusal::LinkLocal, DialRefusal::Overlay];
     // Identify brings the member's claims; none is kept.
-    until("the member's claims are refused", || all.iter().all(|why| refusals.count(*why) >= 1))
-        .await;
+    until("the member's claims are refused", async || {
+        all.iter().all(|why| refusals.count(*why) >= 1)
+    })
+    .await;
     // A lookup of the made-up peer: the member answers with what it holds of those
     // addresses, which the lookup would dial to go on; A dials none.
     let before = refusals.0.lock().unwrap().len();
     let _ = a.handle().dial(made_up, Vec::new()).await;
-    until("the lookup's answers are refused", || refusals.0.lock().unwrap().len() > before).await;
+    until("the lookup's answers are refused", async || refusals.0.lock().unwrap().len() > before)
+        .await;
     assert!(refusals.0.lock().unwrap().iter().all(|why| all.contains(why)));
     assert!(!a.handle().connected_peers().await.unwrap().contains(&made_up));
     // The member itself is still reached at its real address.

@@ -4,10 +4,13 @@
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{addr_of, loopback, until};
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use vpn_p2p::{
@@ -57,27 +60,6 @@ impl Listed {
         let all = self.refused.lock().unwrap();
         all.iter().filter(|(p, _)| p == peer).map(|(_, why)| *why).collect()
     }
-}
-
-fn loopback() -> Vec<Multiaddr> {
-    vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]
-}
-
-async fn addr_of(node: &P2pNode) -> Multiaddr {
-    let addr = node.handle().listen_addrs().await.unwrap().remove(0);
-    addr.with(libp2p::multiaddr::Protocol::P2p(node.handle().local_peer_id()))
-}
-
-/// Waits (at most 15 s) until `done` holds.
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let wait = async {
-        while !done().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 /// A node that takes the members `members` (none: everyone).

@@ -3,25 +3,19 @@
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{addr_of, loopback};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use vpn_p2p::{Keypair, Multiaddr, P2pConfig, P2pNode, StreamProtocol};
-
-fn loopback() -> Vec<Multiaddr> {
-    vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]
-}
 
 async fn node(bootstrap: Vec<Multiaddr>) -> P2pNode {
     let mut config = P2pConfig::new(Keypair::generate_ed25519(), loopback());
     config.bootstrap = bootstrap;
     P2pNode::start(config).await.unwrap()
-}
-
-async fn addr_of(node: &P2pNode) -> Multiaddr {
-    let addr = node.handle().listen_addrs().await.unwrap().remove(0);
-    addr.with(libp2p::multiaddr::Protocol::P2p(node.handle().local_peer_id()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
