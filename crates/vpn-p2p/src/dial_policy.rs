@@ -193,6 +193,12 @@ impl DialPolicy {
         }
     }
 
+    /// Whether `ip` is a public address (no private, loopback or link-local one) the node
+    /// listens on itself: a host that holds it needs no NAT to be dialed there.
+    pub(crate) fn is_own_public(&self, ip: IpAddr) -> bool {
+        class_of(ip) == Class::Public && self.state().own.contains(&ip)
+    }
+
     /// A proven member is connected from `addr`: connections from there are let in first.
     pub fn seen_member(&self, addr: &Multiaddr) {
         let Some(ip) = ip_of(addr) else { return };

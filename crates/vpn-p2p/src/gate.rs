@@ -35,7 +35,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dial_policy::{DialPolicy, ip_of, source_of};
 use crate::handshakes::Handshakes;
+use crate::reach::is_circuit;
 use crate::{Admission, PeerRefusal};
+
+/// Most confirmed addresses kept until the event loop takes them.
+const MAX_CONFIRMED: usize = 8;
 
 /// How many unproven connections the gate lets in.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +86,9 @@ pub(crate) struct Gate<B> {
     accepted: HashSet<PeerId>,
     connections: HashMap<ConnectionId, Tracked>,
     notify: Vec<(PeerId, ConnectionId, Open)>,
+    /// Addresses of ours AutoNAT confirmed, kept from the swarm until the event loop takes
+    /// them: it publishes them only while members vouch for them ([`crate::vouch`]).
+    confirmed: Vec<Multiaddr>,
     /// Who is a member: a peer it knows by its ID alone (configured, or certified before)
     /// is proven the moment it connects and takes no unproven slot.
     admission: Option<Arc<dyn Admission>>,
@@ -107,6 +114,7 @@ impl<B> Gate<B> {
             accepted: HashSet::new(),
             connections: HashMap::new(),
             notify: Vec::new(),
+            confirmed: Vec::new(),
             admission,
         }
     }
@@ -114,6 +122,11 @@ impl<B> Gate<B> {
     fn open_of(&self, peer: &PeerId) -> Open {
         let inbound = self.checked.contains(peer);
         Open { inbound, outbound: inbound && self.accepted.contains(peer) }
+    }
+
+    /// Takes the addresses of ours AutoNAT confirmed since the last call.
+    pub(crate) fn take_confirmed(&mut self) -> Vec<Multiaddr> {
+        std::mem::take(&mut self.confirmed)
     }
 
     /// Whether `peer` is proven and has accepted us: everything runs.
@@ -324,7 +337,17 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
                 event: Either::Right(open),
             });
         }
-        self.inner.poll(cx).map(|event| event.map_in(Either::Left))
+        loop {
+            match self.inner.poll(cx) {
+                // Relay slots confirm their own (relayed) addresses: those pass.
+                Poll::Ready(ToSwarm::ExternalAddrConfirmed(addr)) if !is_circuit(&addr) => {
+                    if self.confirmed.len() < MAX_CONFIRMED {
+                        self.confirmed.push(addr);
+                    }
+                }
+                other => return other.map(|event| event.map_in(Either::Left)),
+            }
+        }
     }
 }
 

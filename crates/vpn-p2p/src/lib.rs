@@ -30,6 +30,7 @@ mod punch;
 mod reach;
 mod stream;
 mod transport;
+mod vouch;
 mod wrap;
 
 pub use config::{Admission, P2pConfig, PathObserver, ReachConfig, RecordFilter};

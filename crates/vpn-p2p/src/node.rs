@@ -21,9 +21,10 @@ use tokio::task::JoinHandle;
 use vpn_types::PeerText;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, MembersEvent};
-use crate::dial_policy::{DialPolicy, ip_of, peer_of};
+use crate::dial_policy::{DialPolicy, ip_of, peer_of, source_of};
 use crate::exchange::Verdict;
 use crate::reach::{PeerPath, Reach, Reachability, is_circuit};
+use crate::vouch::Vouches;
 use crate::{Admission, P2pConfig, P2pError, PathObserver, PeerRefusal, RecordFilter};
 
 /// Addresses kept of the ones a peer announces (identify): a few reach it; hundreds would
@@ -282,6 +283,8 @@ impl P2pNode {
             paths_told: (0, 0),
             looked_up: HashMap::new(),
             dht: DhtCounts::default(),
+            vouches: Vouches::default(),
+            vouched: Vec::new(),
         };
         let task = tokio::spawn(async move {
             let _report = report;
@@ -399,6 +402,10 @@ async fn wait_for_listeners(
 }
 
 struct EventLoop {
+    /// Addresses AutoNAT confirmed, and the members that vouch for them by dialing us.
+    vouches: Vouches,
+    /// The confirmed addresses published now (as external addresses).
+    vouched: Vec<Multiaddr>,
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     pending: HashMap<QueryId, Pending>,
@@ -483,6 +490,8 @@ struct Connection {
     rtt: Option<Duration>,
     /// Made by punching a hole through NATs.
     punched: bool,
+    /// The peer's first connection at the time (a hole punch never is).
+    first: bool,
 }
 
 /// Whether a connection runs over QUIC directly (not through a relay).
@@ -537,6 +546,33 @@ impl EventLoop {
         }
     }
 
+    /// Publishes the addresses AutoNAT confirmed while members vouch for them, and takes
+    /// them back when they no longer do (relay slots are asked for again then).
+    fn publish_vouched(&mut self) {
+        for addr in self.swarm.behaviour_mut().gate.take_confirmed() {
+            tracing::debug!(address = %addr, "a member dialed us back at this address");
+            self.vouches.confirmed(addr);
+        }
+        let now = std::time::Instant::now();
+        let policy = &self.policy;
+        let own = |addr: &Multiaddr| ip_of(addr).is_some_and(|ip| policy.is_own_public(ip));
+        let want = self.vouches.published(now, own);
+        let was = std::mem::replace(&mut self.vouched, want.clone());
+        for addr in want.into_iter().filter(|a| !was.contains(a)) {
+            tracing::info!(address = %addr, "other members can dial us at this address");
+            self.swarm.add_external_address(addr.clone());
+            let change = self.reach.confirmed(addr);
+            self.set_serving(change);
+        }
+        let gone: Vec<Multiaddr> = was.into_iter().filter(|a| !self.vouched.contains(a)).collect();
+        for addr in &gone {
+            tracing::info!(address = %addr, "no member dialed us lately: asking relays again");
+            self.swarm.remove_external_address(addr);
+            let change = self.reach.expired(addr);
+            self.set_serving(change);
+        }
+    }
+
     /// Refreshes the routing table from the peers in it, if there are any.
     fn refresh_routing_table(&mut self) {
         let kad = &mut self.swarm.behaviour_mut().gate.inner.kad;
@@ -563,6 +599,7 @@ impl EventLoop {
                     self.trim_connections();
                     self.recheck_members();
                     self.redial_bootstrap();
+                    self.publish_vouched();
                     self.update_relays();
                     self.look_up_unknown();
                     self.dial_quic();
@@ -686,7 +723,15 @@ impl EventLoop {
                 let _ = reply.send(self.paths());
             }
             Command::Reachability { reply } => {
-                let _ = reply.send(self.reach.snapshot());
+                let mut reach = self.reach.snapshot();
+                reach.unvouched = self
+                    .vouches
+                    .held()
+                    .iter()
+                    .filter(|a| !self.vouched.contains(a))
+                    .cloned()
+                    .collect();
+                let _ = reply.send(reach);
             }
             Command::DhtCounts { reply } => {
                 let _ = reply.send(self.dht);
@@ -1021,9 +1066,18 @@ impl EventLoop {
     /// and whoever waits for it is answered.
     fn opened(&mut self, peer: PeerId) {
         // Where it connects from is a member's address now: let in first from there.
+        let now = std::time::Instant::now();
         for conn in self.connections.get(&peer).into_iter().flatten() {
-            if !conn.endpoint.is_relayed() {
-                self.policy.seen_member(conn.endpoint.get_remote_address());
+            if conn.endpoint.is_relayed() {
+                continue;
+            }
+            let remote = conn.endpoint.get_remote_address();
+            self.policy.seen_member(remote);
+            // It dialed us straight from outside: it vouches that we can be dialed.
+            if let (ConnectedPoint::Listener { .. }, true, Some(ip)) =
+                (&conn.endpoint, conn.first, ip_of(remote))
+            {
+                self.vouches.dialed_by(peer, source_of(ip), now);
             }
         }
         self.links.admit(peer);
@@ -1218,7 +1272,8 @@ impl EventLoop {
         // A direct connection next to a relayed one is a punched hole, whichever side
         // dialed (only the dialing side hears of it from the hole punching itself).
         let punched = went_direct && self.swarm.behaviour().gate.inner.dcutr.is_enabled();
-        conns.push(Connection { id, since: now, endpoint, rtt: None, punched });
+        let first = conns.is_empty();
+        conns.push(Connection { id, since: now, endpoint, rtt: None, punched, first });
         self.tell_paths();
         if went_direct {
             tracing::info!(%peer, "a direct connection now carries what the relay did");

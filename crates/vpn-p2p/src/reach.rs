@@ -17,6 +17,9 @@ pub struct Reachability {
     pub relays: Vec<(PeerId, Multiaddr)>,
     /// Whether we relay for other members now.
     pub serving: bool,
+    /// Addresses AutoNAT confirmed that too few members vouch for yet by dialing us
+    /// (not published; see `public`).
+    pub unvouched: Vec<Multiaddr>,
 }
 
 /// How one peer is connected now.
@@ -192,7 +195,12 @@ impl Reach {
             .map(|(r, s)| (*r, s.address.clone()))
             .collect();
         relays.sort();
-        Reachability { public: self.public.clone(), relays, serving: self.serving }
+        Reachability {
+            public: self.public.clone(),
+            relays,
+            serving: self.serving,
+            unvouched: Vec::new(),
+        }
     }
 }
 

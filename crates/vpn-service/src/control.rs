@@ -45,8 +45,9 @@ pub async fn status_json(node: &VpnNode) -> String {
         )
     });
     let reachability = format!(
-        "{{\"public\":{},\"relays\":{},\"relaying\":{}}}",
+        "{{\"public\":{},\"unvouched\":{},\"relays\":{},\"relaying\":{}}}",
         json::list(reach.public.iter().map(|a| json::string(&a.to_string()))),
+        json::list(reach.unvouched.iter().map(|a| json::string(&a.to_string()))),
         json::list(relays),
         reach.serving
     );
