@@ -81,6 +81,14 @@ pub fn run(binary: &Path, soak: bool, only: &[String]) -> Result<()> {
             }
         }
     }
+    // Roaming again, `a` listening on its one underlay address alone: the address goes away
+    // under the listener, and comes back.
+    let name = "own address changed mid-flow, listening on it alone (TCP)";
+    if wanted(name) {
+        let mut lab = Lab::new(binary.to_owned())?;
+        lab.write_configs_with(&Setup { wildcard: false, ..setup(false) })?;
+        rows.push(run_check(&mut lab, name.to_owned(), roaming));
+    }
     let mut lab = Lab::new(binary.to_owned())?;
     lab.write_configs_with(&setup(false))?;
     let checks: [(&str, Check); 3] = [

@@ -24,6 +24,7 @@ mod exchange;
 mod gate;
 mod handshakes;
 mod in_use;
+mod listeners;
 mod node;
 mod prefer;
 mod punch;

@@ -23,6 +23,7 @@ use vpn_types::PeerText;
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, MembersEvent};
 use crate::dial_policy::{DialPolicy, ip_of, peer_of, source_of};
 use crate::exchange::Verdict;
+use crate::listeners::SpecificListeners;
 use crate::reach::{PeerPath, Reach, Reachability, is_circuit};
 use crate::vouch::Vouches;
 use crate::{Admission, P2pConfig, P2pError, PathObserver, PeerRefusal, RecordFilter};
@@ -221,7 +222,10 @@ impl P2pNode {
                 .map_err(|e| startup(&format!("listen on {addr}"), &e))?;
             listeners.insert(id, addr.clone());
         }
+        let specific = SpecificListeners::new(listeners.iter().map(|(id, addr)| (*id, addr)));
         wait_for_listeners(&mut swarm, listeners, &policy).await?;
+        // Only needed for listeners on one IP; a failure leaves them as libp2p has them.
+        let interfaces = specific.any().then(if_watch::tokio::IfWatcher::new).and_then(Result::ok);
         for (peer, addrs) in &config.known_peers {
             for addr in addrs {
                 policy.trust(addr);
@@ -285,6 +289,8 @@ impl P2pNode {
             dht: DhtCounts::default(),
             vouches: Vouches::default(),
             vouched: Vec::new(),
+            specific,
+            interfaces,
         };
         let task = tokio::spawn(async move {
             let _report = report;
@@ -352,6 +358,16 @@ fn stored(outcome: kad::PutRecordResult) -> Result<(), P2pError> {
     }
 }
 
+/// The next change of the host's addresses, if they are watched (never, otherwise).
+async fn next_if_event(
+    watcher: &mut Option<if_watch::tokio::IfWatcher>,
+) -> Option<std::io::Result<if_watch::IfEvent>> {
+    match watcher {
+        Some(watcher) => watcher.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits until every listener reports an address and, when one listens on every address
 /// (`0.0.0.0`, `::`), until one of them is more than loopback; fails with the address of a
 /// listener that fails. After [`LISTEN_WAIT`] it goes on regardless, with one line that
@@ -402,6 +418,10 @@ async fn wait_for_listeners(
 }
 
 struct EventLoop {
+    /// Listen addresses on one IP, closed while the host lacks it.
+    specific: SpecificListeners,
+    /// The host's addresses, watched while there are such listeners.
+    interfaces: Option<if_watch::tokio::IfWatcher>,
     /// Addresses AutoNAT confirmed, and the members that vouch for them by dialing us.
     vouches: Vouches,
     /// The confirmed addresses published now (as external addresses).
@@ -593,6 +613,7 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
+                event = next_if_event(&mut self.interfaces) => self.on_if_event(event),
                 _ = refresh.tick() => self.refresh_routing_table(),
                 _ = deadline.tick() => {
                     self.close_unproven();
@@ -858,6 +879,7 @@ impl EventLoop {
                 self.set_serving(change);
             }
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                self.specific.closed(listener_id);
                 if let Some(relay) = self.reach.listener_closed(listener_id) {
                     tracing::info!(%relay, ?reason, "our slot on a relay is gone");
                 }
@@ -1498,6 +1520,32 @@ impl EventLoop {
     /// Connections we dialed to addresses of its family, and those that came in on a
     /// wildcard listener of its family, may have used it, so they go too; the next packet
     /// dials again from an address we have.
+    /// The host gained or lost an address: listeners on one IP follow it.
+    fn on_if_event(&mut self, event: Option<std::io::Result<if_watch::IfEvent>>) {
+        match event {
+            Some(Ok(if_watch::IfEvent::Down(net))) => {
+                for (id, addr) in self.specific.ip_gone(net.addr()) {
+                    tracing::info!(address = %addr, "our listen address went away; listening there again when it is back");
+                    self.swarm.remove_listener(id);
+                    self.policy.own(&addr, false);
+                    self.on_address_gone(&addr);
+                }
+            }
+            Some(Ok(if_watch::IfEvent::Up(net))) => {
+                for addr in self.specific.ip_back(net.addr()) {
+                    match self.swarm.listen_on(addr.clone()) {
+                        Ok(id) => self.specific.listening(&addr, id),
+                        Err(e) => {
+                            tracing::warn!(address = %addr, error = %e, "cannot listen again")
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "watching the host's addresses"),
+            None => self.interfaces = None,
+        }
+    }
+
     fn on_address_gone(&mut self, address: &Multiaddr) {
         let Some(gone) = ip_of(address) else { return };
         // Loopback and link-local addresses carry no connection to another host.
