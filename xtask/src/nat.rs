@@ -6,7 +6,8 @@
 //! the defaults and find each other through the DHT. Home to home must end on a direct
 //! connection made by a UDP hole punch, carrying packets as datagrams; symmetric to home
 //! must stay on the relay, on streams; both carry ping and iperf3; each path is read from
-//! `vpn-node peers --json` on both ends.
+//! `vpn-node peers --json` on both ends. Then, 20 times, p and the homes are stopped and
+//! started at once: each time they must be proven members of each other within 2 s.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,6 +33,11 @@ const WAIT: Duration = Duration::from_secs(60);
 /// that answers a stray packet spoils the mapping) and is tried again after a pause.
 const PUNCH_WAIT: Duration = Duration::from_secs(150);
 
+/// Times p and the homes start all at once.
+const STARTS: usize = 20;
+/// Longest wait for p and the homes started at once to be members of each other.
+const START_WAIT: Duration = Duration::from_secs(2);
+
 /// How long the soak's relayed flow runs, and the least it must move.
 const SOAK: Duration = Duration::from_secs(600);
 const SOAK_LEAST_BYTES: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -39,7 +45,10 @@ const SOAK_LEAST_BYTES: f64 = 1024.0 * 1024.0 * 1024.0;
 /// The scenario; with `soak`, then a relayed flow for ten minutes.
 pub fn run(binary: &Path, soak: bool) -> Result<()> {
     let mut lab = Lab::bare(binary.to_owned())?;
-    let result = scenario(&mut lab).and_then(|()| if soak { relayed_soak(&lab) } else { Ok(()) });
+    let result = scenario(&mut lab).and_then(|()| match soak {
+        true => relayed_soak(&lab),
+        false => all_at_once(&mut lab, STARTS),
+    });
     if result.is_err() {
         lab.print_log_tails(&["p", "q", "h1", "h2", "hs"]);
     }
@@ -146,6 +155,62 @@ fn relayed_soak(lab: &Lab) -> Result<()> {
         bail!("the relayed flow did not run its ten minutes uncut over the relay");
     }
     println!("nat: the relayed flow ran {} s uncut", SOAK.as_secs());
+    Ok(())
+}
+
+/// The peer IDs in `name`'s routing table (proven members only enter it).
+fn routing_table(lab: &Lab, name: &str) -> Result<Vec<String>> {
+    let status = lab.ask(name, "status")?;
+    let table = status.get("routing_table").and_then(|t| t.as_array()).cloned();
+    let table = table.context("no routing table in status")?;
+    Ok(table.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
+}
+
+/// Stops every node, then starts p and the homes at once (in well under a second), `rounds`
+/// times: each time every home and p must be proven members of each other (in each other's
+/// routing tables) within [`START_WAIT`]; the time from the first start is reported.
+fn all_at_once(lab: &mut Lab, rounds: usize) -> Result<()> {
+    let homes: Vec<&str> = HOMES.iter().map(|(name, ..)| *name).collect();
+    let ids = |lab: &Lab, names: &[&str]| -> Result<Vec<String>> {
+        names.iter().map(|n| Ok(lab.node(n)?.peer_id.clone())).collect()
+    };
+    let (p_id, home_ids) = (lab.node(PUBLIC)?.peer_id.clone(), ids(lab, &homes)?);
+    let mut took = Vec::new();
+    for round in 1..=rounds {
+        for name in [PUBLIC, PUBLIC2].iter().chain(&homes) {
+            lab.stop(name)?;
+        }
+        let start = Instant::now();
+        for name in [PUBLIC].iter().chain(&homes) {
+            lab.start(name)?;
+        }
+        let started = start.elapsed();
+        until(
+            &format!("start {round}: p and the homes are members of each other"),
+            START_WAIT,
+            || {
+                let at_p = routing_table(lab, PUBLIC).unwrap_or_default();
+                for (home, id) in homes.iter().zip(&home_ids) {
+                    let at_home = routing_table(lab, home).unwrap_or_default();
+                    if !at_p.contains(id) || !at_home.contains(&p_id) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        took.push(start.elapsed().as_secs_f64());
+        if started > Duration::from_secs(1) {
+            bail!("start {round}: starting the nodes took {started:?}, not at once");
+        }
+    }
+    let worst = took.iter().copied().fold(0.0, f64::max);
+    let mean = took.iter().sum::<f64>() / took.len().max(1) as f64;
+    let each: Vec<String> = took.iter().map(|t| format!("{t:.2}")).collect();
+    println!(
+        "  p and the homes started at once, {rounds} times: members of each other after {mean:.2} s on average, {worst:.2} s at worst ({} s)",
+        each.join(", ")
+    );
     Ok(())
 }
 

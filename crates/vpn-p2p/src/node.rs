@@ -468,8 +468,10 @@ struct EventLoop {
 }
 
 /// Dials the bootstrap addresses again while the node has no member to talk to (they were
-/// down when it started, or every member went away): after 2 s, then twice as long each
-/// time up to a minute; from the start again once a member is connected.
+/// down when it started, or every member went away): after half a second, then twice as
+/// long each time up to a minute; from the start again once a member is connected. (Nodes
+/// started at once dial a bootstrap peer that is not listening yet: the first try again
+/// comes soon.)
 struct Redial {
     addrs: Vec<Multiaddr>,
     wait: Duration,
@@ -477,7 +479,7 @@ struct Redial {
 }
 
 impl Redial {
-    const FIRST: Duration = Duration::from_secs(2);
+    const FIRST: Duration = Duration::from_millis(500);
     const LONGEST: Duration = Duration::from_secs(60);
 
     fn new(addrs: Vec<Multiaddr>) -> Self {
