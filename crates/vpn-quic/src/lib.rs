@@ -33,7 +33,7 @@ pub use config::{INITIAL_MTU, QuicConfig};
 pub use error::QuicError;
 pub use links::{DatagramLink, Incoming, Links, PATH_TIMEOUT, PROBE_INTERVAL, SendError};
 pub use muxer::{QuicMuxer, QuicStream};
-pub use transport::{QuicTransport, Upgrade};
+pub use transport::{QuicTransport, RETRY_ABOVE, Upgrade};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -25,6 +26,12 @@ use libp2p_identity::{Keypair, PeerId};
 use crate::addr::{multiaddr_of, socket_addr_of};
 use crate::config::QuinnConfigs;
 use crate::{Links, QuicConfig, QuicError, QuicMuxer};
+
+/// Handshakes under way on one listener past which a new one from an address not proven
+/// yet is answered with a Retry (QUIC address validation): a client at a real address
+/// answers it with the token and goes on, a round trip later; Initials from forged
+/// addresses cost a stateless reply and hold nothing.
+pub const RETRY_ABOVE: usize = 16;
 
 /// A connection being set up: the handshake, then the peer ID check.
 pub type Upgrade = BoxFuture<'static, Result<(PeerId, QuicMuxer), QuicError>>;
@@ -322,6 +329,24 @@ struct Listener {
     announced: HashSet<IpAddr>,
     events: VecDeque<TransportEvent<Upgrade, QuicError>>,
     closed: bool,
+    /// Handshakes under way on this listener (see [`RETRY_ABOVE`]).
+    handshakes: Arc<AtomicUsize>,
+}
+
+/// One handshake under way, counted until it ends or is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn accepting(endpoint: &quinn::Endpoint) -> BoxFuture<'static, Option<quinn::Incoming>> {
@@ -351,6 +376,7 @@ impl Listener {
             announced: HashSet::new(),
             events: VecDeque::new(),
             closed: false,
+            handshakes: Arc::default(),
         };
         if local.ip().is_unspecified() {
             listener.interfaces = Some(if_watch::tokio::IfWatcher::new()?);
@@ -419,6 +445,13 @@ impl Listener {
                 Poll::Ready(Some(incoming)) => {
                     self.accept = accepting(&self.endpoint);
                     let from = incoming.remote_address();
+                    let busy = self.handshakes.load(Ordering::Acquire) >= RETRY_ABOVE;
+                    if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+                        if let Err(e) = incoming.retry() {
+                            e.into_incoming().ignore();
+                        }
+                        continue;
+                    }
                     let connecting = match incoming.accept() {
                         Ok(connecting) => connecting,
                         Err(e) => {
@@ -426,8 +459,14 @@ impl Listener {
                             continue;
                         }
                     };
-                    let upgrade =
-                        handshake(connecting, self.handshake_timeout, links.clone(), None).boxed();
+                    let counted = InFlight::new(&self.handshakes);
+                    let handshake =
+                        handshake(connecting, self.handshake_timeout, links.clone(), None);
+                    let upgrade = async move {
+                        let _counted = counted;
+                        handshake.await
+                    }
+                    .boxed();
                     return Poll::Ready(Some(TransportEvent::Incoming {
                         listener_id: self.id,
                         upgrade,
@@ -439,5 +478,79 @@ impl Listener {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use futures::future::poll_fn;
+    use tokio::net::UdpSocket;
+
+    use super::*;
+
+    /// The Initial packet a client that never says more sends to `to`.
+    fn silent_initial(client: &quinn::ClientConfig, to: SocketAddr) -> Vec<u8> {
+        let config = Arc::new(quinn_proto::EndpointConfig::default());
+        let mut endpoint = quinn_proto::Endpoint::new(config, None, true, None);
+        let (_, mut conn) = endpoint.connect(Instant::now(), client.clone(), to, "l").unwrap();
+        let mut packet = Vec::new();
+        let sent = conn.poll_transmit(Instant::now(), 1, &mut packet).unwrap();
+        packet.truncate(sent.size);
+        packet
+    }
+
+    /// The long-header packet type of the first reply to `initial` sent from a new socket
+    /// (0: Initial, 3: Retry); the socket is returned too, to keep its port taken.
+    async fn first_reply(initial: &[u8], to: SocketAddr) -> (u8, UdpSocket) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(initial, to).await.unwrap();
+        let mut reply = [0u8; 2048];
+        let wait = Duration::from_secs(5);
+        let (n, _) =
+            tokio::time::timeout(wait, socket.recv_from(&mut reply)).await.unwrap().unwrap();
+        assert!(n > 0 && reply[0] & 0x80 != 0, "a long-header reply");
+        ((reply[0] >> 4) & 0x3, socket)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_limit_new_addresses_are_asked_to_prove_themselves_and_real_ones_get_in() {
+        let config = QuicConfig::default().with_handshake_timeout(Duration::from_secs(30));
+        let key = Keypair::generate_ed25519();
+        let mut transport = QuicTransport::new(&key, &config, Links::new()).unwrap();
+        let at = "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap();
+        transport.listen_on(ListenerId::next(), at).unwrap();
+        let event = poll_fn(|cx| Pin::new(&mut transport).poll(cx)).await;
+        let TransportEvent::NewAddress { listen_addr, .. } = event else {
+            panic!("the listener's address comes first")
+        };
+        let (listen, _) = socket_addr_of(&listen_addr).unwrap();
+        let driver = tokio::spawn(async move {
+            loop {
+                let event = poll_fn(|cx| Pin::new(&mut transport).poll(cx)).await;
+                if let TransportEvent::Incoming { upgrade, .. } = event {
+                    tokio::spawn(upgrade);
+                }
+            }
+        });
+
+        // Clients that send an Initial and nothing more hold handshakes until the limit.
+        let client = QuinnConfigs::new(&Keypair::generate_ed25519(), &config).unwrap().client;
+        let mut held = Vec::new();
+        for _ in 0..RETRY_ABOVE {
+            let (kind, socket) = first_reply(&silent_initial(&client, listen), listen).await;
+            assert_eq!(kind, 0, "below the limit a handshake starts at once");
+            held.push(socket);
+        }
+        let (kind, _socket) = first_reply(&silent_initial(&client, listen), listen).await;
+        assert_eq!(kind, 3, "past the limit a new address is sent a Retry");
+
+        // A client at a real address answers the Retry and gets in.
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client);
+        let connected = endpoint.connect(listen, "l").unwrap().await;
+        assert!(connected.is_ok(), "{connected:?}");
+        driver.abort();
     }
 }
