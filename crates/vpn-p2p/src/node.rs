@@ -139,14 +139,9 @@ enum Pending {
         found: Vec<Vec<u8>>,
         reply: Reply<Vec<Vec<u8>>>,
     },
-    /// A record published two ways at once: the DHT walk and straight to the members
-    /// nearest its key (answered once each of them has, or the time limit passed). The
-    /// first to succeed answers; an error only when both failed.
+    /// A record's DHT walk. (Its push to the nearest members answers nobody.)
     Put {
-        /// Held by one of the two at a time.
-        reply: Option<Reply<()>>,
-        /// The other query, while it runs and nothing was answered yet.
-        twin: Option<QueryId>,
+        reply: Reply<()>,
     },
     /// Looking for where `PeerId` is, to dial it once found.
     FindPeer(PeerId),
@@ -344,20 +339,6 @@ impl P2pNode {
     }
 }
 
-/// Whether a publication stored the record anywhere: the walk is done once one peer has
-/// it; the push to the nearest members waits for every one of them (or the query's time
-/// limit) and counts where it got.
-fn stored(outcome: kad::PutRecordResult) -> Result<(), P2pError> {
-    match outcome {
-        Ok(_) => Ok(()),
-        Err(
-            kad::PutRecordError::QuorumFailed { success, .. }
-            | kad::PutRecordError::Timeout { success, .. },
-        ) if !success.is_empty() => Ok(()),
-        Err(e) => Err(P2pError::Dht(e.to_string())),
-    }
-}
-
 /// The next change of the host's addresses, if they are watched (never, otherwise).
 async fn next_if_event(
     watcher: &mut Option<if_watch::tokio::IfWatcher>,
@@ -534,40 +515,6 @@ impl EventLoop {
         members
     }
 
-    /// One of a record's two publications ended with `outcome`: the caller is answered by
-    /// the first success, or by the second failure.
-    fn put_done(
-        &mut self,
-        reply: Option<Reply<()>>,
-        twin: Option<QueryId>,
-        outcome: Result<(), P2pError>,
-    ) {
-        let other = twin.and_then(|id| match self.pending.get_mut(&id) {
-            Some(Pending::Put { reply, twin }) => Some((reply, twin)),
-            _ => None,
-        });
-        match (outcome, other) {
-            (Ok(()), Some((other_reply, other_twin))) => {
-                *other_twin = None;
-                if let Some(reply) = reply.or_else(|| other_reply.take()) {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            // The other one answers, whichever way it ends.
-            (Err(_), Some((other_reply, other_twin))) => {
-                *other_twin = None;
-                if reply.is_some() {
-                    *other_reply = reply;
-                }
-            }
-            (outcome, None) => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(outcome);
-                }
-            }
-        }
-    }
-
     /// Publishes the addresses AutoNAT confirmed while members vouch for them, and takes
     /// them back when they no longer do (relay slots are asked for again then).
     fn publish_vouched(&mut self) {
@@ -705,14 +652,10 @@ impl EventLoop {
                 let kad = &mut self.swarm.behaviour_mut().gate.inner.kad;
                 match kad.put_record(record.clone(), Quorum::One) {
                     Ok(walk) => {
-                        let twin = (!nearest.is_empty()).then(|| {
-                            let direct =
-                                kad.put_record_to(record, nearest.into_iter(), Quorum::All);
-                            self.pending
-                                .insert(direct, Pending::Put { reply: None, twin: Some(walk) });
-                            direct
-                        });
-                        self.pending.insert(walk, Pending::Put { reply: Some(reply), twin });
+                        if !nearest.is_empty() {
+                            kad.put_record_to(record, nearest.into_iter(), Quorum::All);
+                        }
+                        self.pending.insert(walk, Pending::Put { reply });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(P2pError::Dht(e.to_string())));
@@ -1232,7 +1175,16 @@ impl EventLoop {
         let alone = !self.connections.keys().any(|peer| gate.is_open(peer));
         for addr in self.bootstrap.due(alone) {
             tracing::debug!(%addr, "no member connected; dialing the bootstrap peer again");
-            let _ = self.swarm.dial(addr);
+            // Not while a connection to it is being made or proven (a busy bootstrap peer
+            // takes longer than the first pause): another would only add to its load.
+            let dial = match peer_of(&addr) {
+                Some(peer) => DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                None => addr.into(),
+            };
+            let _ = self.swarm.dial(dial);
         }
     }
 
@@ -1664,8 +1616,9 @@ impl EventLoop {
                 }
             }
             QueryResult::PutRecord(outcome) => {
-                if let Some(Pending::Put { reply, twin }) = self.pending.remove(&id) {
-                    self.put_done(reply, twin, stored(outcome));
+                if let Some(Pending::Put { reply }) = self.pending.remove(&id) {
+                    let _ =
+                        reply.send(outcome.map(|_| ()).map_err(|e| P2pError::Dht(e.to_string())));
                 }
             }
             _ => {

@@ -49,10 +49,11 @@ async fn a_member_answering_lookups_with_silent_peers_cannot_keep_a_record_from_
     })
     .await;
 
-    // The walk meets the staller's made-up peers and cannot end in time; the members
-    // nearest the key have the record all the same, and the publisher is told so.
+    // The walk meets the staller's made-up peers and cannot end in time, and the publisher
+    // is told so (to try again); the members nearest the key have the record all the same.
     let (key, value) = (b"/k/published".to_vec(), b"from a".to_vec());
-    a.handle().put_record(key.clone(), value.clone(), Duration::from_secs(60)).await.unwrap();
+    let walk = a.handle().put_record(key.clone(), value.clone(), Duration::from_secs(60)).await;
+    assert!(walk.is_err(), "the walk cannot end while the staller's peers say nothing");
     a.stop().await;
     let found = m.handle().get_records(key).await.unwrap();
     assert!(found.contains(&value), "M has the record without its publisher: {found:?}");
