@@ -7,7 +7,7 @@
 //! connection made by a UDP hole punch, carrying packets as datagrams; symmetric to home
 //! must stay on the relay, on streams; both carry ping and iperf3; each path is read from
 //! `vpn-node peers --json` on both ends. Then, 20 times, p and the homes are stopped and
-//! started at once: each time they must be proven members of each other within 2 s.
+//! started at once: each time they must be proven members of each other within 5 s.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ const PUNCH_WAIT: Duration = Duration::from_secs(150);
 /// Times p and the homes start all at once.
 const STARTS: usize = 20;
 /// Longest wait for p and the homes started at once to be members of each other.
-const START_WAIT: Duration = Duration::from_secs(2);
+const START_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the soak's relayed flow runs, and the least it must move.
 const SOAK: Duration = Duration::from_secs(600);

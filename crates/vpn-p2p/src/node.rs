@@ -284,6 +284,7 @@ impl P2pNode {
             dht: DhtCounts::default(),
             vouches: Vouches::default(),
             vouched: Vec::new(),
+            external: config.external.clone(),
             specific,
             interfaces,
         };
@@ -407,6 +408,8 @@ struct EventLoop {
     vouches: Vouches,
     /// The confirmed addresses published now (as external addresses).
     vouched: Vec<Multiaddr>,
+    /// The operator's external addresses (`network.external_addresses`), never taken back.
+    external: Vec<Multiaddr>,
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     pending: HashMap<QueryId, Pending>,
@@ -449,10 +452,8 @@ struct EventLoop {
 }
 
 /// Dials the bootstrap addresses again while the node has no member to talk to (they were
-/// down when it started, or every member went away): after half a second, then twice as
-/// long each time up to a minute; from the start again once a member is connected. (Nodes
-/// started at once dial a bootstrap peer that is not listening yet: the first try again
-/// comes soon.)
+/// down when it started, or every member went away): after 2 s, then twice as long each
+/// time up to a minute; from the start again once a member is connected.
 struct Redial {
     addrs: Vec<Multiaddr>,
     wait: Duration,
@@ -460,7 +461,7 @@ struct Redial {
 }
 
 impl Redial {
-    const FIRST: Duration = Duration::from_millis(500);
+    const FIRST: Duration = Duration::from_secs(2);
     const LONGEST: Duration = Duration::from_secs(60);
 
     fn new(addrs: Vec<Multiaddr>) -> Self {
@@ -520,7 +521,10 @@ impl EventLoop {
     fn publish_vouched(&mut self) {
         for addr in self.swarm.behaviour_mut().gate.take_confirmed() {
             tracing::debug!(address = %addr, "a member dialed us back at this address");
-            self.vouches.confirmed(addr);
+            // The operator's addresses are published from the start and stay.
+            if !self.external.contains(&addr) {
+                self.vouches.confirmed(addr);
+            }
         }
         let now = std::time::Instant::now();
         let policy = &self.policy;
