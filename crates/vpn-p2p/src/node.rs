@@ -1473,11 +1473,6 @@ impl EventLoop {
         }
     }
 
-    /// One of our own addresses went away (an interface went down, the host moved to
-    /// another network): connections on it are dead even if the kernel has not said so.
-    /// Connections we dialed to addresses of its family, and those that came in on a
-    /// wildcard listener of its family, may have used it, so they go too; the next packet
-    /// dials again from an address we have.
     /// The host gained or lost an address: listeners on one IP follow it.
     fn on_if_event(&mut self, event: Option<std::io::Result<if_watch::IfEvent>>) {
         match event {
@@ -1504,6 +1499,11 @@ impl EventLoop {
         }
     }
 
+    /// One of our own addresses went away (an interface went down, the host moved to
+    /// another network): connections on it are dead even if the kernel has not said so.
+    /// Connections we dialed to addresses of its family, and those that came in on a
+    /// wildcard listener of its family, may have used it, so they go too; the next packet
+    /// dials again from an address we have.
     fn on_address_gone(&mut self, address: &Multiaddr) {
         let Some(gone) = ip_of(address) else { return };
         // Loopback and link-local addresses carry no connection to another host.
